@@ -1,0 +1,1 @@
+"""Work-queue API clients. These are the only modules that import httpx."""

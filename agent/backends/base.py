@@ -1,0 +1,54 @@
+"""The Backend Protocol: the conversation the daemon has with a work-queue API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+from uuid import UUID
+
+from agent.models import (
+    AgentRecord,
+    ClaimedRun,
+    FlowRun,
+    Heartbeat,
+    LogLineCreate,
+    StateProposal,
+    WorkQueue,
+)
+
+
+class Backend(Protocol):
+    """What the daemon needs from a work-queue server (ours or Prefect's)."""
+
+    async def get_queue(self, queue_id: UUID) -> WorkQueue:
+        """Resolve the queue; raises NotFound when there is no such queue."""
+        ...
+
+    async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
+        """Register or refresh this agent; the first call gives the agent its id."""
+        ...
+
+    async def claim(
+        self,
+        queue_id: UUID,
+        agent_id: UUID,
+        tags: Sequence[str],
+        limit: int,
+        wait_seconds: float,
+    ) -> list[ClaimedRun]:
+        """Atomically take up to ``limit`` due runs; may wait up to ``wait_seconds`` for one."""
+        ...
+
+    async def set_state(self, run_id: UUID, proposal: StateProposal) -> FlowRun:
+        """Propose a state; raises Conflict when the server refuses the transition."""
+        ...
+
+    async def update_runner_info(self, run_id: UUID, info: dict[str, Any]) -> None: ...
+
+    async def send_logs(self, run_id: UUID, lines: Sequence[LogLineCreate]) -> None: ...
+
+    async def cancelling_runs(self, agent_id: UUID) -> list[UUID]:
+        """Ids of this agent's runs that someone asked to cancel."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,74 @@
+"""The one error tree of flowagent.
+
+    FlowAgentError                      every error we raise on purpose
+    ├── ConfigError                     a bad flag, env var or config file value
+    ├── InputError                      bad user input (not a UUID, malformed deployment file…)
+    ├── ApiError                        the work-queue API answered with an error
+    │   ├── NotFound                    404: no such queue / deployment / run
+    │   ├── Conflict                    409: an impossible state transition, a duplicate name
+    │   ├── AuthError                   401/403: unrecoverable, the agent stops
+    │   └── ServerUnavailable           connection refused, timeout, 429/502/503/504 after retries
+    └── RunnerError                     a runner could not start or supervise a run
+        └── UnknownRunner               no runner installed under that name
+
+Recoverable API errors (ServerUnavailable) are retried with backoff before they surface;
+AuthError never is. A lost claim race is not an error at all: the server simply does not hand
+the run out.
+"""
+
+from __future__ import annotations
+
+
+class FlowAgentError(Exception):
+    """Root of every error flowagent raises on purpose.
+
+    ``hint`` tells the user what to do about it; the CLI prints it under the message.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(FlowAgentError):
+    """A setting has a bad value or an unknown key."""
+
+
+class InputError(FlowAgentError):
+    """The user gave input we cannot use."""
+
+
+class ApiError(FlowAgentError):
+    """The work-queue API answered with an error status."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+
+
+class NotFound(ApiError):
+    """The resource does not exist (HTTP 404)."""
+
+
+class Conflict(ApiError):
+    """The server refused the change (HTTP 409), e.g. a transition out of a terminal state."""
+
+
+class AuthError(ApiError):
+    """The server refused our credentials (HTTP 401/403). Never retried."""
+
+
+class ServerUnavailable(ApiError):
+    """The server could not be reached or kept answering 429/5xx after every retry."""
+
+
+class RunnerError(FlowAgentError):
+    """A runner could not start or supervise a run."""
+
+
+class UnknownRunner(RunnerError):
+    """No runner is installed under the requested name."""

@@ -1,0 +1,72 @@
+"""The Runner Protocol: the contract every flow runner (ours or a third party's) implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+from uuid import UUID
+
+#: Called for every line a run prints: ``sink(stream, line)`` with stream "stdout" or "stderr".
+OutputSink = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a runner needs to start one flow run, and nothing about where it came from."""
+
+    run_id: UUID
+    working_dir: Path
+    entrypoint: str | None = None  # "path/to/file.py:func" or "package.module:func"
+    command: list[str] | None = None  # an argv, for command deployments
+    parameters: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # already merged: agent < deployment < run
+    options: dict[str, Any] = field(default_factory=dict)  # runner options, validated
+    labels: dict[str, str] = field(default_factory=dict)  # run id, agent id, deployment…
+
+
+class Outcome(StrEnum):
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"  # the flow raised, or exited non-zero
+    CRASHED = "CRASHED"  # killed by a signal, out of memory, the infrastructure failed
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: Outcome
+    message: str
+    exit_code: int | None = None
+    result: Any = None  # the flow's return value, when the runner can get it
+
+
+class RunHandle(Protocol):
+    """A started run. ``info`` is reported to the server (pid, container id…)."""
+
+    @property
+    def info(self) -> dict[str, Any]: ...
+
+    async def wait(self) -> RunResult:
+        """Wait for the run to end and say how it ended. Safe to call more than once."""
+        ...
+
+    async def interrupt(self) -> None:
+        """Ask the run to stop gracefully (SIGTERM to the process group, docker stop)."""
+        ...
+
+    async def terminate(self) -> None:
+        """Stop the run now (SIGKILL to the whole process tree, docker kill)."""
+        ...
+
+
+@runtime_checkable
+class Runner(Protocol):
+    name: ClassVar[str]
+
+    async def start(self, spec: RunSpec, sink: OutputSink) -> RunHandle:
+        """Start the run and return at once; output lines go to ``sink`` as they appear.
+
+        Raises :class:`agent.errors.RunnerError` when the run cannot be started at all.
+        """
+        ...
