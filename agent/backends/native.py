@@ -1,0 +1,229 @@
+"""Client of the embedded server's API (docs/API.md): the daemon's Backend and the CLI's calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, TypeAdapter
+
+from agent.backends.http import HttpClient
+from agent.errors import NotFound
+from agent.models import (
+    AgentRecord,
+    ClaimedRun,
+    ClaimRequest,
+    Deployment,
+    DeploymentCreate,
+    FlowRun,
+    FlowRunCreate,
+    Health,
+    Heartbeat,
+    LogLine,
+    LogLineCreate,
+    RunnerInfoUpdate,
+    State,
+    StateProposal,
+    StateType,
+    WorkQueue,
+    WorkQueueCreate,
+    WorkQueueUpdate,
+)
+
+M = TypeVar("M")
+
+
+def _parse(model: type[M] | Any, data: Any) -> M:
+    result: M = TypeAdapter(model).validate_python(data)
+    return result
+
+
+def _body(model: BaseModel) -> Any:
+    return model.model_dump(mode="json", exclude_unset=False)
+
+
+class NativeBackend:
+    """Talks to `agent server start`. Implements :class:`agent.backends.base.Backend`."""
+
+    kind = "native"
+
+    def __init__(self, http: HttpClient) -> None:
+        self.http = http
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # ------------------------------------------------------------------ health
+
+    async def health(self) -> Health:
+        response = await self.http.request("GET", "health")
+        return Health.model_validate(response.json())
+
+    # ------------------------------------------------------------------ work queues
+
+    async def get_queue(self, queue_id: UUID) -> WorkQueue:
+        try:
+            response = await self.http.request("GET", f"work_queues/{queue_id}")
+        except NotFound as exc:
+            raise NotFound(
+                f"no work queue with id {queue_id}",
+                status_code=404,
+                hint="list the queues with `agent work-queue ls`",
+            ) from exc
+        return WorkQueue.model_validate(response.json())
+
+    async def get_queue_by_name(self, name: str) -> WorkQueue:
+        response = await self.http.request("GET", f"work_queues/name/{name}")
+        return WorkQueue.model_validate(response.json())
+
+    async def create_queue(self, body: WorkQueueCreate) -> WorkQueue:
+        response = await self.http.request("POST", "work_queues", json=_body(body), retry=False)
+        return WorkQueue.model_validate(response.json())
+
+    async def list_queues(self) -> list[WorkQueue]:
+        response = await self.http.request("GET", "work_queues")
+        return _parse(list[WorkQueue], response.json())
+
+    async def update_queue(self, queue_id: UUID, body: WorkQueueUpdate) -> WorkQueue:
+        response = await self.http.request(
+            "PATCH",
+            f"work_queues/{queue_id}",
+            json=body.model_dump(mode="json", exclude_unset=True),
+        )
+        return WorkQueue.model_validate(response.json())
+
+    async def delete_queue(self, queue_id: UUID) -> None:
+        await self.http.request("DELETE", f"work_queues/{queue_id}")
+
+    async def preview_queue(self, queue_id: UUID, hours: float) -> list[FlowRun]:
+        response = await self.http.request(
+            "GET", f"work_queues/{queue_id}/preview", params={"hours": hours}
+        )
+        return _parse(list[FlowRun], response.json())
+
+    # ------------------------------------------------------------------ deployments
+
+    async def create_deployment(self, body: DeploymentCreate) -> Deployment:
+        # An upsert by name: safe to retry.
+        response = await self.http.request("POST", "deployments", json=_body(body))
+        return Deployment.model_validate(response.json())
+
+    async def list_deployments(self) -> list[Deployment]:
+        response = await self.http.request("GET", "deployments")
+        return _parse(list[Deployment], response.json())
+
+    async def get_deployment(self, deployment_id: UUID) -> Deployment:
+        response = await self.http.request("GET", f"deployments/{deployment_id}")
+        return Deployment.model_validate(response.json())
+
+    async def get_deployment_by_name(self, name: str) -> Deployment:
+        response = await self.http.request("GET", f"deployments/name/{name}")
+        return Deployment.model_validate(response.json())
+
+    async def delete_deployment(self, deployment_id: UUID) -> None:
+        await self.http.request("DELETE", f"deployments/{deployment_id}")
+
+    async def create_run(self, deployment_id: UUID, body: FlowRunCreate) -> FlowRun:
+        response = await self.http.request(
+            "POST", f"deployments/{deployment_id}/runs", json=_body(body), retry=False
+        )
+        return FlowRun.model_validate(response.json())
+
+    # ------------------------------------------------------------------ flow runs
+
+    async def list_runs(
+        self,
+        *,
+        work_queue_id: UUID | None = None,
+        deployment_id: UUID | None = None,
+        agent_id: UUID | None = None,
+        states: Sequence[StateType] = (),
+        limit: int = 200,
+    ) -> list[FlowRun]:
+        params: dict[str, Any] = {"limit": limit}
+        if work_queue_id:
+            params["work_queue_id"] = str(work_queue_id)
+        if deployment_id:
+            params["deployment_id"] = str(deployment_id)
+        if agent_id:
+            params["agent_id"] = str(agent_id)
+        if states:
+            params["state"] = [s.value for s in states]
+        response = await self.http.request("GET", "flow_runs", params=params)
+        return _parse(list[FlowRun], response.json())
+
+    async def get_run(self, run_id: UUID) -> FlowRun:
+        response = await self.http.request("GET", f"flow_runs/{run_id}")
+        return FlowRun.model_validate(response.json())
+
+    async def run_states(self, run_id: UUID) -> list[State]:
+        response = await self.http.request("GET", f"flow_runs/{run_id}/states")
+        return _parse(list[State], response.json())
+
+    async def cancel_run(self, run_id: UUID) -> FlowRun:
+        response = await self.http.request("POST", f"flow_runs/{run_id}/cancel")
+        return FlowRun.model_validate(response.json())
+
+    async def get_logs(
+        self, run_id: UUID, after: int | None = None, limit: int = 1000
+    ) -> list[LogLine]:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        response = await self.http.request("GET", f"flow_runs/{run_id}/logs", params=params)
+        return _parse(list[LogLine], response.json())
+
+    # ------------------------------------------------------------------ the agent's conversation
+
+    async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
+        response = await self.http.request("POST", "agents/heartbeat", json=_body(beat))
+        return AgentRecord.model_validate(response.json())
+
+    async def list_agents(self) -> list[AgentRecord]:
+        response = await self.http.request("GET", "agents")
+        return _parse(list[AgentRecord], response.json())
+
+    async def claim(
+        self,
+        queue_id: UUID,
+        agent_id: UUID,
+        tags: Sequence[str],
+        limit: int,
+        wait_seconds: float,
+    ) -> list[ClaimedRun]:
+        body = ClaimRequest(
+            agent_id=agent_id, tags=list(tags), limit=limit, wait_seconds=wait_seconds
+        )
+        # A claim is not idempotent: only retry when the request never reached the server.
+        response = await self.http.request(
+            "POST",
+            f"work_queues/{queue_id}/claim",
+            json=_body(body),
+            timeout=wait_seconds + self.http_timeout_margin,
+            retry=False,
+        )
+        return _parse(list[ClaimedRun], response.json())
+
+    http_timeout_margin = 10.0
+
+    async def set_state(self, run_id: UUID, proposal: StateProposal) -> FlowRun:
+        response = await self.http.request(
+            "POST", f"flow_runs/{run_id}/set_state", json=_body(proposal)
+        )
+        return FlowRun.model_validate(response.json())
+
+    async def update_runner_info(self, run_id: UUID, info: dict[str, Any]) -> None:
+        await self.http.request(
+            "PATCH", f"flow_runs/{run_id}", json=_body(RunnerInfoUpdate(runner_info=info))
+        )
+
+    async def send_logs(self, run_id: UUID, lines: Sequence[LogLineCreate]) -> None:
+        if lines:
+            await self.http.request(
+                "POST", f"flow_runs/{run_id}/logs", json=[_body(line) for line in lines]
+            )
+
+    async def cancelling_runs(self, agent_id: UUID) -> list[UUID]:
+        response = await self.http.request("GET", f"agents/{agent_id}/cancelling")
+        return _parse(list[UUID], response.json())

@@ -1,0 +1,259 @@
+"""Settings: one frozen object, read in one place.
+
+Precedence, highest first: command-line flags > environment (``AGENT_*``) > the TOML file
+(``$AGENT_HOME/config.toml`` or ``--config``) > defaults. :func:`load_settings` also records where
+each value came from so ``agent config view --show-sources`` can say it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from agent.errors import ConfigError
+
+CONFIG_FILE_NAME = "config.toml"
+
+
+class Source(StrEnum):
+    DEFAULT = "default"
+    FILE = "file"
+    ENV = "env"
+    FLAG = "flag"
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be greater than 0")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("must be a whole number")
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
+
+
+def _port(value: Any) -> int:
+    number = int(value)
+    if not 0 < number < 65536:
+        raise ValueError("must be between 1 and 65535")
+    return number
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).lower()
+        if text not in choices:
+            raise ValueError(f"must be one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _optional_str(value: Any) -> str | None:
+    text = str(value)
+    return text or None
+
+
+def _api_url(value: Any) -> str:
+    text = str(value).rstrip("/")
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one setting is named, parsed and shown."""
+
+    key: str
+    parse: Callable[[Any], Any]
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return f"AGENT_{self.key.upper()}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api_url", _api_url, "work-queue API the CLI and agent talk to"),
+    Setting("api_key", _optional_str, "API key sent as 'Authorization: Bearer'", secret=True),
+    Setting("backend", _choice("auto", "native", "prefect"), "kind of server at api_url"),
+    Setting("log_level", _choice("debug", "info", "warning", "error"), "agent log level"),
+    Setting("log_format", _choice("auto", "json", "console"), "auto: JSON unless a TTY"),
+    Setting("heartbeat_seconds", _positive_float, "seconds between agent heartbeats"),
+    Setting("claim_wait_seconds", _positive_float, "long-poll bound of one claim request"),
+    Setting("cancel_grace_seconds", _non_negative_float, "interrupt → terminate grace"),
+    Setting("cancel_poll_seconds", _positive_float, "how often the agent checks for cancels"),
+    Setting(
+        "startup_timeout_seconds", _non_negative_float, "retry an unreachable server this long"
+    ),
+    Setting("request_timeout_seconds", _positive_float, "timeout of one API request"),
+    Setting("limit", _positive_int, "runs one agent executes at once"),
+    Setting("server_host", str, "address `agent server start` listens on"),
+    Setting("server_port", _port, "port `agent server start` listens on"),
+)
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path("~/.agent").expanduser())
+    api_url: str = "http://127.0.0.1:4200/api"
+    api_key: str | None = field(default=None, repr=False)
+    backend: str = "auto"
+    log_level: str = "info"
+    log_format: str = "auto"
+    heartbeat_seconds: float = 5.0
+    claim_wait_seconds: float = 10.0
+    cancel_grace_seconds: float = 10.0
+    cancel_poll_seconds: float = 1.0
+    startup_timeout_seconds: float = 30.0
+    request_timeout_seconds: float = 30.0
+    limit: int = 10
+    server_host: str = "127.0.0.1"
+    server_port: int = 4200
+    sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / CONFIG_FILE_NAME
+
+    def source_of(self, key: str) -> Source:
+        return self.sources.get(key, Source.DEFAULT)
+
+    def shown(self, key: str) -> str:
+        """The value as `config view` prints it: secrets masked."""
+        value = getattr(self, key)
+        if value is None:
+            return ""
+        if SETTINGS_BY_KEY[key].secret:
+            return mask(str(value))
+        return str(value)
+
+
+def mask(secret: str) -> str:
+    return "********" if len(secret) <= 8 else f"{secret[:2]}******{secret[-2:]}"
+
+
+def default_agent_name() -> str:
+    return f"{socket.gethostname()}-agent"
+
+
+def resolve_home(flag: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
+    raw = flag or env.get("AGENT_HOME") or "~/.agent"
+    return Path(raw).expanduser()
+
+
+def _parse(setting: Setting, value: Any, where: str) -> Any:
+    try:
+        return setting.parse(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{where}: bad value {value!r} for {setting.key}: {exc}",
+            hint=f"{setting.key}: {setting.help}",
+        ) from exc
+
+
+def unknown_key_error(key: str, where: str) -> ConfigError:
+    return ConfigError(
+        f"{where}: unknown setting {key!r}",
+        hint="valid settings: " + ", ".join(s.key for s in SETTINGS),
+    )
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", hint="fix or delete the file") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build the one Settings object. ``flags`` holds only flags the user actually gave."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    home_path = resolve_home(home, env)
+    path = config_file or home_path / CONFIG_FILE_NAME
+    file_values = read_config_file(path)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for key, raw in file_values.items():
+        if key not in SETTINGS_BY_KEY:
+            raise unknown_key_error(key, str(path))
+        values[key] = _parse(SETTINGS_BY_KEY[key], raw, str(path))
+        sources[key] = Source.FILE
+    for setting in SETTINGS:
+        if setting.env in env and env[setting.env] != "":
+            values[setting.key] = _parse(setting, env[setting.env], f"${setting.env}")
+            sources[setting.key] = Source.ENV
+    for key, raw in flags.items():
+        if key not in SETTINGS_BY_KEY:
+            raise unknown_key_error(key, "command line")
+        values[key] = _parse(SETTINGS_BY_KEY[key], raw, f"--{key.replace('_', '-')}")
+        sources[key] = Source.FLAG
+    return Settings(home=home_path, sources=sources, **values)
+
+
+def with_overrides(settings: Settings, **flags: Any) -> Settings:
+    """A copy with command-line flags applied (only those not None), sources updated."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not given:
+        return settings
+    parsed = {
+        k: _parse(SETTINGS_BY_KEY[k], v, f"--{k.replace('_', '-')}") for k, v in given.items()
+    }
+    sources = dict(settings.sources) | dict.fromkeys(given, Source.FLAG)
+    return replace(settings, sources=sources, **parsed)
+
+
+def set_in_file(path: Path, key: str, value: str | None) -> None:
+    """Set (or, with ``value=None``, remove) one key in the TOML file, validating it first."""
+    if key not in SETTINGS_BY_KEY:
+        raise unknown_key_error(key, "config set")
+    data = read_config_file(path)
+    if value is None:
+        data.pop(key, None)
+    else:
+        parsed = _parse(SETTINGS_BY_KEY[key], value, "config set")
+        data[key] = parsed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(data))
+    tmp.replace(path)  # atomic: a crash mid-write never leaves half a config file
+
+
+def setting_keys() -> list[str]:
+    return [f.name for f in fields(Settings) if f.name in SETTINGS_BY_KEY]
