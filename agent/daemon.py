@@ -1,11 +1,40 @@
-"""The agent daemon: poll → claim → launch → supervise → report, with side tasks."""
+"""The agent daemon: poll → claim → launch → supervise → report, with side tasks.
+
+One asyncio loop. The claim loop long-polls the server for due runs while slots are free; each
+claimed run gets a :class:`agent.supervisor.RunSupervisor` task; side tasks (heartbeats, the
+cancellation watch, log shipping) run in one TaskGroup, so if one dies the agent stops loudly
+instead of limping on.
+
+Shutdown (SIGTERM/SIGINT): stop claiming, keep heartbeats going, let runs finish up to the drain
+timeout, then cancel what is left ("agent shut down"). A second signal cancels runs now; a third
+exits at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
+import structlog
+
+from agent.backends.base import Backend
 from agent.config import Settings
+from agent.errors import AuthError, FlowAgentError, NotFound, RunnerError, ServerUnavailable
+from agent.heartbeat import Heartbeater
+from agent.logs import LogShipper
+from agent.models import ClaimedRun, StateProposal, StateType, WorkQueue
+from agent.supervisor import RunContext, RunSupervisor, StopReason, SupervisionPolicy
+from runners.base import Runner
+from runners.registry import load_runner, validate_options
+
+log = structlog.get_logger("agent.daemon")
+
+EXIT_OK = 0
+EXIT_FORCED = 130
 
 
 @dataclass(frozen=True)
@@ -16,6 +45,279 @@ class AgentOptions:
     name: str
     tags: tuple[str, ...] = ()
     run_once: bool = False
+    drain_timeout_seconds: float = 30.0
+
+
+class Agent:
+    def __init__(self, settings: Settings, options: AgentOptions, backend: Backend) -> None:
+        self.settings = settings
+        self.options = options
+        self.backend = backend
+        self.runs: dict[UUID, RunContext] = {}
+        self.shipper = LogShipper(backend.send_logs)
+        self.stopping = asyncio.Event()  # first signal: stop claiming
+        self._slot_freed = asyncio.Event()
+        self._runners: dict[str, Runner | RunnerError] = {}
+        self._signals = 0
+        self.agent_id: UUID | None = None
+        self.queue: WorkQueue | None = None
+
+    # ------------------------------------------------------------------ start-up
+
+    async def _resolve_queue(self) -> WorkQueue:
+        try:
+            return await self.backend.get_queue(self.options.queue_id)
+        except ServerUnavailable as exc:
+            raise ServerUnavailable(
+                f"{exc.message}; gave up after {self.settings.startup_timeout_seconds:g}s",
+                hint="start the server with `agent server start`, or point --api-url / "
+                "AGENT_API_URL at it",
+            ) from exc
+
+    def _runner(self, name: str) -> Runner | RunnerError:
+        if name not in self._runners:
+            try:
+                self._runners[name] = load_runner(name)
+            except RunnerError as exc:
+                self._runners[name] = exc
+        return self._runners[name]
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> int:
+        self.queue = await self._resolve_queue()
+        heartbeater = Heartbeater(
+            self.backend,
+            name=self.options.name,
+            queue=self.queue,
+            tags=self.options.tags,
+            interval=self.settings.heartbeat_seconds,
+            runs_in_flight=lambda: len(self.runs),
+        )
+        self.agent_id = await heartbeater.register()
+        structlog.contextvars.bind_contextvars(agent=self.options.name)
+        log.info(
+            "agent_started",
+            agent_id=str(self.agent_id),
+            queue=self.queue.name,
+            queue_id=str(self.queue.id),
+            tags=list(self.options.tags),
+            limit=self.settings.limit,
+        )
+        await self._release_orphans()
+        self._install_signal_handlers()
+        try:
+            async with asyncio.TaskGroup() as side:
+                side_tasks = [
+                    side.create_task(heartbeater.run(), name="heartbeat"),
+                    side.create_task(self._watch_cancellations(), name="cancel-watch"),
+                    side.create_task(self.shipper.run(), name="log-shipper"),
+                ]
+                try:
+                    async with asyncio.TaskGroup() as runs:
+                        await self._claim_loop(runs)
+                        await self._drain()
+                    # A long poll cancelled at shutdown may have claimed runs we never saw.
+                    await self._release_orphans()
+                finally:
+                    for task in side_tasks:
+                        task.cancel()
+        except* AuthError as group:
+            raise group.exceptions[0] from None
+        finally:
+            self._remove_signal_handlers()
+        log.info("agent_stopped")
+        return EXIT_OK
+
+    async def _claim_loop(self, runs: asyncio.TaskGroup) -> None:
+        assert self.queue is not None and self.agent_id is not None
+        backoff = 0.5
+        while not self.stopping.is_set():
+            free = self.settings.limit - len(self.runs)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._wait_or_stop(self._slot_freed.wait())
+                continue
+            wait = 0.0 if self.options.run_once else self.settings.claim_wait_seconds
+            claim = asyncio.create_task(
+                self.backend.claim(self.queue.id, self.agent_id, self.options.tags, free, wait),
+                name="claim",
+            )
+            try:
+                claimed = await self._wait_or_stop(claim)
+            except AuthError:
+                raise
+            except NotFound as exc:
+                raise NotFound(
+                    f"work queue {self.queue.id} is gone: {exc.message}",
+                    hint="list the queues with `agent work-queue ls`",
+                ) from exc
+            except FlowAgentError as exc:
+                log.warning("claim_failed", error=str(exc), retry_in=backoff)
+                await self._wait_or_stop(asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
+            if claimed is None:  # stopping while the long poll was held
+                break
+            for item in claimed:
+                self._launch(runs, item)
+            if self.options.run_once and not claimed:
+                break
+
+    async def _wait_or_stop(self, awaitable: Any) -> Any:
+        """Await ``awaitable`` unless a stop is requested first (then cancel it, return None)."""
+        task = (
+            awaitable if isinstance(awaitable, asyncio.Task) else asyncio.ensure_future(awaitable)
+        )
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stop.cancel()
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
+
+    def _launch(self, runs: asyncio.TaskGroup, claimed: ClaimedRun) -> None:
+        assert self.agent_id is not None
+        run_id = claimed.flow_run.id
+        ctx = RunContext(claimed)
+        self.runs[run_id] = ctx
+        deployment = claimed.deployment
+        runner = self._runner(deployment.runner)
+        options: dict[str, Any] = {}
+        if not isinstance(runner, RunnerError):
+            try:
+                options = validate_options(deployment.runner, deployment.runner_options)
+            except FlowAgentError as exc:
+                runner = RunnerError(exc.message)
+        supervisor = RunSupervisor(
+            ctx,
+            self.backend,
+            runner,
+            options,
+            self.shipper,
+            SupervisionPolicy(
+                agent_id=self.agent_id,
+                agent_name=self.options.name,
+                cancel_grace_seconds=self.settings.cancel_grace_seconds,
+                base_env=dict(os.environ),
+            ),
+        )
+        log.info("run_claimed", run_id=str(run_id), deployment=deployment.name)
+
+        async def supervise() -> None:
+            try:
+                await supervisor.supervise()
+            finally:
+                self.runs.pop(run_id, None)
+                self._slot_freed.set()
+
+        runs.create_task(supervise(), name=f"run-{run_id}")
+
+    async def _drain(self) -> None:
+        """Wait for runs in flight; on shutdown, cancel what is left after the drain timeout."""
+        if not self.runs:
+            return
+        if not self.stopping.is_set():
+            return  # run-once: the TaskGroup waits for every run
+        log.info("agent_draining", runs=len(self.runs), timeout=self.options.drain_timeout_seconds)
+        deadline = asyncio.get_running_loop().time() + self.options.drain_timeout_seconds
+        while self.runs and asyncio.get_running_loop().time() < deadline:
+            self._slot_freed.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), max(remaining, 0))
+            except TimeoutError:
+                break
+        self._cancel_all(StopReason.SHUTDOWN)
+
+    def _cancel_all(self, reason: StopReason) -> None:
+        for ctx in list(self.runs.values()):
+            ctx.request_stop(reason)
+
+    async def _watch_cancellations(self) -> None:
+        assert self.agent_id is not None
+        while True:
+            await asyncio.sleep(self.settings.cancel_poll_seconds)
+            if not self.runs:
+                continue
+            try:
+                ids = await self.backend.cancelling_runs(self.agent_id)
+            except AuthError:
+                raise
+            except FlowAgentError as exc:
+                log.warning("cancel_watch_failed", error=str(exc))
+                continue
+            for run_id in ids:
+                ctx = self.runs.get(run_id)
+                if ctx is not None and not ctx.stop_requested.is_set():
+                    log.info("run_cancel_requested", run_id=str(run_id))
+                    ctx.request_stop(StopReason.CANCELLED)
+
+    async def _release_orphans(self) -> None:
+        """Runs the server says we hold but we do not (a previous life of this agent)."""
+        assert self.agent_id is not None
+        try:
+            held = await self.backend.claimed_runs(self.agent_id)
+        except FlowAgentError as exc:
+            log.warning("orphan_check_failed", error=str(exc))
+            return
+        for run in held:
+            if run.id in self.runs:
+                continue
+            if run.state.type is StateType.PENDING:
+                proposal = StateProposal(
+                    type=StateType.SCHEDULED,
+                    agent_id=self.agent_id,
+                    message="released: claimed by an earlier life of this agent, never started",
+                )
+            else:
+                proposal = StateProposal(
+                    type=StateType.CRASHED,
+                    agent_id=self.agent_id,
+                    message=f"agent {self.options.name} restarted and did not find this run",
+                )
+            try:
+                await self.backend.set_state(run.id, proposal)
+                log.warning("orphan_resolved", run_id=str(run.id), state=proposal.type.value)
+            except FlowAgentError as exc:
+                log.warning("orphan_not_resolved", run_id=str(run.id), error=str(exc))
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("agent_stopping", signal=sig.name, runs=len(self.runs))
+            self.stopping.set()
+        elif self._signals == 2:
+            log.warning("agent_cancelling_runs", signal=sig.name, runs=len(self.runs))
+            self._cancel_all(StopReason.SHUTDOWN)
+        else:
+            log.error("agent_exiting_now", signal=sig.name, runs=len(self.runs))
+            os._exit(EXIT_FORCED)
+
+
+async def _main(settings: Settings, options: AgentOptions) -> int:
+    from agent.backends import native_backend
+
+    backend = native_backend(settings)
+    try:
+        return await Agent(settings, options, backend).run()
+    finally:
+        await backend.aclose()
 
 
 def run_agent(settings: Settings, options: AgentOptions) -> int:
@@ -24,4 +326,7 @@ def run_agent(settings: Settings, options: AgentOptions) -> int:
     Raises :class:`agent.errors.FlowAgentError` for problems the user must fix (no such queue,
     server unreachable after the startup bound, credentials refused).
     """
-    raise NotImplementedError("being written")
+    from agent.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    return asyncio.run(_main(settings, options))

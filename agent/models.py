@@ -80,7 +80,9 @@ def transition_error(current: StateType, proposed: StateType) -> str | None:
     if proposed in ALLOWED_TRANSITIONS[current]:
         return None
     if current.is_terminal:
-        return f"run is already {current.value}, a terminal state; it cannot become {proposed.value}"
+        return (
+            f"run is already {current.value}, a terminal state; it cannot become {proposed.value}"
+        )
     allowed = ", ".join(sorted(s.value for s in ALLOWED_TRANSITIONS[current]))
     return f"cannot go from {current.value} to {proposed.value} (allowed: {allowed})"
 

@@ -47,6 +47,10 @@ class Backend(Protocol):
 
     async def send_logs(self, run_id: UUID, lines: Sequence[LogLineCreate]) -> None: ...
 
+    async def claimed_runs(self, agent_id: UUID) -> list[FlowRun]:
+        """This agent's runs the server thinks are PENDING, RUNNING or CANCELLING."""
+        ...
+
     async def cancelling_runs(self, agent_id: UUID) -> list[UUID]:
         """Ids of this agent's runs that someone asked to cancel."""
         ...

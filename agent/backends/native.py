@@ -224,6 +224,13 @@ class NativeBackend:
                 "POST", f"flow_runs/{run_id}/logs", json=[_body(line) for line in lines]
             )
 
+    async def claimed_runs(self, agent_id: UUID) -> list[FlowRun]:
+        return await self.list_runs(
+            agent_id=agent_id,
+            states=(StateType.PENDING, StateType.RUNNING, StateType.CANCELLING),
+            limit=1000,
+        )
+
     async def cancelling_runs(self, agent_id: UUID) -> list[UUID]:
         response = await self.http.request("GET", f"agents/{agent_id}/cancelling")
         return _parse(list[UUID], response.json())

@@ -1,0 +1,237 @@
+"""Supervising one claimed run: launch it, enforce timeout and cancellation, report its end.
+
+The daemon owns the policies; runners only know start / wait / interrupt / terminate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from agent.backends.base import Backend
+from agent.errors import AuthError, Conflict, FlowAgentError, RunnerError
+from agent.logs import LogShipper
+from agent.models import ClaimedRun, Deployment, FlowRun, StateProposal, StateType
+from runners.base import Outcome, RunHandle, Runner, RunResult, RunSpec
+
+log = structlog.get_logger("agent.supervisor")
+
+
+class StopReason(StrEnum):
+    CANCELLED = "cancelled by user"
+    SHUTDOWN = "agent shut down"
+    TIMEOUT = "timed out"
+
+
+@dataclass
+class RunContext:
+    """The daemon's handle on one supervised run."""
+
+    claimed: ClaimedRun
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_reason: StopReason | None = None
+
+    @property
+    def run_id(self) -> UUID:
+        return self.claimed.flow_run.id
+
+    def request_stop(self, reason: StopReason) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop_requested.set()
+
+
+OUTCOME_STATE = {
+    Outcome.COMPLETED: StateType.COMPLETED,
+    Outcome.FAILED: StateType.FAILED,
+    Outcome.CRASHED: StateType.CRASHED,
+}
+
+
+@dataclass(frozen=True)
+class SupervisionPolicy:
+    agent_id: UUID
+    agent_name: str
+    cancel_grace_seconds: float
+    base_env: dict[str, str]
+
+
+class RunSupervisor:
+    """Runs one claimed flow run from PENDING to a terminal state."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        backend: Backend,
+        runner: Runner | RunnerError,
+        options: dict[str, Any],
+        shipper: LogShipper,
+        policy: SupervisionPolicy,
+    ) -> None:
+        self.ctx = ctx
+        self.backend = backend
+        self.runner = runner
+        self.options = options
+        self.shipper = shipper
+        self.policy = policy
+
+    @property
+    def _run(self) -> FlowRun:
+        return self.ctx.claimed.flow_run
+
+    @property
+    def _deployment(self) -> Deployment:
+        return self.ctx.claimed.deployment
+
+    def _spec(self) -> RunSpec:
+        run, deployment = self._run, self._deployment
+        env = self.policy.base_env | deployment.env | run.env
+        env["FLOWAGENT_RUN_ID"] = str(run.id)
+        env["FLOWAGENT_DEPLOYMENT"] = deployment.name
+        return RunSpec(
+            run_id=run.id,
+            working_dir=Path(deployment.working_dir or os.getcwd()),
+            entrypoint=deployment.entrypoint,
+            command=deployment.command,
+            parameters=dict(run.parameters),
+            env=env,
+            options=self.options,
+            labels={
+                "flowagent.run-id": str(run.id),
+                "flowagent.agent-id": str(self.policy.agent_id),
+                "flowagent.deployment": deployment.name,
+            },
+        )
+
+    def _agent_line(self, message: str) -> None:
+        self.shipper.add(self._run.id, "agent", message)
+
+    async def supervise(self) -> None:
+        """Never raises (but for bad credentials): every failure becomes the run's state."""
+        run_id = self._run.id
+        structlog.contextvars.bind_contextvars(run_id=str(run_id))
+        try:
+            await self._supervise()
+        except AuthError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug of ours must not leave the run RUNNING
+            log.exception("run_supervision_failed")
+            await self._report(StateType.CRASHED, f"agent error while supervising: {exc!r}")
+        finally:
+            await self.shipper.flush(run_id)
+            self.shipper.forget(run_id)
+            structlog.contextvars.unbind_contextvars("run_id")
+
+    async def _supervise(self) -> None:
+        if self.ctx.stop_requested.is_set():
+            await self._report(StateType.CANCELLED, self._stop_message())
+            return
+        if isinstance(self.runner, RunnerError):
+            await self._report(StateType.FAILED, self.runner.message)
+            return
+        # RUNNING is proposed before the process exists: if the run was cancelled while PENDING
+        # the server refuses, and we never start it.
+        try:
+            await self.backend.set_state(
+                self._run.id,
+                StateProposal(
+                    type=StateType.RUNNING,
+                    agent_id=self.policy.agent_id,
+                    message=f"started by agent {self.policy.agent_name}",
+                ),
+            )
+        except Conflict as exc:
+            log.info("run_not_started", reason=exc.message)
+            return
+        try:
+            handle = await self.runner.start(self._spec(), self.shipper.sink_for(self._run.id))
+        except RunnerError as exc:
+            log.warning("run_start_failed", error=exc.message)
+            await self._report(StateType.FAILED, exc.message)
+            return
+        log.info("run_started", runner=self.runner.name, **handle.info)
+        await self._update_info(handle.info)
+        result, stopped = await self._wait(handle)
+        await self._finish(result, stopped)
+
+    async def _wait(self, handle: RunHandle) -> tuple[RunResult, StopReason | None]:
+        timeout = self._deployment.timeout_seconds
+        waiting = asyncio.create_task(handle.wait(), name=f"wait-{self._run.id}")
+        stopping = asyncio.create_task(self.ctx.stop_requested.wait(), name=f"stop-{self._run.id}")
+        try:
+            done, _ = await asyncio.wait(
+                {waiting, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+        if waiting in done:
+            return waiting.result(), None
+        reason = self.ctx.stop_reason if stopping in done else StopReason.TIMEOUT
+        assert reason is not None
+        if reason is StopReason.TIMEOUT:
+            self.ctx.request_stop(reason)
+        grace = self.policy.cancel_grace_seconds
+        self._agent_line(f"{self._stop_message()}: interrupting, {grace:g}s grace")
+        log.info("run_interrupting", reason=reason.value, grace=grace)
+        await handle.interrupt()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), grace), reason
+        except TimeoutError:
+            self._agent_line(f"still running after {grace:g}s grace: terminating")
+            log.info("run_terminating", reason=reason.value)
+            await handle.terminate()
+            return await waiting, reason
+
+    def _stop_message(self) -> str:
+        reason = self.ctx.stop_reason
+        if reason is StopReason.TIMEOUT:
+            return f"timed out after {self._deployment.timeout_seconds:g}s"
+        return reason.value if reason else "stopped"
+
+    async def _finish(self, result: RunResult, stopped: StopReason | None) -> None:
+        info: dict[str, Any] = {"exit_code": result.exit_code}
+        if stopped is StopReason.TIMEOUT:
+            state, message = StateType.FAILED, self._stop_message()
+        elif stopped is not None:
+            state, message = StateType.CANCELLED, self._stop_message()
+        else:
+            state, message = OUTCOME_STATE[result.outcome], result.message
+        if result.result is not None:
+            info["result"] = result.result
+        log.info("run_finished", state=state.value, message=message, exit_code=result.exit_code)
+        await self.shipper.flush(self._run.id)
+        await self._report(state, message, info)
+
+    async def _update_info(self, info: dict[str, Any]) -> None:
+        try:
+            await self.backend.update_runner_info(self._run.id, info)
+        except AuthError:
+            raise
+        except FlowAgentError as exc:
+            log.warning("runner_info_not_sent", error=str(exc))
+
+    async def _report(
+        self, state: StateType, message: str | None, info: dict[str, Any] | None = None
+    ) -> None:
+        try:
+            await self.backend.set_state(
+                self._run.id,
+                StateProposal(
+                    type=state, message=message, agent_id=self.policy.agent_id, runner_info=info
+                ),
+            )
+        except Conflict as exc:
+            log.warning("state_refused", state=state.value, reason=exc.message)
+        except AuthError:
+            raise
+        except FlowAgentError as exc:
+            log.error("state_not_reported", state=state.value, error=str(exc))
