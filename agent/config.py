@@ -105,6 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("heartbeat_seconds", _positive_float, "seconds between agent heartbeats"),
     Setting("claim_wait_seconds", _positive_float, "long-poll bound of one claim request"),
     Setting("cancel_grace_seconds", _non_negative_float, "interrupt → terminate grace"),
+    Setting("drain_timeout_seconds", _non_negative_float, "on SIGTERM, let runs finish this long"),
     Setting("cancel_poll_seconds", _positive_float, "how often the agent checks for cancels"),
     Setting(
         "startup_timeout_seconds", _non_negative_float, "retry an unreachable server this long"
@@ -129,6 +130,7 @@ class Settings:
     claim_wait_seconds: float = 10.0
     cancel_grace_seconds: float = 10.0
     cancel_poll_seconds: float = 1.0
+    drain_timeout_seconds: float = 30.0
     startup_timeout_seconds: float = 30.0
     request_timeout_seconds: float = 30.0
     limit: int = 10

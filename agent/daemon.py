@@ -45,7 +45,6 @@ class AgentOptions:
     name: str
     tags: tuple[str, ...] = ()
     run_once: bool = False
-    drain_timeout_seconds: float = 30.0
 
 
 class Agent:
@@ -222,8 +221,8 @@ class Agent:
             return
         if not self.stopping.is_set():
             return  # run-once: the TaskGroup waits for every run
-        log.info("agent_draining", runs=len(self.runs), timeout=self.options.drain_timeout_seconds)
-        deadline = asyncio.get_running_loop().time() + self.options.drain_timeout_seconds
+        log.info("agent_draining", runs=len(self.runs), timeout=self.settings.drain_timeout_seconds)
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_seconds
         while self.runs and asyncio.get_running_loop().time() < deadline:
             self._slot_freed.clear()
             remaining = deadline - asyncio.get_running_loop().time()

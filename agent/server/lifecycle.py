@@ -1,0 +1,193 @@
+"""A flow run's life: creation, state transitions, cancellation, retries.
+
+Every function here runs inside a write transaction (``Database.write``), so the checks and the
+changes they guard happen under SQLite's write lock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from agent.models import StateProposal, StateType, transition_error, utcnow
+from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, FlowRunStateRow
+from agent.server.views import conflict, get_run, not_found
+
+DEFAULT_STATE_NAMES: dict[StateType, str] = {
+    StateType.SCHEDULED: "Scheduled",
+    StateType.PENDING: "Pending",
+    StateType.RUNNING: "Running",
+    StateType.COMPLETED: "Completed",
+    StateType.FAILED: "Failed",
+    StateType.CRASHED: "Crashed",
+    StateType.CANCELLING: "Cancelling",
+    StateType.CANCELLED: "Cancelled",
+}
+
+# Runs that hold one of their queue's concurrency slots.
+ACTIVE_STATES: tuple[str, ...] = (
+    StateType.PENDING.value,
+    StateType.RUNNING.value,
+    StateType.CANCELLING.value,
+)
+
+CANCELLED_BY_USER = "cancelled by user"
+
+
+@dataclass
+class Outcome:
+    """What a lifecycle call changed: the run, and the queues whose waiting claimers may now
+    find work (a run became SCHEDULED, or one left the active states and freed a slot)."""
+
+    run: FlowRunRow
+    wake_queues: set[uuid.UUID] = field(default_factory=set)
+
+
+def wakes_claimers(state: StateType) -> bool:
+    return state is StateType.SCHEDULED or state.is_terminal
+
+
+def record_state(
+    session: Session,
+    run: FlowRunRow,
+    state: StateType,
+    *,
+    now: datetime,
+    name: str | None = None,
+    message: str | None = None,
+) -> None:
+    """Put ``run`` in ``state`` and append the state to its history (no rule checks here)."""
+    run.state_type = state.value
+    run.state_name = name or DEFAULT_STATE_NAMES[state]
+    run.state_message = message
+    run.state_timestamp = now
+    if state is StateType.RUNNING and run.start_time is None:
+        run.start_time = now
+    if state.is_terminal:
+        run.end_time = now
+    session.add(
+        FlowRunStateRow(
+            flow_run_id=run.id,
+            type=state.value,
+            name=run.state_name,
+            message=message,
+            timestamp=now,
+        )
+    )
+
+
+def new_run(
+    session: Session,
+    deployment: DeploymentRow,
+    *,
+    parameters: dict[str, Any],
+    tags: list[str],
+    env: dict[str, str],
+    expected_start_time: datetime,
+    attempt: int = 1,
+    name: str | None = None,
+    message: str | None = None,
+) -> FlowRunRow:
+    """A new SCHEDULED run of ``deployment`` (the caller has merged parameters, tags, env)."""
+    now = utcnow()
+    run = FlowRunRow(
+        id=uuid.uuid4(),
+        name=name or f"{deployment.name}-{secrets.token_hex(3)}",
+        deployment_id=deployment.id,
+        deployment_name=deployment.name,
+        work_queue_id=deployment.work_queue_id,
+        parameters=parameters,
+        tags=tags,
+        env=env,
+        expected_start_time=expected_start_time,
+        runner_info={},
+        attempt=attempt,
+        created=now,
+    )
+    session.add(run)
+    # The run row must exist before its first history row references it.
+    session.flush()
+    record_state(session, run, StateType.SCHEDULED, now=now, message=message)
+    return run
+
+
+def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> Outcome:
+    """Apply an agent's (or a user's) proposed state, or raise 404/409 saying why not."""
+    run = get_run(session, run_id)
+    current = StateType(run.state_type)
+    if (
+        proposal.agent_id is not None
+        and run.agent_id is not None
+        and run.agent_id != proposal.agent_id
+    ):
+        raise conflict(f"run {run.id} is claimed by agent {run.agent_id}")
+    reason = transition_error(current, proposal.type)
+    if reason is not None:
+        raise conflict(reason)
+
+    now = utcnow()
+    if proposal.type is StateType.SCHEDULED:
+        # A handed-back run is free for any agent to claim again.
+        run.agent_id = None
+    elif proposal.agent_id is not None and run.agent_id is None:
+        if session.get(AgentRow, proposal.agent_id) is None:
+            raise not_found("agent", proposal.agent_id)
+        run.agent_id = proposal.agent_id
+    if proposal.runner_info:
+        run.runner_info = {**run.runner_info, **proposal.runner_info}
+    record_state(
+        session, run, proposal.type, now=now, name=proposal.name, message=proposal.message
+    )
+    outcome = Outcome(run)
+    if wakes_claimers(proposal.type):
+        outcome.wake_queues.add(run.work_queue_id)
+    if proposal.type is StateType.FAILED:
+        retry = _schedule_retry(session, run, now)
+        if retry is not None:
+            outcome.wake_queues.add(retry.work_queue_id)
+    return outcome
+
+
+def _schedule_retry(session: Session, run: FlowRunRow, now: datetime) -> FlowRunRow | None:
+    """A FAILED run whose deployment allows more attempts gets a new run as its next attempt.
+
+    Terminal states have no exits (see ``ALLOWED_TRANSITIONS``), so a retry is a new run with
+    the same name, parameters, tags and env, and ``attempt`` one higher.
+    """
+    deployment = session.get(DeploymentRow, run.deployment_id)
+    if deployment is None or run.attempt > deployment.retries:
+        return None
+    attempt = run.attempt + 1
+    return new_run(
+        session,
+        deployment,
+        parameters=dict(run.parameters),
+        tags=list(run.tags),
+        env=dict(run.env),
+        expected_start_time=now + timedelta(seconds=deployment.retry_delay_seconds),
+        attempt=attempt,
+        name=run.name,
+        message=f"attempt {attempt} of {deployment.retries + 1}, retrying run {run.id}",
+    )
+
+
+def cancel(session: Session, run_id: uuid.UUID) -> Outcome:
+    """A user's cancel: at once when nothing runs yet, via CANCELLING when something does."""
+    run = get_run(session, run_id)
+    current = StateType(run.state_type)
+    if current is StateType.CANCELLING:
+        return Outcome(run)
+    reason = transition_error(current, StateType.CANCELLED)
+    if reason is not None:
+        raise conflict(reason)
+    target = StateType.CANCELLING if current is StateType.RUNNING else StateType.CANCELLED
+    record_state(session, run, target, now=utcnow(), message=CANCELLED_BY_USER)
+    outcome = Outcome(run)
+    if wakes_claimers(target):
+        outcome.wake_queues.add(run.work_queue_id)
+    return outcome

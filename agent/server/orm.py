@@ -1,0 +1,182 @@
+"""The server's tables. ``migrations/versions`` holds the same schema under Alembic.
+
+UUIDs are stored as 36-character strings and timestamps as naive UTC text (SQLite has no
+timezone type); the column types below convert both ways so Python code only ever sees
+``uuid.UUID`` and timezone-aware UTC ``datetime`` values.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UUIDString(TypeDecorator[uuid.UUID]):
+    """A UUID kept as its canonical 36-character text form."""
+
+    impl = String(36)
+    cache_ok = True
+
+    def process_bind_param(self, value: uuid.UUID | None, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> uuid.UUID | None:
+        return None if value is None else uuid.UUID(value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC and read back timezone-aware.
+
+    Storing everything in UTC with one fixed format keeps SQLite's text comparison
+    (``expected_start_time <= :now``) equal to chronological order.
+    """
+
+    impl = DateTime()
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # the API treats naive timestamps as UTC
+            return value
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        uuid.UUID: UUIDString(),
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class WorkQueueRow(Base):
+    __tablename__ = "work_queues"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    tags: Mapped[list[str]]
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    paused: Mapped[bool] = mapped_column(Boolean)
+    created: Mapped[datetime]
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # RESTRICT: the API refuses to delete a queue that deployments still use.
+    work_queue_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("work_queues.id", ondelete="RESTRICT"), index=True
+    )
+    entrypoint: Mapped[str | None] = mapped_column(Text)
+    command: Mapped[list[str] | None] = mapped_column(JSON)
+    working_dir: Mapped[str | None] = mapped_column(Text)
+    parameters: Mapped[dict[str, Any]]
+    tags: Mapped[list[str]]
+    runner: Mapped[str] = mapped_column(String(200))
+    runner_options: Mapped[dict[str, Any]]
+    env: Mapped[dict[str, Any]]
+    timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    retries: Mapped[int] = mapped_column(Integer)
+    retry_delay_seconds: Mapped[float] = mapped_column(Float)
+    created: Mapped[datetime]
+    updated: Mapped[datetime]
+
+
+class AgentRow(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    work_queue_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("work_queues.id", ondelete="CASCADE"), index=True
+    )
+    tags: Mapped[list[str]]
+    hostname: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[str | None] = mapped_column(String(100))
+    runs_in_flight: Mapped[int] = mapped_column(Integer)
+    heartbeat_interval_seconds: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    last_heartbeat: Mapped[datetime]
+    created: Mapped[datetime]
+
+
+class FlowRunRow(Base):
+    __tablename__ = "flow_runs"
+    __table_args__ = (
+        # The claim query: due SCHEDULED runs of one queue, soonest first.
+        Index("ix_flow_runs_claim", "work_queue_id", "state_type", "expected_start_time"),
+        Index("ix_flow_runs_agent_state", "agent_id", "state_type"),
+        Index("ix_flow_runs_created", "created"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    # No foreign key: a run's history outlives its deployment (the name is kept beside it).
+    deployment_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    deployment_name: Mapped[str] = mapped_column(String(200))
+    # Deleting a queue takes its run history with it; the API refuses while runs are in flight.
+    work_queue_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("work_queues.id", ondelete="CASCADE")
+    )
+    parameters: Mapped[dict[str, Any]]
+    tags: Mapped[list[str]]
+    env: Mapped[dict[str, Any]]
+    expected_start_time: Mapped[datetime]
+    state_type: Mapped[str] = mapped_column(String(20))
+    state_name: Mapped[str] = mapped_column(String(200))
+    state_message: Mapped[str | None] = mapped_column(Text)
+    state_timestamp: Mapped[datetime]
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    runner_info: Mapped[dict[str, Any]]
+    attempt: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime]
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+
+
+class FlowRunStateRow(Base):
+    __tablename__ = "flow_run_states"
+    __table_args__ = (Index("ix_flow_run_states_run", "flow_run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flow_run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str | None] = mapped_column(Text)
+    timestamp: Mapped[datetime]
+
+
+class LogRow(Base):
+    __tablename__ = "logs"
+    __table_args__ = (Index("ix_logs_run", "flow_run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    flow_run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"))
+    timestamp: Mapped[datetime]
+    stream: Mapped[str] = mapped_column(String(20))
+    level: Mapped[str] = mapped_column(String(20))
+    line: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,135 @@
+"""Helpers for tests that drive real processes: a real server, real agents, the real CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+BIN = Path(sys.executable).parent
+AGENT = str(BIN / "agent")
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class Server:
+    url: str  # ends in /api
+    home: Path
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.Client(base_url=self.url + "/", headers=headers, timeout=30)
+
+
+def base_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+    env |= {"AGENT_HOME": str(home), "AGENT_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+    return env | dict(extra or {})
+
+
+@contextlib.contextmanager
+def running_server(home: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """The real embedded server on a free loopback port, as a separate process."""
+    port = free_port()
+    env = base_env(home, extra_env)
+    log_path = home / "server.log"
+    home.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [AGENT, "server", "start", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    env["AGENT_API_URL"] = url
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited {process.returncode}: {log_path.read_text()}")
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=20, what="the server's /api/health")
+        yield Server(url=url, home=home, process=process, env=env)
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def cli(
+    server: Server, *args: str, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `agent` command against ``server``."""
+    result = subprocess.run(
+        [AGENT, *args],
+        env=server.env | dict(env or {}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"agent {' '.join(args)} exited {result.returncode}\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+    return result
+
+
+def start_agent(
+    server: Server, queue_id: str, *args: str, log_path: Path | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    log_path = log_path or server.home / f"agent-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [AGENT, "start", queue_id, *args],
+            env=server.env | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
