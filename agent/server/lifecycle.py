@@ -110,8 +110,6 @@ def new_run(
         created=now,
     )
     session.add(run)
-    # The run row must exist before its first history row references it.
-    session.flush()
     record_state(session, run, StateType.SCHEDULED, now=now, message=message)
     return run
 
@@ -140,9 +138,7 @@ def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> O
         run.agent_id = proposal.agent_id
     if proposal.runner_info:
         run.runner_info = {**run.runner_info, **proposal.runner_info}
-    record_state(
-        session, run, proposal.type, now=now, name=proposal.name, message=proposal.message
-    )
+    record_state(session, run, proposal.type, now=now, name=proposal.name, message=proposal.message)
     outcome = Outcome(run)
     if wakes_claimers(proposal.type):
         outcome.wake_queues.add(run.work_queue_id)

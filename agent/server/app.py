@@ -1,0 +1,103 @@
+"""The FastAPI application: routes under /api, auth, and error answers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from agent import __version__
+from agent.server.claims import Notifier
+from agent.server.db import Database, migrate
+from agent.server.deps import require_api_key
+from agent.server.routes import agents, deployments, flow_runs, health, work_queues
+from agent.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = (
+    "The flowagent work-queue API: work queues, deployments, flow runs, agents and logs. "
+    "When the server has an API key, send it as `Authorization: Bearer <key>`."
+)
+
+
+def create_app(settings: ServerSettings, *, migrate_on_startup: bool = True) -> FastAPI:
+    """The server application for ``settings``.
+
+    Args:
+        settings: where the database lives and the API key, if any.
+        migrate_on_startup: bring the schema up to date when the app starts; ``serve`` turns
+            this off because it has migrated already, before it opened its port.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate_on_startup:
+            await anyio.to_thread.run_sync(migrate, settings.home)
+        try:
+            yield
+        finally:
+            notifier.close()
+            db.dispose()
+
+    app = FastAPI(
+        title="flowagent server",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+    )
+    db = Database(settings.database_path)
+    notifier = Notifier()
+    app.state.settings = settings
+    app.state.db = db
+    app.state.notifier = notifier
+
+    api = APIRouter(prefix="/api")
+    api.include_router(health.router)
+    protected = APIRouter(dependencies=[Depends(require_api_key)])
+    for module in (work_queues, deployments, flow_runs, agents):
+        protected.include_router(module.router)
+    api.include_router(protected)
+    app.include_router(api)
+
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    return app
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """SQLite busy or full: a 503 the client retries, never a 500."""
+    reason = str(getattr(exc, "orig", exc)).lower()
+    if "locked" in reason or "busy" in reason:
+        detail = "the database is busy (locked by another writer); retry shortly"
+    elif "full" in reason:
+        detail = "the database disk is full; free some space on the server, then retry"
+    else:
+        detail = f"the database is unavailable ({reason}); retry shortly"
+    logger.warning("database unavailable for %s %s: %s", request.method, request.url.path, reason)
+    return JSONResponse(
+        {"detail": detail},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """A 422 whose detail is one readable sentence, like every other error we answer."""
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return JSONResponse(
+        {"detail": "invalid request: " + "; ".join(problems)},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )

@@ -1,0 +1,187 @@
+"""Handing runs to agents: the atomic claim and the long poll around it.
+
+The claim is one write transaction (``BEGIN IMMEDIATE``), and each run moves to PENDING with a
+compare-and-set ``UPDATE … WHERE state_type = 'SCHEDULED'``: a run is handed out once even when
+two server processes share the database.
+
+The long poll waits on a :class:`Notifier`, which the routes poke after a commit that may have
+made work available to a queue. Writes from another process poke nobody, so a waiter also
+re-checks every :data:`RECHECK_SECONDS`, and wakes on its own when the queue's next future run
+becomes due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import anyio
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from agent.models import ClaimedRun, ClaimRequest, StateType, utcnow
+from agent.server.db import Database
+from agent.server.lifecycle import ACTIVE_STATES, record_state
+from agent.server.orm import DeploymentRow, FlowRunRow, WorkQueueRow
+from agent.server.views import deployment_model, get_agent, get_queue, run_model
+
+RECHECK_SECONDS = 1.0
+# Due runs are scanned in pages because tag matching happens in Python.
+_SCAN_PAGE = 200
+# Wake a hair after a future run's start time so that it is due when we look.
+_DUE_SLACK_SECONDS = 0.002
+
+
+class Notifier:
+    """Wakes claimers held in a long poll when their queue may have work for them.
+
+    Used only from the event loop thread: routes call :meth:`notify` after their write
+    transaction has committed, so a woken claimer always sees the change. A waiter takes its
+    event *before* it looks at the database, so a change committed between its look and its
+    wait still wakes it.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[uuid.UUID, asyncio.Event] = {}
+        self.closed = False
+
+    def waiter(self, queue_id: uuid.UUID) -> asyncio.Event:
+        event = self._events.get(queue_id)
+        if event is None:
+            event = self._events[queue_id] = asyncio.Event()
+        return event
+
+    def notify(self, queue_ids: Iterable[uuid.UUID]) -> None:
+        for queue_id in queue_ids:
+            event = self._events.pop(queue_id, None)
+            if event is not None:
+                event.set()
+
+    def close(self) -> None:
+        """Release every waiter for good: the server is shutting down."""
+        self.closed = True
+        self.notify(list(self._events))
+
+
+@dataclass(frozen=True)
+class ClaimAttempt:
+    claimed: list[ClaimedRun]
+    # The earliest expected_start_time of the queue's SCHEDULED runs that are not due yet.
+    next_due: datetime | None
+
+
+def _free_slots(session: Session, queue: WorkQueueRow) -> int | None:
+    if queue.concurrency_limit is None:
+        return None
+    active = session.scalar(
+        select(func.count())
+        .select_from(FlowRunRow)
+        .where(FlowRunRow.work_queue_id == queue.id, FlowRunRow.state_type.in_(ACTIVE_STATES))
+    )
+    return max(0, queue.concurrency_limit - (active or 0))
+
+
+def _due_matching(
+    session: Session, queue_id: uuid.UUID, required: set[str], now: datetime, wanted: int
+) -> list[tuple[FlowRunRow, DeploymentRow]]:
+    """Up to ``wanted`` due runs of the queue carrying every ``required`` tag, soonest first.
+
+    Runs whose deployment was deleted are skipped: there is nothing left to launch them with.
+    """
+    found: list[tuple[FlowRunRow, DeploymentRow]] = []
+    offset = 0
+    while len(found) < wanted:
+        page = session.execute(
+            select(FlowRunRow, DeploymentRow)
+            .join(DeploymentRow, DeploymentRow.id == FlowRunRow.deployment_id)
+            .where(
+                FlowRunRow.work_queue_id == queue_id,
+                FlowRunRow.state_type == StateType.SCHEDULED.value,
+                FlowRunRow.expected_start_time <= now,
+            )
+            .order_by(FlowRunRow.expected_start_time)
+            .limit(_SCAN_PAGE)
+            .offset(offset)
+        ).all()
+        for run, deployment in page:
+            if required.issubset(run.tags):
+                found.append((run, deployment))
+                if len(found) == wanted:
+                    break
+        if len(page) < _SCAN_PAGE:
+            break
+        offset += _SCAN_PAGE
+    return found
+
+
+def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> ClaimAttempt:
+    """One claim transaction: move due, matching runs to PENDING for the agent."""
+    with db.write() as session:
+        queue = get_queue(session, queue_id)
+        agent = get_agent(session, request.agent_id)
+        now = utcnow()
+        next_due = session.scalar(
+            select(func.min(FlowRunRow.expected_start_time)).where(
+                FlowRunRow.work_queue_id == queue_id,
+                FlowRunRow.state_type == StateType.SCHEDULED.value,
+                FlowRunRow.expected_start_time > now,
+            )
+        )
+        if queue.paused:
+            return ClaimAttempt([], next_due)
+        wanted = request.limit
+        free = _free_slots(session, queue)
+        if free is not None:
+            wanted = min(wanted, free)
+        if wanted <= 0:
+            return ClaimAttempt([], next_due)
+
+        required = set(queue.tags) | set(request.tags)
+        claimed: list[ClaimedRun] = []
+        for run, deployment in _due_matching(session, queue_id, required, now, wanted):
+            taken = session.execute(
+                update(FlowRunRow)
+                .where(
+                    FlowRunRow.id == run.id,
+                    FlowRunRow.state_type == StateType.SCHEDULED.value,
+                )
+                .values(state_type=StateType.PENDING.value, agent_id=agent.id)
+                .execution_options(synchronize_session="evaluate")
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                continue
+            record_state(session, run, StateType.PENDING, now=now)
+            claimed.append(
+                ClaimedRun(flow_run=run_model(run), deployment=deployment_model(deployment))
+            )
+        return ClaimAttempt(claimed, next_due)
+
+
+async def claim(
+    db: Database,
+    notifier: Notifier,
+    queue_id: uuid.UUID,
+    request: ClaimRequest,
+    client_gone: Callable[[], Awaitable[bool]],
+) -> list[ClaimedRun]:
+    """Claim now, or hold the request until runs can be claimed or ``wait_seconds`` pass."""
+    deadline = anyio.current_time() + request.wait_seconds
+    while True:
+        wake = notifier.waiter(queue_id)
+        attempt = await db.run(claim_once, db, queue_id, request)
+        if attempt.claimed or request.limit == 0 or notifier.closed:
+            return attempt.claimed
+        timeout = min(deadline - anyio.current_time(), RECHECK_SECONDS)
+        if timeout <= 0:
+            return []
+        if attempt.next_due is not None:
+            until_due = (attempt.next_due - utcnow()).total_seconds() + _DUE_SLACK_SECONDS
+            timeout = min(timeout, max(until_due, 0.0))
+        with anyio.move_on_after(timeout):
+            await wake.wait()
+        # Runs claimed for a client that hung up would sit in PENDING until someone noticed.
+        if await client_gone():
+            return []

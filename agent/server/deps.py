@@ -1,0 +1,58 @@
+"""Request dependencies: the app's database and notifier, and the API-key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from agent.server.claims import Notifier
+from agent.server.db import Database
+from agent.server.settings import ServerSettings
+
+
+def get_settings(request: Request) -> ServerSettings:
+    settings: ServerSettings = request.app.state.settings
+    return settings
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_notifier(request: Request) -> Notifier:
+    notifier: Notifier = request.app.state.notifier
+    return notifier
+
+
+DB = Annotated[Database, Depends(get_db)]
+Wakeups = Annotated[Notifier, Depends(get_notifier)]
+
+# auto_error=False: we answer a missing header ourselves, with a 401 that says what to send.
+_bearer = HTTPBearer(auto_error=False, description="the server's AGENT_API_KEY")
+
+
+def require_api_key(
+    settings: Annotated[ServerSettings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Refuse the request unless it carries the server's API key (when it has one)."""
+    if settings.api_key is None:
+        return
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing API key: this server requires 'Authorization: Bearer <key>' "
+            "(set AGENT_API_KEY to the server's key)",
+            headers=challenge,
+        )
+    if not hmac.compare_digest(credentials.credentials.encode(), settings.api_key.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "wrong API key: the bearer token does not match the server's AGENT_API_KEY",
+            headers=challenge,
+        )

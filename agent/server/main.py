@@ -1,0 +1,130 @@
+"""Running the server: safety checks, the listening socket, migrations, uvicorn."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import ipaddress
+import socket
+from typing import TYPE_CHECKING
+
+from agent.errors import ConfigError
+from agent.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from agent.server.claims import Notifier
+
+# Held long polls are released at shutdown, so little should be left to wait for.
+GRACEFUL_SHUTDOWN_SECONDS = 3
+_SERVER_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic")
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM.
+
+    Raises:
+        ConfigError: the server extra is missing, the host is exposed without an API key, or
+            the port cannot be bound.
+    """
+    _require_server_extra()
+    _refuse_exposure_without_key(settings)
+    sock = _bind(settings.host, settings.port)
+    try:
+        _run(settings, sock)
+    finally:
+        sock.close()
+
+
+def _run(settings: ServerSettings, sock: socket.socket) -> None:
+    import uvicorn
+
+    from agent.server.app import create_app
+    from agent.server.db import migrate
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    migrate(settings.home)
+    app = create_app(settings, migrate_on_startup=False)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    banner = (
+        f"flowagent server listening on http://{shown_host}:{port} (API at /api, docs at /docs)"
+    )
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(banner, flush=True)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # Answer held long polls now, so that they do not hold up the graceful shutdown.
+            notifier: Notifier = app.state.notifier
+            notifier.close()
+            await super().shutdown(sockets)
+
+    Server(config).run(sockets=[sock])
+
+
+def _require_server_extra() -> None:
+    missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the embedded server is not installed (missing: {', '.join(missing)})",
+            hint="pip install 'flowagent[server]'",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def _refuse_exposure_without_key(settings: ServerSettings) -> None:
+    if settings.api_key is None and not _is_loopback(settings.host):
+        raise ConfigError(
+            f"refusing to listen on {settings.host} without an API key",
+            hint="set AGENT_API_KEY or use --host 127.0.0.1",
+        )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so that a busy port is a clear error up front."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot listen on {host}: {exc.strerror}",
+            hint="pass --host with an IP address or a name that resolves",
+        ) from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    # A restart must not fail because the previous run's connections linger in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} is already in use on {host}",
+                hint="stop the other process or pass --port",
+            ) from exc
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="pass another --host or --port",
+        ) from exc
+    return sock

@@ -1,0 +1,74 @@
+"""Agents: heartbeats (which register them), listing, and their runs to cancel."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from agent.models import AgentRecord, Heartbeat, StateType, utcnow
+from agent.server.db import Database
+from agent.server.deps import DB
+from agent.server.orm import AgentRow, FlowRunRow
+from agent.server.views import agent_model, get_agent, get_queue
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+
+def _heartbeat(db: Database, beat: Heartbeat) -> AgentRecord:
+    with db.write() as session:
+        get_queue(session, beat.work_queue_id)
+        now = utcnow()
+        row = session.scalar(select(AgentRow).where(AgentRow.name == beat.name))
+        if row is None:
+            # The name is the agent's identity: a restarted agent keeps its id and its runs.
+            row = AgentRow(id=uuid.uuid4(), name=beat.name, created=now)
+            session.add(row)
+        row.work_queue_id = beat.work_queue_id
+        row.tags = list(beat.tags)
+        row.hostname = beat.hostname
+        row.pid = beat.pid
+        row.version = beat.version
+        row.runs_in_flight = beat.runs_in_flight
+        row.heartbeat_interval_seconds = beat.heartbeat_interval_seconds
+        row.metrics = None if beat.metrics is None else beat.metrics.model_dump(mode="json")
+        row.last_heartbeat = now
+        return agent_model(row, now)
+
+
+def _list(db: Database) -> list[AgentRecord]:
+    with db.read() as session:
+        now = utcnow()
+        rows = session.scalars(select(AgentRow).order_by(AgentRow.name))
+        return [agent_model(row, now) for row in rows]
+
+
+def _cancelling(db: Database, agent_id: uuid.UUID) -> list[uuid.UUID]:
+    with db.read() as session:
+        get_agent(session, agent_id)
+        return list(
+            session.scalars(
+                select(FlowRunRow.id)
+                .where(
+                    FlowRunRow.agent_id == agent_id,
+                    FlowRunRow.state_type == StateType.CANCELLING.value,
+                )
+                .order_by(FlowRunRow.state_timestamp)
+            )
+        )
+
+
+@router.post("/heartbeat", summary="Register or refresh an agent (upsert by name)")
+async def heartbeat(beat: Heartbeat, db: DB) -> AgentRecord:
+    return await db.run(_heartbeat, db, beat)
+
+
+@router.get("", summary="List agents with their ONLINE/OFFLINE status")
+async def list_agents(db: DB) -> list[AgentRecord]:
+    return await db.run(_list, db)
+
+
+@router.get("/{agent_id}/cancelling", summary="Ids of this agent's runs in CANCELLING")
+async def cancelling_runs(agent_id: uuid.UUID, db: DB) -> list[uuid.UUID]:
+    return await db.run(_cancelling, db, agent_id)

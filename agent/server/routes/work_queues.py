@@ -1,0 +1,178 @@
+"""Work queues: CRUD, preview, and the claim endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy import func, select
+
+from agent.models import (
+    ClaimedRun,
+    ClaimRequest,
+    FlowRun,
+    StateType,
+    WorkQueue,
+    WorkQueueCreate,
+    WorkQueueUpdate,
+    utcnow,
+)
+from agent.server import claims
+from agent.server.db import Database
+from agent.server.deps import DB, Wakeups
+from agent.server.lifecycle import ACTIVE_STATES
+from agent.server.orm import DeploymentRow, FlowRunRow, WorkQueueRow
+from agent.server.views import conflict, get_queue, not_found, queue_model, run_model
+
+router = APIRouter(prefix="/work_queues", tags=["work queues"])
+
+
+def _create(db: Database, body: WorkQueueCreate) -> WorkQueue:
+    with db.write() as session:
+        if session.scalar(select(WorkQueueRow.id).where(WorkQueueRow.name == body.name)):
+            raise conflict(f"a work queue named {body.name!r} already exists")
+        row = WorkQueueRow(
+            id=uuid.uuid4(),
+            name=body.name,
+            tags=list(body.tags),
+            concurrency_limit=body.concurrency_limit,
+            paused=body.paused,
+            created=utcnow(),
+        )
+        session.add(row)
+        return queue_model(row)
+
+
+def _list(db: Database) -> list[WorkQueue]:
+    with db.read() as session:
+        rows = session.scalars(select(WorkQueueRow).order_by(WorkQueueRow.name))
+        return [queue_model(row) for row in rows]
+
+
+def _get(db: Database, queue_id: uuid.UUID) -> WorkQueue:
+    with db.read() as session:
+        return queue_model(get_queue(session, queue_id))
+
+
+def _get_by_name(db: Database, name: str) -> WorkQueue:
+    with db.read() as session:
+        row = session.scalar(select(WorkQueueRow).where(WorkQueueRow.name == name))
+        if row is None:
+            raise not_found("work queue", repr(name))
+        return queue_model(row)
+
+
+def _update(db: Database, queue_id: uuid.UUID, body: WorkQueueUpdate) -> WorkQueue:
+    with db.write() as session:
+        row = get_queue(session, queue_id)
+        given = body.model_fields_set
+        if "tags" in given and body.tags is not None:
+            row.tags = list(body.tags)
+        # An explicit null limit means "no limit"; a left-out one keeps the current limit.
+        if "concurrency_limit" in given:
+            row.concurrency_limit = body.concurrency_limit
+        if "paused" in given and body.paused is not None:
+            row.paused = body.paused
+        return queue_model(row)
+
+
+def _delete(db: Database, queue_id: uuid.UUID) -> None:
+    with db.write() as session:
+        row = get_queue(session, queue_id)
+        users = list(
+            session.scalars(
+                select(DeploymentRow.name)
+                .where(DeploymentRow.work_queue_id == queue_id)
+                .order_by(DeploymentRow.name)
+            )
+        )
+        if users:
+            raise conflict(
+                f"work queue {row.name!r} is used by {len(users)} deployment(s) "
+                f"({', '.join(users)}); delete or move them first"
+            )
+        in_flight = session.scalar(
+            select(func.count())
+            .select_from(FlowRunRow)
+            .where(FlowRunRow.work_queue_id == queue_id, FlowRunRow.state_type.in_(ACTIVE_STATES))
+        )
+        if in_flight:
+            raise conflict(
+                f"work queue {row.name!r} has {in_flight} run(s) in flight; "
+                "wait for them to finish or cancel them first"
+            )
+        session.delete(row)
+
+
+def _preview(db: Database, queue_id: uuid.UUID, hours: float) -> list[FlowRun]:
+    with db.read() as session:
+        queue = get_queue(session, queue_id)
+        horizon = utcnow() + timedelta(hours=hours)
+        rows = session.scalars(
+            select(FlowRunRow)
+            .where(
+                FlowRunRow.work_queue_id == queue_id,
+                FlowRunRow.state_type == StateType.SCHEDULED.value,
+                FlowRunRow.expected_start_time <= horizon,
+            )
+            .order_by(FlowRunRow.expected_start_time)
+        )
+        # Only what this queue would hand out: runs lacking one of its tags never leave it.
+        required = set(queue.tags)
+        return [run_model(row) for row in rows if required.issubset(row.tags)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a work queue")
+async def create_work_queue(body: WorkQueueCreate, db: DB) -> WorkQueue:
+    return await db.run(_create, db, body)
+
+
+@router.get("", summary="List work queues, sorted by name")
+async def list_work_queues(db: DB) -> list[WorkQueue]:
+    return await db.run(_list, db)
+
+
+@router.get("/name/{name}", summary="Read a work queue by name")
+async def read_work_queue_by_name(name: str, db: DB) -> WorkQueue:
+    return await db.run(_get_by_name, db, name)
+
+
+@router.get("/{queue_id}", summary="Read a work queue")
+async def read_work_queue(queue_id: uuid.UUID, db: DB) -> WorkQueue:
+    return await db.run(_get, db, queue_id)
+
+
+@router.patch("/{queue_id}", summary="Pause/resume a queue, change its limit or tags")
+async def update_work_queue(
+    queue_id: uuid.UUID, body: WorkQueueUpdate, db: DB, wakeups: Wakeups
+) -> WorkQueue:
+    queue = await db.run(_update, db, queue_id, body)
+    # Resumed, a higher limit or fewer tags: held claimers may now find work.
+    wakeups.notify([queue_id])
+    return queue
+
+
+@router.delete(
+    "/{queue_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an unused work queue"
+)
+async def delete_work_queue(queue_id: uuid.UUID, db: DB) -> Response:
+    await db.run(_delete, db, queue_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{queue_id}/preview", summary="SCHEDULED runs due within the next hours")
+async def preview_work_queue(
+    queue_id: uuid.UUID,
+    db: DB,
+    hours: Annotated[float, Query(ge=0, le=24 * 366)] = 1,
+) -> list[FlowRun]:
+    return await db.run(_preview, db, queue_id, hours)
+
+
+@router.post("/{queue_id}/claim", summary="Atomically claim due runs, long-polling for them")
+async def claim_runs(
+    queue_id: uuid.UUID, body: ClaimRequest, request: Request, db: DB, wakeups: Wakeups
+) -> list[ClaimedRun]:
+    return await claims.claim(db, wakeups, queue_id, body, request.is_disconnected)
