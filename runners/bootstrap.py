@@ -1,0 +1,218 @@
+"""Run one flow entrypoint inside the flow's own interpreter.
+
+    python /path/to/bootstrap.py <entrypoint>
+
+The subprocess runner starts this file with whatever Python the deployment chose, which has
+nothing of flowagent installed, so it uses the standard library only. ``<entrypoint>`` is
+``path/to/file.py:func`` (relative to the working directory) or ``package.module:func``.
+
+Environment:
+    FLOWAGENT_PARAMETERS   a JSON object, passed as keyword arguments (absent: no arguments)
+    FLOWAGENT_RESULT_FILE  where to write the outcome as JSON (absent: not written):
+                           {"ok": true, "result": ...} or {"ok": true, "result_repr": "..."}
+                           or {"ok": false, "error_type": "ValueError", "error_message": "..."}
+
+Exit codes: 0 the flow returned; 1 the flow raised (traceback on stderr); 2 the entrypoint could
+not be loaded or called (one ``flowagent: ...`` line on stderr, error_type "EntrypointError").
+A flow calling sys.exit() or dying of a signal keeps its own exit status.
+"""
+
+import os
+import sys
+
+# Python put this file's directory (the runners package) first on sys.path. It holds modules
+# named like real ones (subprocess.py, docker.py) that would shadow them for the flow, and for
+# asyncio, so it must go before anything else is imported.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == _HERE:
+    del sys.path[0]
+
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
+
+EXIT_FLOW_FAILED = 1
+EXIT_ENTRYPOINT_ERROR = 2
+
+
+class EntrypointError(Exception):
+    """The flow could not be loaded or called; the message is shown to the user as is."""
+
+
+def load_function(entrypoint: str) -> Callable[..., Any]:
+    """Return the callable an entrypoint names, importing its file or module."""
+    target, sep, attr_path = entrypoint.rpartition(":")
+    if not sep or not target or not attr_path:
+        raise EntrypointError(
+            f"invalid entrypoint {entrypoint!r}: expected path/to/file.py:function "
+            "or package.module:function"
+        )
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        module, where = _load_file(target), target
+    else:
+        module, where = _import_module(target), f"module {target}"
+    obj: object = module
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise EntrypointError(f"{where} has no function {attr_path!r}") from None
+    if not callable(obj):
+        raise EntrypointError(f"{where}: {attr_path!r} is not callable")
+    return obj
+
+
+def _load_file(path: str) -> ModuleType:
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise EntrypointError(
+            f"entrypoint file not found: {path} (working directory {os.getcwd()})"
+        )
+    # The file's directory first, so sibling imports work as under `python file.py`; the working
+    # directory too, so the project's own packages import as they do under `python -m`.
+    for entry in (os.getcwd(), os.path.dirname(full)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    name = os.path.splitext(os.path.basename(full))[0]
+    if not name.isidentifier() or name in sys.modules:
+        # Never replace a module already loaded (a flow file named json.py): use a private name.
+        name = "__flowagent_flow__"
+    spec = importlib.util.spec_from_file_location(name, full)
+    if spec is None or spec.loader is None:
+        raise EntrypointError(f"cannot load {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before running it, so dataclasses, pickle and typing can find the module.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        _print_traceback(exc)
+        raise EntrypointError(f"cannot load {path}: {_describe(exc)}") from None
+    return module
+
+
+def _import_module(name: str) -> ModuleType:
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        # Only a missing target is self-explanatory; a missing dependency of it needs the trace.
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            _print_traceback(exc)
+        raise EntrypointError(f"cannot import module {name!r}: {exc}") from None
+    except Exception as exc:
+        _print_traceback(exc)
+        raise EntrypointError(f"cannot import module {name!r}: {_describe(exc)}") from None
+
+
+def read_parameters() -> dict[str, Any]:
+    raw = os.environ.get("FLOWAGENT_PARAMETERS")
+    if not raw:
+        return {}
+    try:
+        parameters = json.loads(raw)
+    except ValueError as exc:
+        raise EntrypointError(f"FLOWAGENT_PARAMETERS is not valid JSON: {exc}") from None
+    if not isinstance(parameters, dict):
+        raise EntrypointError("FLOWAGENT_PARAMETERS must be a JSON object")
+    return parameters
+
+
+def check_parameters(func: Callable[..., Any], parameters: dict[str, Any]) -> None:
+    """Refuse parameters the function cannot take, before running any of it."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # builtins and some C callables have no signature: let the call decide
+    try:
+        signature.bind(**parameters)
+    except TypeError as exc:
+        name = getattr(func, "__name__", "the flow")
+        raise EntrypointError(f"parameters do not match {name}{signature}: {exc}") from None
+
+
+def call(func: Callable[..., Any], parameters: dict[str, Any]) -> Any:
+    result = func(**parameters)
+    if inspect.iscoroutine(result):
+        import asyncio  # imported only for async flows: it costs startup time
+
+        result = asyncio.run(result)
+    return result
+
+
+def write_result(document: dict[str, Any]) -> None:
+    path = os.environ.get("FLOWAGENT_RESULT_FILE")
+    if not path:
+        return
+    try:
+        text = json.dumps(document)
+    except (TypeError, ValueError, RecursionError):
+        # Not JSON-serialisable (or circular): say what it was rather than lose it.
+        try:
+            text = json.dumps({"ok": True, "result_repr": repr(document["result"])})
+        except Exception as exc:
+            text = json.dumps({"ok": True, "result_repr": f"<unrepresentable: {_describe(exc)}>"})
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        # The flow's own outcome stands; the agent falls back to the exit status.
+        print(f"flowagent: cannot write the result file: {exc}", file=sys.stderr)
+
+
+def _describe(exc: BaseException) -> str:
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
+def _print_traceback(exc: BaseException) -> None:
+    # Drop our own frames: the user's code starts below them.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    # Line by line, so the agent streams output as it is printed even if PYTHONUNBUFFERED is off.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+    try:
+        if len(argv) != 2:
+            raise EntrypointError(
+                "usage: bootstrap.py <path/to/file.py:func | package.module:func>"
+            )
+        parameters = read_parameters()
+        func = load_function(argv[1])
+        check_parameters(func, parameters)
+    except EntrypointError as exc:
+        print(f"flowagent: {exc}", file=sys.stderr)
+        write_result({"ok": False, "error_type": "EntrypointError", "error_message": str(exc)})
+        return EXIT_ENTRYPOINT_ERROR
+    try:
+        result = call(func, parameters)
+    except Exception as exc:
+        # SystemExit and KeyboardInterrupt are not caught: the flow's own exit status stands.
+        message = str(exc)
+        write_result({"ok": False, "error_type": type(exc).__name__, "error_message": message})
+        _print_traceback(exc)
+        return EXIT_FLOW_FAILED
+    write_result({"ok": True, "result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
