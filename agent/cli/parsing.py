@@ -6,6 +6,7 @@ that says where it is (the flag, or the file, line and field).
 
 from __future__ import annotations
 
+import ast
 import json
 import shlex
 from collections.abc import Iterable, Sequence
@@ -15,8 +16,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic import model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import InputError
 
@@ -64,12 +64,13 @@ def parse_pairs(items: Iterable[str], flag: str, *, json_values: bool = True) ->
     return result
 
 
-def parse_uuid(value: str, what: str, list_command: str) -> UUID:
+def parse_uuid(value: str, what: str, things: str, list_command: str) -> UUID:
+    """``parse_uuid("abc", "work-queue", "queues", "agent work-queue ls")``."""
     try:
         return UUID(value)
     except ValueError:
         raise InputError(
-            f"{value!r} is not a {what} id (a UUID); list them with {list_command}"
+            f"{value!r} is not a {what} id (a UUID); list {things} with {list_command}"
         ) from None
 
 
@@ -115,9 +116,7 @@ class DeploymentSpec(BaseModel):
     tags: list[str] = Field(default_factory=list)
     runner: str = "subprocess"
     runner_options: dict[str, Any] = Field(default_factory=dict)
-    env: Annotated[dict[str, str], BeforeValidator(_stringify_values)] = Field(
-        default_factory=dict
-    )
+    env: Annotated[dict[str, str], BeforeValidator(_stringify_values)] = Field(default_factory=dict)
     working_dir: str | None = None
     timeout_seconds: float | None = Field(default=None, gt=0)
     retries: int = Field(default=0, ge=0)
@@ -166,6 +165,14 @@ def _loc_path(loc: Sequence[int | str]) -> str:
 def _message(error: Any) -> str:
     msg = str(error["msg"])
     return msg.removeprefix("Value error, ")
+
+
+def invalid_input(exc: ValidationError) -> str:
+    """One line naming each field pydantic refused."""
+    problems = [
+        f"{_loc_path(e['loc'])}: {_message(e)}" if e["loc"] else _message(e) for e in exc.errors()
+    ]
+    return f"invalid {exc.title}: " + "; ".join(problems)
 
 
 def spec_from_flags(values: dict[str, Any]) -> DeploymentSpec:
@@ -275,3 +282,54 @@ def load_deployment_file(path: Path) -> list[FileDeployment]:
         label = f" ({_loc_path(base)})" if base else ""
         result.append(FileDeployment(spec, f"{path}:{line}{label}"))
     return result
+
+
+# --------------------------------------------------------------------------- entrypoint checks
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def check_entrypoint(entrypoint: str, working_dir: Path) -> None:
+    """Fail early when a ``file.py:func`` entrypoint's file or function is missing here.
+
+    Module entrypoints (``package.module:func``) are not checked: they resolve in the flow's
+    interpreter, which may not be this one. Pass --no-check when the agent's host differs.
+    """
+    target, _, func = entrypoint.rpartition(":")
+    if not target.endswith(".py"):
+        return
+    hint = (
+        "fix the entrypoint (a path is relative to the working directory), or pass --no-check "
+        "if it exists only where the agent runs"
+    )
+    path = Path(target)
+    full = path if path.is_absolute() else working_dir / path
+    if not full.is_file():
+        raise InputError(f"entrypoint file {str(full)!r} does not exist", hint=hint)
+    try:
+        tree = ast.parse(full.read_bytes(), filename=str(full))
+    except SyntaxError as exc:
+        raise InputError(
+            f"entrypoint file {str(full)!r} has a syntax error at line {exc.lineno}: {exc.msg}",
+            hint=hint,
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read entrypoint file {str(full)!r}: {exc.strerror}") from None
+    names = _defined_names(tree)
+    if func.split(".")[0] not in names and "*" not in names:
+        raise InputError(
+            f"entrypoint file {str(full)!r} defines no function {func!r}",
+            hint=hint,
+        )

@@ -1,0 +1,269 @@
+"""`agent deployment …`: create (from flags or a YAML file), list, inspect, run and delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agent.backends.native import NativeBackend
+from agent.cli.context import settings_of
+from agent.cli.flow_run import final_line, follow_run
+from agent.cli.lookup import queue_names, resolve_deployment, resolve_queue
+from agent.cli.output import call, confirm, info, print_json, print_table, say, table
+from agent.cli.parsing import (
+    FLAG_NAMES,
+    DeploymentSpec,
+    check_entrypoint,
+    load_deployment_file,
+    parse_pairs,
+    spec_from_flags,
+)
+from agent.errors import InputError
+from agent.models import Deployment, DeploymentCreate, FlowRun, FlowRunCreate, StateType, WorkQueue
+
+app = typer.Typer(help="Deployments: what to run, where, and how.", no_args_is_help=True)
+
+NameArg = Annotated[
+    str, typer.Argument(help="The deployment's name (or UUID).", show_default=False)
+]
+
+
+LIST_FLAGS = {"param": "--param", "option": "--runner-option", "env": "--env"}
+
+
+def _target(d: Deployment) -> str:
+    return d.entrypoint if d.entrypoint is not None else " ".join(d.command or [])
+
+
+def _flag_values(
+    entrypoint: str | None,
+    flags: dict[str, Any],
+    param: list[str],
+    option: list[str],
+    env: list[str],
+) -> dict[str, Any]:
+    values = {k: v for k, v in flags.items() if v is not None}
+    if entrypoint is not None:
+        values["entrypoint"] = entrypoint
+    values["parameters"] = parse_pairs(param, "--param")
+    values["runner_options"] = parse_pairs(option, "--runner-option")
+    values["env"] = parse_pairs(env, "--env", json_values=False)
+    return values
+
+
+def _specs(
+    file: Path | None, entrypoint: str | None, flags: dict[str, Any], lists: dict[str, list[str]]
+) -> list[tuple[DeploymentSpec, str]]:
+    """The deployments to create, each with a label for messages; working_dir made absolute."""
+    if file is None:
+        if entrypoint is not None and flags.get("command") is not None:
+            raise InputError("give an ENTRYPOINT or --command, not both")
+        if entrypoint is None and flags.get("command") is None:
+            raise InputError(
+                "nothing to run: give an ENTRYPOINT (path/to/file.py:func) or --command",
+                hint="or describe the deployment in a file: --file deployment.yaml",
+            )
+        workdir = Path(flags.pop("working_dir") or ".").resolve()
+        values = _flag_values(entrypoint, flags, lists["param"], lists["option"], lists["env"])
+        spec = spec_from_flags(values | {"working_dir": str(workdir)})
+        return [(spec, f"deployment {spec.name!r}")]
+    given = [FLAG_NAMES[k] for k, v in flags.items() if v is not None and k != "queue"]
+    given += [LIST_FLAGS[k] for k, v in lists.items() if v]
+    if entrypoint is not None:
+        given.insert(0, "ENTRYPOINT")
+    if given:
+        raise InputError(
+            f"--file describes the whole deployment; do not combine it with {', '.join(given)}",
+            hint="--queue may be given as the queue of entries that have none",
+        )
+    result = []
+    for entry in load_deployment_file(file):
+        spec = entry.spec
+        workdir = file.parent / (spec.working_dir or ".")
+        spec = spec.model_copy(update={"working_dir": str(workdir.resolve())})
+        if spec.queue is None and flags.get("queue") is None:
+            raise InputError(f"{entry.where}: no queue: add a 'queue' field or pass --queue")
+        result.append((spec, entry.where))
+    return result
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    entrypoint: Annotated[
+        str | None,
+        typer.Argument(help="path/to/file.py:func or package.module:func.", show_default=False),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Unique name.")] = None,
+    queue: Annotated[
+        str | None, typer.Option("--queue", "-q", help="Work queue (UUID or name).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Default parameter k=v; v parsed as JSON if it can be."),
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Tag for its runs.")] = None,
+    runner: Annotated[
+        str | None, typer.Option("--runner", help="Runner name (default subprocess).")
+    ] = None,
+    runner_option: Annotated[
+        list[str] | None, typer.Option("--runner-option", help="Runner option k=v (JSON values).")
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Env var K=V.")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", help="Working directory (default: here).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Fail a run after this many seconds.")
+    ] = None,
+    retries: Annotated[
+        int | None, typer.Option("--retries", help="Retries of a failed run.")
+    ] = None,
+    retry_delay: Annotated[
+        float | None, typer.Option("--retry-delay", help="Seconds before a retry.")
+    ] = None,
+    command: Annotated[
+        str | None, typer.Option("--command", help='An argv to run instead: "prog arg …".')
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="YAML file with one or more deployments.")
+    ] = None,
+    no_check: Annotated[
+        bool, typer.Option("--no-check", help="Do not check the entrypoint exists here.")
+    ] = False,
+) -> None:
+    """Create (or update, by name) a deployment and print its id."""
+    flags: dict[str, Any] = {
+        "name": name,
+        "queue": queue,
+        "tags": tag or None,
+        "runner": runner,
+        "working_dir": workdir,
+        "timeout_seconds": timeout,
+        "retries": retries,
+        "retry_delay_seconds": retry_delay,
+        "command": command,
+    }
+    lists = {"param": param or [], "option": runner_option or [], "env": env or []}
+    if file is None:
+        for required in ("name", "queue"):
+            if flags[required] is None:
+                raise InputError(
+                    f"missing --{required}",
+                    hint="see agent deployment create --help, or use --file deployment.yaml",
+                )
+    specs = _specs(file, entrypoint, flags, lists)
+    if not no_check:
+        for spec, where in specs:
+            if spec.entrypoint is not None and spec.working_dir is not None:
+                try:
+                    check_entrypoint(spec.entrypoint, Path(spec.working_dir))
+                except InputError as exc:
+                    exc.message = f"{where}: {exc.message}" if file else exc.message
+                    raise
+
+    async def run(backend: NativeBackend) -> list[tuple[Deployment, WorkQueue]]:
+        queues: dict[str, WorkQueue] = {}
+        done = []
+        for spec, _ in specs:
+            ref = spec.queue or queue or ""
+            if ref not in queues:
+                queues[ref] = await resolve_queue(backend, ref)
+            fields = spec.model_dump(exclude={"queue"})
+            body = DeploymentCreate(work_queue_id=queues[ref].id, **fields)
+            done.append((await backend.create_deployment(body), queues[ref]))
+        return done
+
+    for deployment, work_queue in call(settings_of(ctx), run):
+        typer.echo(str(deployment.id))
+        verb = "created" if deployment.created == deployment.updated else "updated"
+        info(f"{verb} deployment {deployment.name!r} on work queue {work_queue.name!r}")
+
+
+@app.command("ls")
+def ls(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the deployments."""
+
+    async def run(backend: NativeBackend) -> tuple[list[Deployment], dict[Any, str]]:
+        return await backend.list_deployments(), await queue_names(backend)
+
+    deployments, names = call(settings_of(ctx), run)
+    if as_json:
+        print_json([d.model_dump(mode="json") for d in deployments])
+        return
+    rows = table("name", "id", "queue", "runs", "runner", "tags")
+    for d in deployments:
+        queue = names.get(d.work_queue_id, str(d.work_queue_id))
+        rows.add_row(d.name, str(d.id), queue, _target(d), d.runner, ", ".join(d.tags))
+    print_table(rows, "no deployments yet; create one with agent deployment create")
+
+
+@app.command("inspect")
+def inspect(ctx: typer.Context, name: NameArg) -> None:
+    """Print a deployment as JSON."""
+
+    async def run(backend: NativeBackend) -> Deployment:
+        return await resolve_deployment(backend, name)
+
+    print_json(call(settings_of(ctx), run).model_dump(mode="json"))
+
+
+@app.command("run")
+def run_deployment(
+    ctx: typer.Context,
+    name: NameArg,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Parameter k=v over the defaults.")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Extra tag.")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Env var K=V.")] = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", "-w", help="Stream the logs; exit 0 only if it COMPLETED."),
+    ] = False,
+) -> None:
+    """Schedule a run now and print its id."""
+    body = FlowRunCreate(
+        parameters=parse_pairs(param or [], "--param"),
+        tags=list(tag or ()),
+        env=parse_pairs(env or [], "--env", json_values=False),
+    )
+
+    async def run(backend: NativeBackend) -> FlowRun:
+        deployment = await resolve_deployment(backend, name)
+        return await backend.create_run(deployment.id, body)
+
+    created = call(settings_of(ctx), run)
+    typer.echo(str(created.id))
+    info(f"scheduled flow run {created.name!r} of {created.deployment_name!r}")
+    if watch:
+        finished = follow_run(ctx, created.id)
+        say(final_line(finished))
+        raise typer.Exit(0 if finished.state.type is StateType.COMPLETED else 1)
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: NameArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a deployment; its runs that have not been claimed yet are cancelled."""
+    settings = settings_of(ctx)
+
+    async def find(backend: NativeBackend) -> Deployment:
+        return await resolve_deployment(backend, name)
+
+    found = call(settings, find)
+    confirm(f"Delete deployment {found.name!r} ({found.id}) and cancel its scheduled runs?", yes)
+
+    async def run(backend: NativeBackend) -> None:
+        await backend.delete_deployment(found.id)
+
+    call(settings, run)
+    say(f"deleted deployment {found.name!r} ({found.id})")

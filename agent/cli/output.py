@@ -1,0 +1,184 @@
+"""Printing (rich tables, JSON, errors) and the bridge from sync commands to the async client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from agent.backends.http import HttpClient
+from agent.backends.native import NativeBackend
+from agent.config import Settings
+from agent.errors import ConfigError, FlowAgentError, InputError, ServerUnavailable
+from agent.models import StateType, utcnow
+
+T = TypeVar("T")
+
+# One-shot commands give up on an unreachable server quickly; the daemon waits much longer.
+CLI_RETRY_SECONDS = 3.0
+UNREACHABLE_HINT = "start it with agent server start, or set --api-url / AGENT_API_URL"
+
+STATE_STYLES = {
+    StateType.SCHEDULED: "cyan",
+    StateType.PENDING: "cyan",
+    StateType.RUNNING: "blue",
+    StateType.COMPLETED: "green",
+    StateType.FAILED: "red",
+    StateType.CRASHED: "bold red",
+    StateType.CANCELLING: "yellow",
+    StateType.CANCELLED: "yellow",
+}
+
+
+# --------------------------------------------------------------------------- consoles
+
+
+def _width(stream: Any) -> int | None:
+    # Piped output is for scripts and logs: never wrap (or fold a UUID) at 80 columns.
+    if stream.isatty():
+        return None
+    return int(os.environ.get("COLUMNS") or 0) or 240
+
+
+def out() -> Console:
+    return Console(highlight=False, width=_width(sys.stdout))
+
+
+def err() -> Console:
+    return Console(stderr=True, highlight=False, width=_width(sys.stderr))
+
+
+def info(message: str) -> None:
+    """A human note on stderr, so stdout stays the value a script wants."""
+    err().print(Text(message, style="dim"), soft_wrap=True)
+
+
+def say(message: str | Text) -> None:
+    out().print(message, soft_wrap=True)
+
+
+def print_error(exc: FlowAgentError) -> None:
+    console = err()
+    console.print(
+        Text("error: ", style="bold red") + Text(exc.message, style="red"), soft_wrap=True
+    )
+    if exc.hint:
+        console.print(Text("hint: ", style="yellow") + Text(exc.hint), soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err().print(Text("warning: ", style="bold yellow") + Text(message), soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    text = json.dumps(data, indent=2, default=str)
+    if sys.stdout.isatty():
+        out().print_json(text)
+    else:
+        typer.echo(text)
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    result = Table(title=title, header_style="bold", box=None, pad_edge=False)
+    for column in columns:
+        result.add_column(column, no_wrap=column in ("id", "name", "expected start"))
+    return result
+
+
+def print_table(data: Table, empty: str) -> None:
+    if data.row_count == 0:
+        info(empty)
+        return
+    out().print(data)
+
+
+def state_text(state: StateType) -> Text:
+    return Text(state.value, style=STATE_STYLES.get(state, ""))
+
+
+def when(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def age(moment: datetime, now: datetime | None = None) -> str:
+    """``12s ago`` / ``in 3m`` / ``2h ago``."""
+    delta = ((now or utcnow()) - moment).total_seconds()
+    seconds = abs(delta)
+    if seconds < 120:
+        amount = f"{seconds:.0f}s"
+    elif seconds < 2 * 3600:
+        amount = f"{seconds / 60:.0f}m"
+    elif seconds < 2 * 86400:
+        amount = f"{seconds / 3600:.0f}h"
+    else:
+        amount = f"{seconds / 86400:.0f}d"
+    return f"{amount} ago" if delta >= 0 else f"in {amount}"
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Go on only when the user said --yes or answers y; never guess without a terminal."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(f"{question} Refusing to ask without a terminal.", hint="pass --yes")
+    typer.confirm(question, abort=True)
+
+
+# --------------------------------------------------------------------------- the async bridge
+
+
+def quiet_client_logs() -> None:
+    """Keep the HTTP client's retry warnings out of one-shot command output.
+
+    The CLI owns the process, so it may configure structlog; `agent start` reconfigures
+    logging for the daemon.
+    """
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def backend_for(settings: Settings, retry_for: float = CLI_RETRY_SECONDS) -> NativeBackend:
+    if settings.backend == "prefect":
+        raise ConfigError(
+            "this command manages the embedded server, but backend is 'prefect'",
+            hint="manage Prefect work queues with the prefect CLI; `agent start` can poll them",
+        )
+    http = HttpClient(
+        settings.api_url,
+        api_key=settings.api_key,
+        timeout=settings.request_timeout_seconds,
+        retry_for=min(retry_for, settings.startup_timeout_seconds),
+    )
+    return NativeBackend(http)
+
+
+def call(settings: Settings, fn: Callable[[NativeBackend], Awaitable[T]]) -> T:
+    """Run ``fn(backend)`` on a fresh event loop and close the client after it."""
+
+    async def run() -> T:
+        backend = backend_for(settings)
+        try:
+            return await fn(backend)
+        except ServerUnavailable as exc:
+            if exc.hint is None and exc.message.startswith("cannot reach"):
+                exc.hint = UNREACHABLE_HINT
+            raise
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(run())

@@ -1,0 +1,66 @@
+"""`agent server …`: the embedded work-queue server."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from agent.cli.context import settings_of
+from agent.config import with_overrides
+from agent.errors import FlowAgentError
+
+app = typer.Typer(help="The embedded work-queue server (needs the `server` extra).")
+
+SERVER_DEPENDENCIES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "starlette", "agent.server")
+
+
+def server_not_installed(exc: ModuleNotFoundError) -> FlowAgentError:
+    """The error for a missing `server` extra; re-raises anything else that failed to import."""
+    name = exc.name or ""
+    if not any(name == dep or name.startswith(dep + ".") for dep in SERVER_DEPENDENCIES):
+        raise exc
+    return FlowAgentError(
+        "the embedded server is not installed: pip install 'flowagent[server]'",
+        hint=f"(missing module: {name})",
+    )
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="Interface to listen on (setting server_host, default 127.0.0.1).",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            help="TCP port (setting server_port, default 4200).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve the work-queue API (SQLite database under the agent home)."""
+    settings = with_overrides(settings_of(ctx), server_host=host, server_port=port)
+    try:
+        from agent.server.main import serve
+        from agent.server.settings import ServerSettings
+    except ModuleNotFoundError as exc:
+        raise server_not_installed(exc) from None
+    from agent.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    serve(
+        ServerSettings(
+            home=settings.home,
+            host=settings.server_host,
+            port=settings.server_port,
+            api_key=settings.api_key,
+        )
+    )

@@ -1,0 +1,63 @@
+"""`agent start QUEUE_ID`: the agent daemon on one work queue."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from agent.cli.context import settings_of
+from agent.cli.lookup import LIST_QUEUES
+from agent.cli.parsing import parse_uuid
+from agent.config import default_agent_name, with_overrides
+
+
+def start(
+    ctx: typer.Context,
+    queue_id: Annotated[
+        str, typer.Argument(help="The work queue's UUID (see agent work-queue ls).")
+    ],
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag", "-t", help="Only take runs carrying this tag (repeatable).", show_default=False
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", "-n", help="Agent name (default: HOSTNAME-agent).", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", "-l", help="Runs executed at once (setting limit).", show_default=False
+        ),
+    ] = None,
+    run_once: Annotated[
+        bool,
+        typer.Option("--run-once", help="Take the runs due now, finish them, and exit."),
+    ] = False,
+    api_url: Annotated[
+        str | None,
+        typer.Option("--api-url", help="Work-queue API URL (setting api_url).", show_default=False),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="API key (setting api_key).", show_default=False),
+    ] = None,
+) -> None:
+    """Start an agent: poll the queue, claim due runs, run and supervise them, report back."""
+    queue = parse_uuid(queue_id, "work-queue", "queues", LIST_QUEUES)
+    settings = with_overrides(settings_of(ctx), limit=limit, api_url=api_url, api_key=api_key)
+    from agent.daemon import AgentOptions, run_agent
+
+    options = AgentOptions(
+        queue_id=queue,
+        name=name or default_agent_name(),
+        tags=tuple(tag or ()),
+        run_once=run_once,
+    )
+    sys.exit(run_agent(settings, options))
