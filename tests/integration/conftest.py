@@ -113,6 +113,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         stop_server(srv)
 
 
+@pytest.fixture(scope="session")
+def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A second shared server, started with an API key."""
+    srv = start_server(tmp_path_factory.mktemp("secured"), api_key="s3cret-key-for-tests")
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
 @dataclass
 class Api:
     """Thin helpers over one httpx client; they assert the status so tests read as steps."""

@@ -1,0 +1,109 @@
+"""Who may talk to the server, and where it agrees to listen."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from tests.support import free_port
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import ServerCommand, ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def secured(secured_server: ServerProcess) -> ServerProcess:
+    assert secured_server.api_key
+    return secured_server
+
+
+@pytest.fixture
+def anonymous(secured: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=secured.url + "/api/", timeout=10) as client:
+        yield client
+
+
+def test_health_is_open(anonymous: httpx.Client) -> None:
+    response = anonymous.get("health")
+    assert response.status_code == 200
+    assert response.json()["server"] == "flowagent"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "work_queues"),
+        ("POST", "work_queues"),
+        ("GET", f"work_queues/{uuid.uuid4()}"),
+        ("POST", f"work_queues/{uuid.uuid4()}/claim"),
+        ("GET", "deployments"),
+        ("GET", "flow_runs"),
+        ("POST", f"flow_runs/{uuid.uuid4()}/set_state"),
+        ("POST", "agents/heartbeat"),
+        ("GET", "agents"),
+    ],
+)
+def test_every_other_route_needs_the_key(anonymous: httpx.Client, method: str, path: str) -> None:
+    # The key is checked before the body: no hint about the API leaks to strangers.
+    missing = anonymous.request(method, path, json={})
+    assert missing.status_code == 401, missing.text
+    assert "missing API key" in missing.json()["detail"]
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+
+    wrong = anonymous.request(
+        method, path, json={}, headers={"Authorization": "Bearer not-the-key"}
+    )
+    assert wrong.status_code == 401, wrong.text
+    assert "wrong API key" in wrong.json()["detail"]
+
+
+def test_the_right_key_is_accepted(secured: ServerProcess) -> None:
+    with secured.client() as client:
+        name = f"q-{uuid.uuid4().hex}"
+        created = client.post("work_queues", json={"name": name})
+        assert created.status_code == 201, created.text
+        assert name in [q["name"] for q in client.get("work_queues").json()]
+
+
+def test_another_auth_scheme_is_not_a_key(secured: ServerProcess, anonymous: httpx.Client) -> None:
+    response = anonymous.get("work_queues", auth=httpx.BasicAuth("user", secured.api_key or ""))
+    assert response.status_code == 401
+
+
+def test_without_a_key_the_server_refuses_to_listen_beyond_loopback(
+    server_command: ServerCommand, tmp_path: Path
+) -> None:
+    result = server_command(tmp_path, "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "error: refusing to listen on 0.0.0.0 without an API key" in result.stderr
+    assert "set AGENT_API_KEY or use --host 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "flowagent.db").exists()
+
+
+def test_a_busy_port_is_a_clear_error(server_command: ServerCommand, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = server_command(tmp_path, "--port", str(port))
+    assert result.returncode == 1
+    assert f"error: port {port} is already in use on 127.0.0.1" in result.stderr
+    assert "stop the other process or pass --port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_server_announces_where_it_listens(secured: ServerProcess) -> None:
+    port = secured.url.rsplit(":", 1)[1]
+    stdout = (secured.home / f"server-{port}.stdout").read_text()
+    assert stdout == (
+        f"flowagent server listening on http://127.0.0.1:{port} (API at /api, docs at /docs)\n"
+    )
