@@ -32,14 +32,14 @@ import tempfile
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import RunnerError
-from runners.base import Outcome, OutputSink, RunResult, RunSpec
+from runners.base import Outcome, OutputSink, RunHandle, Runner, RunResult, RunSpec
 from runners.process_tree import signal_tree, watch_exit
 
 log = structlog.get_logger(__name__)
@@ -127,7 +127,11 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[
     except FileNotFoundError as exc:
         if exc.filename == os.fspath(cwd):  # removed since start() checked it
             raise RunnerError(f"working directory not found: {cwd}") from None
-        hint = None if "/" in argv[0] else f"looked up on the run's PATH: {env.get('PATH', '')}"
+        hint = (
+            None
+            if "/" in argv[0]
+            else f"looked up on the run's PATH: {env.get('PATH', os.defpath)}"
+        )
         raise RunnerError(f"command not found: {argv[0]}", hint=hint) from None
     except PermissionError:
         raise RunnerError(f"cannot execute {argv[0]}: permission denied") from None
@@ -334,3 +338,8 @@ def _char_boundary(buf: bytearray, start: int, cut: int) -> int:
         if buf[i] & 0xC0 != 0x80:  # not a continuation byte
             return i
     return cut
+
+
+if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement
+    _runner: Runner = SubprocessRunner()
+    _handle: type[RunHandle] = SubprocessHandle
