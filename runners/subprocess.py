@@ -15,6 +15,11 @@ How a run ends (``wait()``):
     killed by signal N     CRASHED    "killed by signal SIGKILL" (exit_code is -N)
 
 FAILED and CRASHED messages end with the last few stderr lines as context.
+
+``wait()`` returns once the process is reaped and both pipes are drained. A background process
+that inherited the pipes could keep them open forever, so after the main process exits they get
+``drain_timeout`` seconds; then they are closed and that process is left alone (``terminate()``
+still reaches it through the process group until ``wait()`` has returned).
 """
 
 from __future__ import annotations
@@ -187,7 +192,10 @@ class SubprocessHandle:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             await asyncio.shield(exited)
             for p in self._pipes:
-                p.close()
+                p.close()  # stops watching the pipe now; the file is closed just below
+            for pipe in (self._proc.stdout, self._proc.stderr):
+                if pipe is not None:
+                    pipe.close()
             raise
         self._done = loop.create_task(self._supervise(exited), name=f"{name}-supervise")
 

@@ -204,8 +204,8 @@ def test_working_dir_and_environment_are_exactly_the_specs(
 
 
 def test_output_lines_stream_while_the_run_is_going(tmp_path: Path) -> None:
-    go = tmp_path / "go"
-    os.mkfifo(go)
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
     write(
         tmp_path / "flow.py",
         f"""
@@ -214,21 +214,21 @@ def test_output_lines_stream_while_the_run_is_going(tmp_path: Path) -> None:
         def main():
             print("waiting")
             print("a warning", file=sys.stderr)
-            with open({str(go)!r}) as fifo:  # blocks until the test opens the other end
+            with open({str(fifo)!r}) as fifo:  # blocks until the test opens the other end
                 print("told", fifo.read().strip())
             print("second warning", file=sys.stderr)
         """,
     )
 
-    async def go_() -> tuple[RunResult, Sink]:
+    async def go() -> tuple[RunResult, Sink]:
         handle, sink = await start(spec_for(tmp_path, entrypoint="flow.py:main"))
         await sink.line_starting("waiting")
         await sink.line_starting("a warning")
         assert sink.of("stdout") == ["waiting"]  # the flow is still blocked on the fifo
-        await asyncio.to_thread(go.write_text, "go\n")
+        await asyncio.to_thread(fifo.write_text, "go\n")
         return await handle.wait(), sink
 
-    result, sink = arun(go_())
+    result, sink = arun(go())
 
     assert result.outcome is Outcome.COMPLETED
     assert sink.of("stdout") == ["waiting", "told go"]
