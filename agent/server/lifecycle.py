@@ -132,7 +132,12 @@ def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> O
     if proposal.type is StateType.SCHEDULED:
         # A handed-back run is free for any agent to claim again.
         run.agent_id = None
-    elif proposal.agent_id is not None and run.agent_id is None:
+    elif (
+        proposal.agent_id is not None
+        and run.agent_id is None
+        and proposal.type in (StateType.PENDING, StateType.RUNNING)
+    ):
+        # An agent taking a run without a claim (e.g. `set_state PENDING`) becomes its owner.
         if session.get(AgentRow, proposal.agent_id) is None:
             raise not_found("agent", proposal.agent_id)
         run.agent_id = proposal.agent_id
