@@ -13,7 +13,9 @@ exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import resource
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -319,6 +321,15 @@ async def _main(settings: Settings, options: AgentOptions) -> int:
         await backend.aclose()
 
 
+def raise_open_file_limit() -> None:
+    """Each run holds a few descriptors (pipes, a pidfd): 1,024 is too few for 1,000 runs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run_agent(settings: Settings, options: AgentOptions) -> int:
     """Run the daemon until it is stopped; returns the process exit code.
 
@@ -328,4 +339,5 @@ def run_agent(settings: Settings, options: AgentOptions) -> int:
     from agent.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    raise_open_file_limit()
     return asyncio.run(_main(settings, options))
