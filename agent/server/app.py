@@ -91,9 +91,9 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     """A 422 whose detail is one readable sentence, like every other error we answer."""
-    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     problems = []
-    for error in exc.errors():
+    for error in errors:
         where = ".".join(str(part) for part in error.get("loc", ()))
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         problems.append(f"{where}: {message}" if where else message)

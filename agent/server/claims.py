@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 import anyio
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from agent.models import ClaimedRun, ClaimRequest, StateType, utcnow
@@ -142,16 +143,21 @@ def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> Clai
         required = set(queue.tags) | set(request.tags)
         claimed: list[ClaimedRun] = []
         for run, deployment in _due_matching(session, queue_id, required, now, wanted):
-            taken = session.execute(
-                update(FlowRunRow)
-                .where(
-                    FlowRunRow.id == run.id,
-                    FlowRunRow.state_type == StateType.SCHEDULED.value,
-                )
-                .values(state_type=StateType.PENDING.value, agent_id=agent.id)
-                .execution_options(synchronize_session="evaluate")
+            # The write lock already keeps other claimers out; the compare-and-set is the
+            # guarantee that does not depend on every writer of the file taking it.
+            taken = cast(
+                "CursorResult[Any]",
+                session.execute(
+                    update(FlowRunRow)
+                    .where(
+                        FlowRunRow.id == run.id,
+                        FlowRunRow.state_type == StateType.SCHEDULED.value,
+                    )
+                    .values(state_type=StateType.PENDING.value, agent_id=agent.id)
+                    .execution_options(synchronize_session="evaluate")
+                ),
             )
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
+            if taken.rowcount != 1:
                 continue
             record_state(session, run, StateType.PENDING, now=now)
             claimed.append(

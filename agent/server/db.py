@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio.to_thread
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import URL, Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -34,7 +34,8 @@ T = TypeVar("T")
 def create_sqlite_engine(path: Path) -> Engine:
     """An engine on the database file with our pragmas and transaction control."""
     engine = create_engine(
-        f"sqlite:///{path}",
+        # URL.create, not an f-string: a path may hold characters a URL would misread (?, #, %).
+        URL.create("sqlite", database=str(path)),
         connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
         # One connection per worker thread at most (anyio's default limiter is 40 threads).
         pool_size=20,

@@ -1,4 +1,8 @@
-"""Request dependencies: the app's database and notifier, and the API-key check."""
+"""Request dependencies: the app's database and notifier, and the API-key check.
+
+They are ``async`` although they never await: FastAPI runs a plain ``def`` dependency in its
+thread pool, a hop per request that buys nothing here.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,17 @@ from agent.server.db import Database
 from agent.server.settings import ServerSettings
 
 
-def get_settings(request: Request) -> ServerSettings:
+async def get_settings(request: Request) -> ServerSettings:
     settings: ServerSettings = request.app.state.settings
     return settings
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_notifier(request: Request) -> Notifier:
+async def get_notifier(request: Request) -> Notifier:
     notifier: Notifier = request.app.state.notifier
     return notifier
 
@@ -35,7 +39,7 @@ Wakeups = Annotated[Notifier, Depends(get_notifier)]
 _bearer = HTTPBearer(auto_error=False, description="the server's AGENT_API_KEY")
 
 
-def require_api_key(
+async def require_api_key(
     settings: Annotated[ServerSettings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

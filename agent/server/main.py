@@ -116,6 +116,8 @@ def _bind(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}: {exc.strerror}",
             hint="pass --host with an IP address or a name that resolves",
         ) from exc
+    # "localhost" may resolve to ::1 first; clients mostly dial 127.0.0.1, so prefer IPv4.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     # A restart must not fail because the previous run's connections linger in TIME_WAIT.
