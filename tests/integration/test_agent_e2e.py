@@ -82,7 +82,9 @@ def agent_on(server: Server) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(queue: dict[str, Any], *args: str, **env: str) -> subprocess.Popen[bytes]:
-        process = start_agent(server, queue["id"], "--name", f"a-{time.monotonic_ns()}", *args, **env)
+        process = start_agent(
+            server, queue["id"], "--name", f"a-{time.monotonic_ns()}", *args, **env
+        )
         started.append(process)
         return process
 
@@ -93,7 +95,9 @@ def agent_on(server: Server) -> Iterator[Any]:
 
 def test_run_completes_with_logs_result_and_runner_info(api, agent_on) -> None:
     queue = make_queue(api)
-    deployment = make_deployment(api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 2})
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 2}
+    )
     agent_on(queue)
     run = make_run(api, deployment, parameters={"b": 40})
 
@@ -110,17 +114,26 @@ def test_run_completes_with_logs_result_and_runner_info(api, agent_on) -> None:
 
 def test_failures_are_reported_and_the_agent_keeps_going(api, agent_on) -> None:
     queue = make_queue(api)
-    failing = make_deployment(api, queue, entrypoint="sample.py:boom", parameters={"message": "bad data"})
+    failing = make_deployment(
+        api, queue, entrypoint="sample.py:boom", parameters={"message": "bad data"}
+    )
     missing_file = make_deployment(api, queue, entrypoint="nowhere.py:main")
     missing_func = make_deployment(api, queue, entrypoint="sample.py:nope")
     exit_code = make_deployment(api, queue, command=["sh", "-c", "echo on stderr >&2; exit 7"])
     killed = make_deployment(api, queue, entrypoint="sample.py:kill_self")
     fine = make_deployment(api, queue, entrypoint="sample.py:add", parameters={"a": 2, "b": 2})
     agent_on(queue, "--limit", "2")
-    runs = {name: make_run(api, d)["id"] for name, d in [
-        ("failing", failing), ("missing_file", missing_file), ("missing_func", missing_func),
-        ("exit_code", exit_code), ("killed", killed), ("fine", fine),
-    ]}
+    runs = {
+        name: make_run(api, d)["id"]
+        for name, d in [
+            ("failing", failing),
+            ("missing_file", missing_file),
+            ("missing_func", missing_func),
+            ("exit_code", exit_code),
+            ("killed", killed),
+            ("fine", fine),
+        ]
+    }
 
     states = {name: wait_state(api, run_id)["state"] for name, run_id in runs.items()}
 
@@ -141,7 +154,10 @@ def test_failures_are_reported_and_the_agent_keeps_going(api, agent_on) -> None:
 def test_env_layers_and_working_directory(api, agent_on) -> None:
     queue = make_queue(api)
     deployment = make_deployment(
-        api, queue, entrypoint="sample.py:show_env", env={"LAYER_B": "deployment", "LAYER_C": "deployment"}
+        api,
+        queue,
+        entrypoint="sample.py:show_env",
+        env={"LAYER_B": "deployment", "LAYER_C": "deployment"},
     )
     agent_on(queue, LAYER_A="agent", LAYER_B="agent", LAYER_C="agent")
     run = make_run(api, deployment, env={"LAYER_C": "run"})
@@ -149,14 +165,20 @@ def test_env_layers_and_working_directory(api, agent_on) -> None:
     done = wait_state(api, run["id"])
 
     assert done["state"]["type"] == "COMPLETED", done["state"]
-    assert done["runner_info"]["result"] == {"LAYER_A": "agent", "LAYER_B": "deployment", "LAYER_C": "run"}
+    assert done["runner_info"]["result"] == {
+        "LAYER_A": "agent",
+        "LAYER_B": "deployment",
+        "LAYER_C": "run",
+    }
     assert f"cwd={FLOWS}" in log_lines(api, run["id"])
 
 
 def test_logs_are_shipped_while_the_run_goes_on(api, agent_on, tmp_path) -> None:
     queue = make_queue(api)
     marker = tmp_path / "go"
-    deployment = make_deployment(api, queue, entrypoint="sample.py:wait_for_file", parameters={"marker": str(marker)})
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:wait_for_file", parameters={"marker": str(marker)}
+    )
     agent_on(queue)
     run = make_run(api, deployment)
 
@@ -172,7 +194,11 @@ def test_timeout_interrupts_then_fails_the_run(api, agent_on, tmp_path) -> None:
     queue = make_queue(api)
     pidfile = tmp_path / "pid"
     deployment = make_deployment(
-        api, queue, entrypoint="sample.py:sleep", parameters={"pidfile": str(pidfile)}, timeout_seconds=1
+        api,
+        queue,
+        entrypoint="sample.py:sleep",
+        parameters={"pidfile": str(pidfile)},
+        timeout_seconds=1,
     )
     agent_on(queue)
     run = make_run(api, deployment)
@@ -181,13 +207,18 @@ def test_timeout_interrupts_then_fails_the_run(api, agent_on, tmp_path) -> None:
 
     assert done["state"]["type"] == "FAILED"
     assert done["state"]["message"] == "timed out after 1s"
-    assert not psutil.pid_exists(int(pidfile.read_text())) or psutil.Process(int(pidfile.read_text())).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(int(pidfile.read_text()))
+        or psutil.Process(int(pidfile.read_text())).status() == psutil.STATUS_ZOMBIE
+    )
 
 
 def test_cancel_a_running_run(api, agent_on, tmp_path) -> None:
     queue = make_queue(api)
     pidfile = tmp_path / "pid"
-    deployment = make_deployment(api, queue, entrypoint="sample.py:sleep", parameters={"pidfile": str(pidfile)})
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:sleep", parameters={"pidfile": str(pidfile)}
+    )
     agent_on(queue, AGENT_CANCEL_GRACE_SECONDS="2")
     run = make_run(api, deployment)
     wait_state(api, run["id"], {"RUNNING"})
@@ -204,7 +235,9 @@ def test_cancel_a_running_run(api, agent_on, tmp_path) -> None:
 
 def test_cancel_a_scheduled_run_never_starts_it(api, agent_on) -> None:
     queue = make_queue(api)
-    deployment = make_deployment(api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1})
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1}
+    )
     run = make_run(api, deployment)
     api.post(f"flow_runs/{run['id']}/cancel").raise_for_status()
     agent_on(queue)
@@ -217,8 +250,12 @@ def test_cancel_a_scheduled_run_never_starts_it(api, agent_on) -> None:
 
 def test_tag_filters_leave_unmatched_runs_scheduled(api, agent_on) -> None:
     queue = make_queue(api, tags=["etl"])
-    tagged = make_deployment(api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1}, tags=["etl", "gpu"])
-    untagged = make_deployment(api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1}, tags=["etl"])
+    tagged = make_deployment(
+        api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1}, tags=["etl", "gpu"]
+    )
+    untagged = make_deployment(
+        api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1}, tags=["etl"]
+    )
     agent_on(queue, "--tag", "gpu")
     matching = make_run(api, tagged)
     other = make_run(api, untagged)
@@ -230,7 +267,9 @@ def test_tag_filters_leave_unmatched_runs_scheduled(api, agent_on) -> None:
 
 def test_run_once_runs_what_is_due_and_exits(server: Server, api) -> None:
     queue = make_queue(api)
-    deployment = make_deployment(api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1})
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1}
+    )
     runs = [make_run(api, deployment)["id"] for _ in range(3)]
     process = start_agent(server, queue["id"], "--run-once")
 
@@ -257,7 +296,9 @@ def test_heartbeats_show_the_agent_online_with_host_metrics(api, agent_on) -> No
 def test_sigterm_lets_a_short_run_finish_then_exits_zero(server: Server, api, tmp_path) -> None:
     queue = make_queue(api)
     marker = tmp_path / "go"
-    deployment = make_deployment(api, queue, entrypoint="sample.py:wait_for_file", parameters={"marker": str(marker)})
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:wait_for_file", parameters={"marker": str(marker)}
+    )
     process = start_agent(server, queue["id"])
     run = make_run(api, deployment)
     wait_state(api, run["id"], {"RUNNING"})
@@ -274,7 +315,9 @@ def test_sigterm_lets_a_short_run_finish_then_exits_zero(server: Server, api, tm
 def test_sigterm_cancels_runs_left_after_the_drain_timeout(server: Server, api, tmp_path) -> None:
     queue = make_queue(api)
     pidfile = tmp_path / "pid"
-    deployment = make_deployment(api, queue, entrypoint="sample.py:sleep", parameters={"pidfile": str(pidfile)})
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:sleep", parameters={"pidfile": str(pidfile)}
+    )
     process = start_agent(
         server, queue["id"], AGENT_DRAIN_TIMEOUT_SECONDS="0.5", AGENT_CANCEL_GRACE_SECONDS="1"
     )
