@@ -9,13 +9,13 @@ import typer
 
 from agent.backends.native import NativeBackend
 from agent.cli.context import settings_of
+from agent.cli.entrypoints import check_entrypoint
 from agent.cli.flow_run import final_line, follow_run
 from agent.cli.lookup import queue_names, resolve_deployment, resolve_queue
-from agent.cli.output import call, confirm, info, print_json, print_table, say, table
+from agent.cli.output import call, confirm, info, print_json, print_table, say, table, warn
 from agent.cli.parsing import (
     FLAG_NAMES,
     DeploymentSpec,
-    check_entrypoint,
     load_deployment_file,
     parse_pairs,
     spec_from_flags,
@@ -31,6 +31,16 @@ NameArg = Annotated[
 
 
 LIST_FLAGS = {"param": "--param", "option": "--runner-option", "env": "--env"}
+
+
+def _warn_unmatched(tags: list[str], queue: WorkQueue, what: str) -> None:
+    """A run must carry every tag of its queue's filter, or no agent of the queue takes it."""
+    missing = [t for t in queue.tags if t not in tags]
+    if missing:
+        warn(
+            f"no agent of work queue {queue.name!r} will take {what}: the queue requires "
+            f"the tag(s) {', '.join(missing)}; add them with --tag"
+        )
 
 
 def _target(d: Deployment) -> str:
@@ -180,6 +190,7 @@ def create(
         typer.echo(str(deployment.id))
         verb = "created" if deployment.created == deployment.updated else "updated"
         info(f"{verb} deployment {deployment.name!r} on work queue {work_queue.name!r}")
+        _warn_unmatched(deployment.tags, work_queue, "runs of this deployment")
 
 
 @app.command("ls")
@@ -196,7 +207,7 @@ def ls(
     if as_json:
         print_json([d.model_dump(mode="json") for d in deployments])
         return
-    rows = table("name", "id", "queue", "runs", "runner", "tags")
+    rows = table("name", "id", "queue", "entrypoint / command", "runner", "tags")
     for d in deployments:
         queue = names.get(d.work_queue_id, str(d.work_queue_id))
         rows.add_row(d.name, str(d.id), queue, _target(d), d.runner, ", ".join(d.tags))
@@ -234,13 +245,17 @@ def run_deployment(
         env=parse_pairs(env or [], "--env", json_values=False),
     )
 
-    async def run(backend: NativeBackend) -> FlowRun:
+    async def run(backend: NativeBackend) -> tuple[FlowRun, WorkQueue]:
         deployment = await resolve_deployment(backend, name)
-        return await backend.create_run(deployment.id, body)
+        created = await backend.create_run(deployment.id, body)
+        return created, await backend.get_queue(deployment.work_queue_id)
 
-    created = call(settings_of(ctx), run)
+    created, queue = call(settings_of(ctx), run)
     typer.echo(str(created.id))
     info(f"scheduled flow run {created.name!r} of {created.deployment_name!r}")
+    _warn_unmatched(created.tags, queue, "this run")
+    if queue.paused:
+        warn(f"work queue {queue.name!r} is paused: no agent takes the run until it is resumed")
     if watch:
         finished = follow_run(ctx, created.id)
         say(final_line(finished))

@@ -74,7 +74,7 @@ async def stream_logs(backend: NativeBackend, ref: UUID, *, follow: bool) -> Flo
 
 def final_line(run: FlowRun) -> Text:
     text = Text(f"flow run {run.name} ({run.id}) finished: ") + state_text(run.state.type)
-    if run.state.message:
+    if run.state.message and run.state.message.lower() != run.state.type.value.lower():
         text += Text(f": {run.state.message}")
     return text
 

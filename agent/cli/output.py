@@ -26,7 +26,7 @@ from agent.models import StateType, utcnow
 T = TypeVar("T")
 
 # One-shot commands give up on an unreachable server quickly; the daemon waits much longer.
-CLI_RETRY_SECONDS = 3.0
+CLI_RETRY_SECONDS = 1.5
 UNREACHABLE_HINT = "start it with agent server start, or set --api-url / AGENT_API_URL"
 
 STATE_STYLES = {
