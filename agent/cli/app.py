@@ -17,6 +17,7 @@ from agent.cli import (
     database,
     deployment,
     flow_run,
+    runner,
     server,
     start,
     work_queue,
@@ -109,5 +110,6 @@ app.add_typer(work_queue.app, name="work-queue")
 app.add_typer(deployment.app, name="deployment")
 app.add_typer(flow_run.app, name="flow-run")
 app.add_typer(agents.app, name="agents")
+app.add_typer(runner.app, name="runner")
 app.add_typer(config.app, name="config")
 app.add_typer(database.app, name="database")

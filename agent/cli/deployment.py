@@ -20,6 +20,7 @@ from agent.cli.parsing import (
     parse_pairs,
     spec_from_flags,
 )
+from agent.cli.runner import check_runner_options
 from agent.errors import InputError
 from agent.models import Deployment, DeploymentCreate, FlowRun, FlowRunCreate, StateType, WorkQueue
 
@@ -167,6 +168,11 @@ def create(
     specs = _specs(file, entrypoint, flags, lists)
     if not no_check:
         for spec, where in specs:
+            try:
+                check_runner_options(spec.runner, spec.runner_options)
+            except InputError as exc:
+                exc.message = f"{where}: {exc.message}" if file else exc.message
+                raise
             if spec.entrypoint is not None and spec.working_dir is not None:
                 try:
                     check_entrypoint(spec.entrypoint, Path(spec.working_dir))

@@ -1,0 +1,71 @@
+"""`agent runner ls`: the flow runners installed here, and the options each takes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from agent.cli.output import info, out, print_json, table, warn
+from agent.errors import UnknownRunner
+
+app = typer.Typer(help="Flow runners: how an agent launches a run.", no_args_is_help=True)
+
+
+@app.command("ls")
+def ls(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """List the installed runners (entry points in group flowagent.runners) and their options."""
+    from runners.registry import describe_runner, runner_entries
+
+    entries = runner_entries()
+    options = {e.name: describe_runner(e.name) for e in entries if e.cls is not None}
+    if as_json:
+        print_json(
+            [
+                {
+                    "name": e.name,
+                    "target": e.target,
+                    "package": e.package,
+                    "error": e.error,
+                    "options": [o._asdict() for o in options.get(e.name, [])],
+                }
+                for e in entries
+            ]
+        )
+        return
+    if not entries:
+        info("no runners installed; reinstall flowagent, which provides 'subprocess'")
+        return
+    rows = table("name", "status", "package", "entry point")
+    for e in entries:
+        status = Text("ok", style="green") if e.error is None else Text(e.error, style="red")
+        rows.add_row(e.name, status, e.package or "-", e.target)
+    console = out()
+    console.print(rows)
+    for name, described in options.items():
+        if not described:
+            continue
+        option_rows = table("option", "type", "default", "description")
+        for o in described:
+            option_rows.add_row(o.option, o.type, o.default, o.description)
+        console.print()
+        console.print(
+            Text(f"options of runner {name!r} (--runner-option KEY=VALUE):", style="bold")
+        )
+        console.print(option_rows)
+
+
+def check_runner_options(runner: str, options: dict[str, object]) -> None:
+    """Validate a deployment's runner options when that runner is installed here.
+
+    The agent's host may have runners this one lacks, so a missing runner is only a warning.
+    """
+    from runners.registry import validate_options
+
+    try:
+        validate_options(runner, dict(options))
+    except UnknownRunner as exc:
+        warn(f"{exc.message} here ({exc.hint}); it must be installed where the agent runs")
