@@ -15,6 +15,9 @@ Environment:
 Exit codes: 0 the flow returned; 1 the flow raised (traceback on stderr); 2 the entrypoint could
 not be loaded or called (one ``flowagent: ...`` line on stderr, error_type "EntrypointError").
 A flow calling sys.exit() or dying of a signal keeps its own exit status.
+
+The in-process runner imports this module for :func:`load_function` and :func:`check_parameters`,
+so they take the working directory as an argument instead of assuming the process's own.
 """
 
 import os
@@ -44,18 +47,25 @@ class EntrypointError(Exception):
     """The flow could not be loaded or called; the message is shown to the user as is."""
 
 
-def load_function(entrypoint: str) -> Callable[..., Any]:
-    """Return the callable an entrypoint names, importing its file or module."""
+def load_function(
+    entrypoint: str, base_dir: str | None = None, module_name: str | None = None
+) -> Callable[..., Any]:
+    """Return the callable an entrypoint names, importing its file or module.
+
+    ``base_dir`` is where a relative file path starts and what is put on sys.path (default: the
+    working directory). ``module_name`` names a flow file's module (default: from its file name).
+    """
     target, sep, attr_path = entrypoint.rpartition(":")
     if not sep or not target or not attr_path:
         raise EntrypointError(
             f"invalid entrypoint {entrypoint!r}: expected path/to/file.py:function "
             "or package.module:function"
         )
+    base = base_dir if base_dir is not None else os.getcwd()
     if target.endswith(".py") or os.sep in target or "/" in target:
-        module, where = _load_file(target), target
+        module, where = _load_file(target, base, module_name), target
     else:
-        module, where = _import_module(target), f"module {target}"
+        module, where = _import_module(target, base), f"module {target}"
     obj: object = module
     for attr in attr_path.split("."):
         try:
@@ -67,18 +77,17 @@ def load_function(entrypoint: str) -> Callable[..., Any]:
     return obj
 
 
-def _load_file(path: str) -> ModuleType:
-    full = os.path.abspath(path)
+def _load_file(path: str, base: str, module_name: str | None) -> ModuleType:
+    full = os.path.abspath(os.path.join(base, path))
     if not os.path.isfile(full):
-        raise EntrypointError(
-            f"entrypoint file not found: {path} (working directory {os.getcwd()})"
-        )
+        raise EntrypointError(f"entrypoint file not found: {path} (working directory {base})")
     # The file's directory first, so sibling imports work as under `python file.py`; the working
     # directory too, so the project's own packages import as they do under `python -m`.
-    for entry in (os.getcwd(), os.path.dirname(full)):
+    # Entries already present stay where they are (the in-process runner appends them).
+    for entry in (base, os.path.dirname(full)):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    name = os.path.splitext(os.path.basename(full))[0]
+    name = module_name or os.path.splitext(os.path.basename(full))[0]
     if not name.isidentifier() or name in sys.modules:
         # Never replace a module already loaded (a flow file named json.py): use a private name.
         name = "__flowagent_flow__"
@@ -97,10 +106,9 @@ def _load_file(path: str) -> ModuleType:
     return module
 
 
-def _import_module(name: str) -> ModuleType:
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+def _import_module(name: str, base: str) -> ModuleType:
+    if base not in sys.path:
+        sys.path.insert(0, base)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
