@@ -114,6 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limit", _positive_int, "runs one agent executes at once"),
     Setting("server_host", str, "address `agent server start` listens on"),
     Setting("server_port", _port, "port `agent server start` listens on"),
+    Setting("lease_seconds", _positive_float, "server: resolve a silent agent's runs after this"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -136,6 +137,7 @@ class Settings:
     limit: int = 10
     server_host: str = "127.0.0.1"
     server_port: int = 4200
+    lease_seconds: float = 30.0
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -198,6 +198,11 @@ class StateProposal(_Model):
     name: str | None = None
     message: str | None = None
     agent_id: UUID | None = Field(default=None, description="the agent making the report")
+    attempt: int | None = Field(
+        default=None,
+        description="the attempt the report is about: a fencing token; a report about an "
+        "attempt that is over is refused (409)",
+    )
     runner_info: dict[str, Any] | None = Field(default=None, description="merged into the run's")
 
 
@@ -210,6 +215,11 @@ class ClaimRequest(_Model):
     tags: list[str] = Field(default_factory=list, description="the agent's --tag filters")
     limit: int = Field(default=1, ge=0, le=1000)
     wait_seconds: float = Field(default=0, ge=0, le=60, description="long-poll bound")
+    claim_id: UUID | None = Field(
+        default=None,
+        description="idempotency key: a retried claim with the same id answers the runs the "
+        "first one took instead of taking more",
+    )
 
 
 class ClaimedRun(_Model):
@@ -242,7 +252,7 @@ class Heartbeat(_Model):
     pid: int | None = None
     version: str | None = None
     runs_in_flight: int = 0
-    heartbeat_interval_seconds: float = 5
+    heartbeat_interval_seconds: float = Field(default=5, gt=0)
     metrics: HostMetrics | None = None
 
 
@@ -259,6 +269,9 @@ class AgentRecord(_Model):
     metrics: HostMetrics | None
     last_heartbeat: datetime
     status: AgentStatus
+    lease_seconds: float = Field(
+        description="the agent's runs are resolved (CRASHED) this long after its last heartbeat"
+    )
 
 
 # --------------------------------------------------------------------------- logs

@@ -50,17 +50,10 @@ def start(
     settings = with_overrides(settings_of(ctx), server_host=host, server_port=port)
     try:
         from agent.server.main import serve
-        from agent.server.settings import ServerSettings
+        from agent.server.settings import from_settings
     except ModuleNotFoundError as exc:
         raise server_not_installed(exc) from None
     from agent.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    serve(
-        ServerSettings(
-            home=settings.home,
-            host=settings.server_host,
-            port=settings.server_port,
-            api_key=settings.api_key,
-        )
-    )
+    serve(from_settings(settings))

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,7 @@ from agent import __version__
 from agent.server.claims import Notifier
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
+from agent.server.leases import lease_keeper
 from agent.server.routes import agents, deployments, flow_runs, health, work_queues
 from agent.server.settings import ServerSettings
 
@@ -40,11 +42,16 @@ def create_app(settings: ServerSettings, *, migrate_on_startup: bool = True) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate_on_startup:
             await anyio.to_thread.run_sync(migrate, settings.home)
-        try:
-            yield
-        finally:
-            notifier.close()
-            db.dispose()
+        async with anyio.create_task_group() as background:
+            background.start_soon(
+                lease_keeper, db, notifier, settings.lease_seconds, settings.lease_check_seconds
+            )
+            try:
+                yield
+            finally:
+                background.cancel_scope.cancel()
+                notifier.close()
+                db.dispose()
 
     app = FastAPI(
         title="flowagent server",

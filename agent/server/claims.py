@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from agent.models import ClaimedRun, ClaimRequest, StateType, utcnow
 from agent.server.db import Database
 from agent.server.lifecycle import ACTIVE_STATES, record_state
-from agent.server.orm import DeploymentRow, FlowRunRow, WorkQueueRow
+from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, WorkQueueRow
 from agent.server.views import deployment_model, get_agent, get_queue, run_model
 
 RECHECK_SECONDS = 1.0
@@ -131,6 +131,9 @@ def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> Clai
                 FlowRunRow.expected_start_time > now,
             )
         )
+        if request.claim_id is not None and request.claim_id == agent.last_claim_id:
+            # The same claim again: its answer was lost on the way. Answer what it took.
+            return ClaimAttempt(_replay(session, agent), next_due)
         if queue.paused:
             return ClaimAttempt([], next_due)
         wanted = request.limit
@@ -163,7 +166,25 @@ def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> Clai
             claimed.append(
                 ClaimedRun(flow_run=run_model(run), deployment=deployment_model(deployment))
             )
+        if request.claim_id is not None and claimed:
+            agent.last_claim_id = request.claim_id
+            agent.last_claim_run_ids = [str(c.flow_run.id) for c in claimed]
         return ClaimAttempt(claimed, next_due)
+
+
+def _replay(session: Session, agent: AgentRow) -> list[ClaimedRun]:
+    """The runs of the agent's last claim that it still holds, unstarted."""
+    replayed: list[ClaimedRun] = []
+    for raw_id in agent.last_claim_run_ids:
+        run = session.get(FlowRunRow, uuid.UUID(raw_id))
+        if run is None or run.agent_id != agent.id or run.state_type != StateType.PENDING.value:
+            continue
+        deployment = session.get(DeploymentRow, run.deployment_id)
+        if deployment is not None:
+            replayed.append(
+                ClaimedRun(flow_run=run_model(run), deployment=deployment_model(deployment))
+            )
+    return replayed
 
 
 async def claim(

@@ -33,6 +33,7 @@ async def get_notifier(request: Request) -> Notifier:
 
 
 DB = Annotated[Database, Depends(get_db)]
+Settings = Annotated[ServerSettings, Depends(get_settings)]
 Wakeups = Annotated[Notifier, Depends(get_notifier)]
 
 # auto_error=False: we answer a missing header ourselves, with a 401 that says what to send.

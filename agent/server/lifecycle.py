@@ -6,6 +6,7 @@ changes they guard happen under SQLite's write lock.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session
 from agent.models import StateProposal, StateType, transition_error, utcnow
 from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, FlowRunStateRow
 from agent.server.views import conflict, get_run, not_found
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_STATE_NAMES: dict[StateType, str] = {
     StateType.SCHEDULED: "Scheduled",
@@ -118,6 +121,20 @@ def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> O
     """Apply an agent's (or a user's) proposed state, or raise 404/409 saying why not."""
     run = get_run(session, run_id)
     current = StateType(run.state_type)
+    if proposal.attempt is not None and proposal.attempt != run.attempt:
+        # A report about an attempt that is over (its lease expired and the run moved on):
+        # applying it would let a dead execution overwrite a live one.
+        logger.warning(
+            "refused stale report on run %s: %s about attempt %s, run is on attempt %s",
+            run.id,
+            proposal.type.value,
+            proposal.attempt,
+            run.attempt,
+        )
+        raise conflict(
+            f"stale report: attempt {proposal.attempt} of run {run.id} is over "
+            f"(the run is on attempt {run.attempt}, {current.value})"
+        )
     if (
         proposal.agent_id is not None
         and run.agent_id is not None
@@ -143,37 +160,63 @@ def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> O
         run.agent_id = proposal.agent_id
     if proposal.runner_info:
         run.runner_info = {**run.runner_info, **proposal.runner_info}
-    record_state(session, run, proposal.type, now=now, name=proposal.name, message=proposal.message)
+    return finish_transition(
+        session, run, proposal.type, now=now, name=proposal.name, message=proposal.message
+    )
+
+
+def finish_transition(
+    session: Session,
+    run: FlowRunRow,
+    state: StateType,
+    *,
+    now: datetime,
+    name: str | None = None,
+    message: str | None = None,
+) -> Outcome:
+    """Record ``state`` and apply its consequences: wake claimers, schedule a retry."""
+    record_state(session, run, state, now=now, name=name, message=message)
     outcome = Outcome(run)
-    if wakes_claimers(proposal.type):
+    if wakes_claimers(state):
         outcome.wake_queues.add(run.work_queue_id)
-    if proposal.type is StateType.FAILED:
-        retry = _schedule_retry(session, run, now)
-        if retry is not None:
-            outcome.wake_queues.add(retry.work_queue_id)
+    if state in RETRIED_STATES:
+        _schedule_retry(session, run, state, now)
     return outcome
 
 
-def _schedule_retry(session: Session, run: FlowRunRow, now: datetime) -> FlowRunRow | None:
-    """A FAILED run whose deployment allows more attempts gets a new run as its next attempt.
+# A run that failed or crashed is tried again when its deployment has retries left. A cancelled
+# run is not: someone wanted it stopped.
+RETRIED_STATES = frozenset({StateType.FAILED, StateType.CRASHED})
 
-    Terminal states have no exits (see ``ALLOWED_TRANSITIONS``), so a retry is a new run with
-    the same name, parameters, tags and env, and ``attempt`` one higher.
+
+def _schedule_retry(session: Session, run: FlowRunRow, state: StateType, now: datetime) -> None:
+    """Put the same run back to SCHEDULED ("AwaitingRetry") as its next attempt.
+
+    The run keeps its id; ``attempt`` goes up by one, which is also the fencing token that
+    makes any late report about the previous attempt a 409. The history keeps the FAILED or
+    CRASHED state of the attempt that ended.
     """
     deployment = session.get(DeploymentRow, run.deployment_id)
     if deployment is None or run.attempt > deployment.retries:
-        return None
+        return
     attempt = run.attempt + 1
-    return new_run(
+    delay = deployment.retry_delay_seconds
+    run.attempt = attempt
+    run.agent_id = None
+    run.expected_start_time = now + timedelta(seconds=delay)
+    run.start_time = None
+    run.end_time = None
+    run.runner_info = {}
+    record_state(
         session,
-        deployment,
-        parameters=dict(run.parameters),
-        tags=list(run.tags),
-        env=dict(run.env),
-        expected_start_time=now + timedelta(seconds=deployment.retry_delay_seconds),
-        attempt=attempt,
-        name=run.name,
-        message=f"attempt {attempt} of {deployment.retries + 1}, retrying run {run.id}",
+        run,
+        StateType.SCHEDULED,
+        now=now,
+        name="AwaitingRetry",
+        message=(
+            f"attempt {attempt - 1} {state.value.lower()}; attempt {attempt} of "
+            f"{deployment.retries + 1} in {delay:g}s"
+        ),
     )
 
 

@@ -122,6 +122,9 @@ class AgentRow(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     last_heartbeat: Mapped[datetime]
     created: Mapped[datetime]
+    # The agent's last claim, so that a retried claim request answers the same runs.
+    last_claim_id: Mapped[uuid.UUID | None] = mapped_column(UUIDString())
+    last_claim_run_ids: Mapped[list[str]]
 
 
 class FlowRunRow(Base):
@@ -172,7 +175,10 @@ class FlowRunStateRow(Base):
 
 class LogRow(Base):
     __tablename__ = "logs"
-    __table_args__ = (Index("ix_logs_run", "flow_run_id", "id"),)
+    __table_args__ = (
+        Index("ix_logs_run", "flow_run_id", "id"),
+        Index("ix_logs_batch", "flow_run_id", "batch_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     flow_run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"))
@@ -180,3 +186,5 @@ class LogRow(Base):
     stream: Mapped[str] = mapped_column(String(20))
     level: Mapped[str] = mapped_column(String(20))
     line: Mapped[str] = mapped_column(Text)
+    # The agent's idempotency key for the batch the line came in: a resent batch is skipped.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(UUIDString())

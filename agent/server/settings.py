@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config import Settings
 
 
 @dataclass(frozen=True)
@@ -15,16 +19,32 @@ class ServerSettings:
         host: interface to listen on; anything but loopback requires ``api_key``.
         port: TCP port.
         api_key: when set, every ``/api`` route but health needs ``Authorization: Bearer <key>``.
+        lease_seconds: an agent's runs are resolved (CRASHED, or retried) this long after its
+            last heartbeat.
+        lease_check_seconds: how often expired leases are looked for.
     """
 
     home: Path
     host: str = "127.0.0.1"
     port: int = 4200
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    lease_seconds: float = 30.0
+    lease_check_seconds: float = 1.0
 
     @property
     def database_path(self) -> Path:
         return database_path(self.home)
+
+
+def from_settings(settings: Settings) -> ServerSettings:
+    """The server's part of the one settings object the CLI built."""
+    return ServerSettings(
+        home=settings.home,
+        host=settings.server_host,
+        port=settings.server_port,
+        api_key=settings.api_key,
+        lease_seconds=settings.lease_seconds,
+    )
 
 
 def database_path(home: Path) -> Path:

@@ -148,7 +148,7 @@ def state_model(row: FlowRunStateRow) -> State:
     )
 
 
-def agent_model(row: AgentRow, now: datetime) -> AgentRecord:
+def agent_model(row: AgentRow, now: datetime, lease_seconds: float) -> AgentRecord:
     deadline = row.last_heartbeat + (
         _MISSED_HEARTBEATS * timedelta(seconds=row.heartbeat_interval_seconds) + _HEARTBEAT_GRACE
     )
@@ -165,6 +165,7 @@ def agent_model(row: AgentRow, now: datetime) -> AgentRecord:
         metrics=None if row.metrics is None else HostMetrics.model_validate(row.metrics),
         last_heartbeat=row.last_heartbeat,
         status=AgentStatus.ONLINE if now < deadline else AgentStatus.OFFLINE,
+        lease_seconds=lease_seconds,
     )
 
 

@@ -329,8 +329,8 @@ def test_agent_goes_offline_after_three_missed_heartbeats() -> None:
         last_heartbeat=beat,
         created=beat,
     )
-    assert agent_model(row, beat + timedelta(seconds=34.9)).status == AgentStatus.ONLINE
-    assert agent_model(row, beat + timedelta(seconds=35)).status == AgentStatus.OFFLINE
+    assert agent_model(row, beat + timedelta(seconds=34.9), 30).status == AgentStatus.ONLINE
+    assert agent_model(row, beat + timedelta(seconds=35), 30).status == AgentStatus.OFFLINE
 
 
 # --------------------------------------------------------------------------- a busy database

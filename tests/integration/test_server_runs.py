@@ -163,22 +163,74 @@ def test_handing_a_run_back_frees_it_for_another_agent(api: Api) -> None:
     assert again[0]["flow_run"]["agent_id"] == second["id"]
 
 
-def test_a_failed_run_is_retried_as_a_new_attempt(api: Api) -> None:
+def test_a_failed_or_crashed_run_is_retried_as_the_next_attempt_of_the_same_run(api: Api) -> None:
+    queue = api.queue()
+    deployment = api.deployment(queue, retries=2, retry_delay_seconds=0)
+    run = api.run(deployment, parameters={"x": 1})
+
+    after_first = api.move(run["id"], "PENDING", "RUNNING", "FAILED")
+    assert after_first["id"] == run["id"]
+    assert after_first["attempt"] == 2
+    assert after_first["state"]["type"] == "SCHEDULED"
+    assert after_first["state"]["name"] == "AwaitingRetry"
+    assert after_first["state"]["message"] == "attempt 1 failed; attempt 2 of 3 in 0s"
+    assert after_first["agent_id"] is None and after_first["parameters"] == {"x": 1}
+
+    after_second = api.move(run["id"], "PENDING", "RUNNING", "CRASHED")
+    assert after_second["attempt"] == 3 and after_second["state"]["type"] == "SCHEDULED"
+
+    final = api.move(run["id"], "PENDING", "RUNNING", "FAILED")
+    assert final["attempt"] == 3 and final["state"]["type"] == "FAILED"
+    history = [s["type"] for s in api.http.get(f"flow_runs/{run['id']}/states").json()]
+    assert history == [
+        "SCHEDULED", "PENDING", "RUNNING", "FAILED",
+        "SCHEDULED", "PENDING", "RUNNING", "CRASHED",
+        "SCHEDULED", "PENDING", "RUNNING", "FAILED",
+    ]  # fmt: skip
+    assert len(api.http.get("flow_runs", params={"deployment_id": deployment["id"]}).json()) == 1
+
+
+def test_a_report_about_an_attempt_that_is_over_is_refused(api: Api) -> None:
     queue = api.queue()
     deployment = api.deployment(queue, retries=1, retry_delay_seconds=0)
-    run = api.run(deployment, parameters={"x": 1})
-    api.move(run["id"], "PENDING", "RUNNING", "FAILED")
+    run = api.run(deployment)
+    api.move(run["id"], "PENDING", "RUNNING")
+    api.http.post(f"flow_runs/{run['id']}/set_state", json={"type": "CRASHED", "attempt": 1})
+    api.move(run["id"], "PENDING", "RUNNING")  # attempt 2 is running somewhere else now
 
-    attempts = api.http.get("flow_runs", params={"deployment_id": deployment["id"]}).json()
-    assert len(attempts) == 2
-    retry = attempts[0]
-    assert retry["id"] != run["id"]
-    assert retry["attempt"] == 2 and retry["name"] == run["name"]
-    assert retry["state"]["type"] == "SCHEDULED" and retry["parameters"] == {"x": 1}
-    assert run["id"] in retry["state"]["message"]
+    late = api.http.post(
+        f"flow_runs/{run['id']}/set_state", json={"type": "COMPLETED", "attempt": 1}
+    )
 
-    api.move(retry["id"], "PENDING", "RUNNING", "FAILED")
-    assert len(api.http.get("flow_runs", params={"deployment_id": deployment["id"]}).json()) == 2
+    assert late.status_code == 409
+    assert "stale report: attempt 1" in late.json()["detail"]
+    current = api.http.get(f"flow_runs/{run['id']}").json()
+    assert current["state"]["type"] == "RUNNING" and current["attempt"] == 2
+    ok = api.http.post(f"flow_runs/{run['id']}/set_state", json={"type": "COMPLETED", "attempt": 2})
+    assert ok.status_code == 200, ok.text
+
+
+def test_cancelled_runs_are_not_retried(api: Api) -> None:
+    queue = api.queue()
+    deployment = api.deployment(queue, retries=3, retry_delay_seconds=0)
+    run = api.run(deployment)
+    api.move(run["id"], "PENDING", "RUNNING", "CANCELLING", "CANCELLED")
+    assert api.http.get(f"flow_runs/{run['id']}").json()["state"]["type"] == "CANCELLED"
+
+
+def test_a_resent_log_batch_is_stored_once(api: Api) -> None:
+    queue = api.queue()
+    run = api.run(api.deployment(queue))
+    line = {"timestamp": "2030-01-01T00:00:00Z", "stream": "stdout", "line": "once"}
+    batch = str(uuid.uuid4())
+    for _ in range(3):
+        response = api.http.post(
+            f"flow_runs/{run['id']}/logs", params={"batch_id": batch}, json=[line]
+        )
+        assert response.status_code == 201
+    assert [entry["line"] for entry in api.http.get(f"flow_runs/{run['id']}/logs").json()] == [
+        "once"
+    ]
 
 
 # --------------------------------------------------------------------------- cancel

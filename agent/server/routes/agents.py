@@ -9,21 +9,21 @@ from sqlalchemy import select
 
 from agent.models import AgentRecord, Heartbeat, StateType, utcnow
 from agent.server.db import Database
-from agent.server.deps import DB
+from agent.server.deps import DB, Settings
 from agent.server.orm import AgentRow, FlowRunRow
 from agent.server.views import agent_model, get_agent, get_queue
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 
-def _heartbeat(db: Database, beat: Heartbeat) -> AgentRecord:
+def _heartbeat(db: Database, beat: Heartbeat, lease_seconds: float) -> AgentRecord:
     with db.write() as session:
         get_queue(session, beat.work_queue_id)
         now = utcnow()
         row = session.scalar(select(AgentRow).where(AgentRow.name == beat.name))
         if row is None:
             # The name is the agent's identity: a restarted agent keeps its id and its runs.
-            row = AgentRow(id=uuid.uuid4(), name=beat.name, created=now)
+            row = AgentRow(id=uuid.uuid4(), name=beat.name, created=now, last_claim_run_ids=[])
             session.add(row)
         row.work_queue_id = beat.work_queue_id
         row.tags = list(beat.tags)
@@ -34,14 +34,14 @@ def _heartbeat(db: Database, beat: Heartbeat) -> AgentRecord:
         row.heartbeat_interval_seconds = beat.heartbeat_interval_seconds
         row.metrics = None if beat.metrics is None else beat.metrics.model_dump(mode="json")
         row.last_heartbeat = now
-        return agent_model(row, now)
+        return agent_model(row, now, lease_seconds)
 
 
-def _list(db: Database) -> list[AgentRecord]:
+def _list(db: Database, lease_seconds: float) -> list[AgentRecord]:
     with db.read() as session:
         now = utcnow()
         rows = session.scalars(select(AgentRow).order_by(AgentRow.name))
-        return [agent_model(row, now) for row in rows]
+        return [agent_model(row, now, lease_seconds) for row in rows]
 
 
 def _cancelling(db: Database, agent_id: uuid.UUID) -> list[uuid.UUID]:
@@ -60,13 +60,13 @@ def _cancelling(db: Database, agent_id: uuid.UUID) -> list[uuid.UUID]:
 
 
 @router.post("/heartbeat", summary="Register or refresh an agent (upsert by name)")
-async def heartbeat(beat: Heartbeat, db: DB) -> AgentRecord:
-    return await db.run(_heartbeat, db, beat)
+async def heartbeat(beat: Heartbeat, db: DB, settings: Settings) -> AgentRecord:
+    return await db.run(_heartbeat, db, beat, settings.lease_seconds)
 
 
 @router.get("", summary="List agents with their ONLINE/OFFLINE status")
-async def list_agents(db: DB) -> list[AgentRecord]:
-    return await db.run(_list, db)
+async def list_agents(db: DB, settings: Settings) -> list[AgentRecord]:
+    return await db.run(_list, db, settings.lease_seconds)
 
 
 @router.get("/{agent_id}/cancelling", summary="Ids of this agent's runs in CANCELLING")

@@ -81,9 +81,15 @@ def _update_runner_info(db: Database, run_id: uuid.UUID, body: RunnerInfoUpdate)
         return run_model(run)
 
 
-def _add_logs(db: Database, run_id: uuid.UUID, lines: list[LogLineCreate]) -> int:
+def _add_logs(
+    db: Database, run_id: uuid.UUID, lines: list[LogLineCreate], batch_id: uuid.UUID | None
+) -> int:
     with db.write() as session:
         get_run(session, run_id)
+        if batch_id is not None and session.scalar(
+            select(LogRow.id).where(LogRow.flow_run_id == run_id, LogRow.batch_id == batch_id)
+        ):
+            return 0  # a resent batch (its first delivery's answer was lost): already stored
         session.add_all(
             LogRow(
                 flow_run_id=run_id,
@@ -91,6 +97,7 @@ def _add_logs(db: Database, run_id: uuid.UUID, lines: list[LogLineCreate]) -> in
                 stream=line.stream.value,
                 level=line.level,
                 line=line.line,
+                batch_id=batch_id,
             )
             for line in lines
         )
@@ -154,9 +161,14 @@ async def cancel_flow_run(run_id: uuid.UUID, db: DB, wakeups: Wakeups) -> FlowRu
 
 @router.post("/{run_id}/logs", status_code=status.HTTP_201_CREATED, summary="Append log lines")
 async def add_flow_run_logs(
-    run_id: uuid.UUID, lines: list[LogLineCreate], db: DB
+    run_id: uuid.UUID,
+    lines: list[LogLineCreate],
+    db: DB,
+    batch_id: Annotated[
+        uuid.UUID | None, Query(description="idempotency key: a resent batch is stored once")
+    ] = None,
 ) -> dict[str, int]:
-    return {"count": await db.run(_add_logs, db, run_id, lines)}
+    return {"count": await db.run(_add_logs, db, run_id, lines, batch_id)}
 
 
 @router.get("/{run_id}/logs", summary="Log lines after a given id, ascending")

@@ -78,6 +78,8 @@ def upgrade() -> None:
         sa.Column("metrics", sa.JSON(), nullable=True),
         sa.Column("last_heartbeat", sa.DateTime(), nullable=False),
         sa.Column("created", sa.DateTime(), nullable=False),
+        sa.Column("last_claim_id", _uuid(), nullable=True),
+        sa.Column("last_claim_run_ids", sa.JSON(), nullable=False),
         sa.UniqueConstraint("name"),
     )
     op.create_index("ix_agents_work_queue_id", "agents", ["work_queue_id"])
@@ -147,8 +149,10 @@ def upgrade() -> None:
         sa.Column("stream", sa.String(20), nullable=False),
         sa.Column("level", sa.String(20), nullable=False),
         sa.Column("line", sa.Text(), nullable=False),
+        sa.Column("batch_id", _uuid(), nullable=True),
     )
     op.create_index("ix_logs_run", "logs", ["flow_run_id", "id"])
+    op.create_index("ix_logs_batch", "logs", ["flow_run_id", "batch_id"])
 
 
 def downgrade() -> None:

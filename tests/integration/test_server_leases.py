@@ -1,0 +1,141 @@
+"""Leases and idempotent claims against a real server process with a short lease."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import running_server, wait_for
+
+pytestmark = pytest.mark.integration
+
+LEASE = 1.0
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    env = {"AGENT_LEASE_SECONDS": str(LEASE)}
+    with running_server(tmp_path_factory.mktemp("leases"), env) as server, server.client() as c:
+        yield c
+
+
+def _setup(api: httpx.Client, retries: int = 0) -> tuple[dict[str, Any], str, str]:
+    name = uuid.uuid4().hex[:10]
+    queue = api.post("work_queues", json={"name": f"q-{name}"}).json()
+    deployment = api.post(
+        "deployments",
+        json={
+            "name": f"d-{name}",
+            "work_queue_id": queue["id"],
+            "command": ["true"],
+            "retries": retries,
+        },
+    ).json()
+    agent = api.post(
+        "agents/heartbeat",
+        json={"name": f"a-{name}", "work_queue_id": queue["id"], "heartbeat_interval_seconds": 0.2},
+    ).json()
+    return queue, deployment["id"], agent["id"]
+
+
+def _claim(api: httpx.Client, queue: dict[str, Any], agent_id: str, **extra: Any) -> list[Any]:
+    body = {"agent_id": agent_id, "limit": 10, **extra}
+    response = api.post(f"work_queues/{queue['id']}/claim", json=body)
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+def _state(api: httpx.Client, run_id: str) -> dict[str, Any]:
+    return dict(api.get(f"flow_runs/{run_id}").json())
+
+
+def test_heartbeat_answers_the_lease(api: httpx.Client) -> None:
+    queue = api.post("work_queues", json={"name": f"q-{uuid.uuid4().hex}"}).json()
+    record = api.post(
+        "agents/heartbeat", json={"name": "lease-reader", "work_queue_id": queue["id"]}
+    )
+    assert record.json()["lease_seconds"] == LEASE
+
+
+def test_a_silent_agents_runs_are_crashed_then_retried(api: httpx.Client) -> None:
+    queue, deployment_id, agent_id = _setup(api, retries=1)
+    run = api.post(f"deployments/{deployment_id}/runs", json={}).json()
+    assert [c["flow_run"]["id"] for c in _claim(api, queue, agent_id)] == [run["id"]]
+    api.post(
+        f"flow_runs/{run['id']}/set_state", json={"type": "RUNNING", "agent_id": agent_id}
+    ).raise_for_status()
+
+    retried = wait_for(
+        lambda: (r := _state(api, run["id"]))["attempt"] == 2 and r,
+        timeout=LEASE + 5,
+        what="the lease to expire",
+    )
+
+    assert retried["state"]["type"] == "SCHEDULED"
+    history = api.get(f"flow_runs/{run['id']}/states").json()
+    crashed = [s for s in history if s["type"] == "CRASHED"]
+    assert len(crashed) == 1
+    assert crashed[0]["message"].startswith("agent a-")
+    assert "stopped heartbeating at" in crashed[0]["message"]
+    # The dead agent's late report about attempt 1 changes nothing.
+    late = api.post(
+        f"flow_runs/{run['id']}/set_state",
+        json={"type": "COMPLETED", "agent_id": agent_id, "attempt": 1},
+    )
+    assert late.status_code == 409
+
+
+def test_heartbeats_keep_the_lease(api: httpx.Client) -> None:
+    queue, deployment_id, agent_id = _setup(api)
+    run = api.post(f"deployments/{deployment_id}/runs", json={}).json()
+    _claim(api, queue, agent_id)
+    name = api.get("agents").json()
+    beat = next(a for a in name if a["id"] == agent_id)
+    deadline = time.monotonic() + LEASE * 3
+    while time.monotonic() < deadline:
+        api.post(
+            "agents/heartbeat",
+            json={
+                "name": beat["name"],
+                "work_queue_id": queue["id"],
+                "heartbeat_interval_seconds": 0.2,
+            },
+        ).raise_for_status()
+        time.sleep(0.2)
+    assert _state(api, run["id"])["state"]["type"] == "PENDING"
+
+
+def test_a_cancelling_run_of_a_silent_agent_ends_cancelled(api: httpx.Client) -> None:
+    queue, deployment_id, agent_id = _setup(api)
+    run = api.post(f"deployments/{deployment_id}/runs", json={}).json()
+    _claim(api, queue, agent_id)
+    api.post(f"flow_runs/{run['id']}/set_state", json={"type": "RUNNING"}).raise_for_status()
+    api.post(f"flow_runs/{run['id']}/cancel").raise_for_status()
+
+    done = wait_for(
+        lambda: (r := _state(api, run["id"]))["state"]["type"] == "CANCELLED" and r,
+        timeout=LEASE + 5,
+        what="CANCELLED",
+    )
+    assert "stopped heartbeating" in done["state"]["message"]
+
+
+def test_a_retried_claim_answers_the_same_runs(api: httpx.Client) -> None:
+    queue, deployment_id, agent_id = _setup(api)
+    runs = {api.post(f"deployments/{deployment_id}/runs", json={}).json()["id"] for _ in range(3)}
+    claim_id = str(uuid.uuid4())
+
+    first = {c["flow_run"]["id"] for c in _claim(api, queue, agent_id, claim_id=claim_id)}
+    extra = api.post(f"deployments/{deployment_id}/runs", json={}).json()["id"]
+    again = {c["flow_run"]["id"] for c in _claim(api, queue, agent_id, claim_id=claim_id)}
+
+    assert first == runs
+    assert again == runs  # not the new run: a retry takes nothing more
+    assert _state(api, extra)["state"]["type"] == "SCHEDULED"
+    fresh = {c["flow_run"]["id"] for c in _claim(api, queue, agent_id, claim_id=str(uuid.uuid4()))}
+    assert fresh == {extra}
