@@ -1,0 +1,496 @@
+"""The Docker runner: each run is a container on the Docker daemon the agent can reach.
+
+A Python entrypoint runs as ``<python> /flowagent/bootstrap.py <entrypoint>`` in the deployment's
+image, which needs Python and nothing of ours: the bootstrap is bind-mounted read-only, the
+deployment's working directory too (at the same path, or /flow when that path would hide the
+image's system directories), and the result comes back through one bind-mounted file. A command
+deployment runs its argv. The container gets ``docker-init`` as PID 1, so SIGTERM reaches the flow
+(a PID 1 without a handler ignores it) and 128+N exit codes mean "killed by signal N".
+
+The agent's own environment is not passed in (its PATH, HOME and API key mean nothing inside,
+or too much); the container's env is the ``env`` option < the deployment's and run's env.
+
+How a run ends (``wait()``), after the logs are drained and before the container is removed:
+
+    OOMKilled              CRASHED  "out of memory (limit 64m)"
+    exit 0                 COMPLETED  result from the result file
+    exit 128+N (a signal)  CRASHED  "killed by signal SIGKILL"
+    exit N > 0             FAILED   "ValueError: boom" from the result file, else "exited with
+                                    code N"; FAILED and CRASHED end with the last stderr lines
+
+The docker SDK is blocking: every call runs in a daemon thread of its own (not the loop's small
+default executor, which two long log streams per run would exhaust), and output lines are handed
+to the sink on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import functools
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import RunnerError
+from runners.base import Outcome, OutputSink, RunHandle, Runner, RunResult, RunSpec
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+BOOTSTRAP = Path(__file__).resolve().with_name("bootstrap.py")
+IN_CONTAINER_BOOTSTRAP = "/flowagent/bootstrap.py"
+IN_CONTAINER_RESULT = "/flowagent/result.json"
+#: Mounting the code at these (or under them) would hide the image's own files.
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/flowagent", "/lib", "/lib32", "/lib64",
+               "/proc", "/run", "/sbin", "/sys", "/usr", "/var")  # fmt: skip
+MAX_LINE_CHARS = 64 * 1024
+STDERR_CONTEXT_LINES = 5
+#: After the container exits, how long its log streams may take to deliver the rest.
+DRAIN_TIMEOUT = 5.0
+_VOLUME = re.compile(r"^[^:]+:/[^:]*(:(ro|rw))?$")
+_MEMORY = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
+
+
+class DockerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    image: str = Field(min_length=1)
+    """Image to run in; it needs Python (option python) for entrypoint deployments."""
+    command: list[str] | None = None
+    """argv to run instead of the deployment's command or of the bootstrap."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Container env; the deployment's and the run's env win over it."""
+    volumes: list[str] = Field(default_factory=list)
+    """Extra bind mounts, "host:/container/path[:ro|rw]"."""
+    network_mode: str | None = None
+    """bridge, host, none, or a network's name (Docker's default: bridge)."""
+    cpus: float | None = Field(default=None, gt=0)
+    """CPU limit, e.g. 1.5."""
+    memory: str | None = None
+    """Memory limit, e.g. "256m"; no swap on top, so going over it is an OOM kill."""
+    user: str | None = None
+    """User to run as, "uid[:gid]" or a name known to the image."""
+    auto_remove: bool = True
+    """Remove the container once its logs and exit status are collected."""
+    python: str = "python3"
+    """Python interpreter inside the image, for entrypoint deployments."""
+    mount_working_dir: bool = True
+    """Bind-mount the working directory read-only; false if the image has the code there."""
+    pull: bool = False
+    """Pull the image when it is not present locally (never, by default)."""
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _check_memory(cls, value: Any) -> Any:
+        value = str(value) if isinstance(value, int) else value
+        if isinstance(value, str) and not _MEMORY.match(value):
+            raise ValueError('expected bytes or a number with b, k, m or g, e.g. "256m"')
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _check_volumes(cls, value: list[str]) -> list[str]:
+        for volume in value:
+            if not _VOLUME.match(volume):
+                raise ValueError(f'{volume!r} is not "host:/container/path[:ro|rw]"')
+        return value
+
+
+class DockerRunner:
+    """Runs each flow run in a container, removed once its logs and status are collected."""
+
+    name: ClassVar[str] = "docker"
+    Options: ClassVar[type[DockerOptions]] = DockerOptions
+
+    def __init__(self) -> None:
+        self._client: Any = None  # docker.DockerClient, made on first use (it must reach dockerd)
+        self._client_lock = threading.Lock()
+
+    async def start(self, spec: RunSpec, sink: OutputSink) -> DockerHandle:
+        try:
+            options = DockerOptions.model_validate(spec.options)
+        except ValidationError as exc:
+            raise RunnerError(f"invalid docker runner options: {exc}") from None
+        if options.mount_working_dir and not spec.working_dir.is_dir():
+            raise RunnerError(f"working directory not found: {spec.working_dir}")
+        if (spec.entrypoint is None) == (spec.command is None):
+            raise RunnerError("a run needs exactly one of an entrypoint or a command")
+        try:
+            parameters = json.dumps(spec.parameters)
+        except (TypeError, ValueError) as exc:
+            raise RunnerError(f"the run's parameters are not JSON-serialisable: {exc}") from None
+        client = await _blocking(self._connect, "docker-connect")
+        files = Path(tempfile.mkdtemp(prefix="flowagent-docker-"))
+        try:
+            # A file, not a directory, is mounted: the container's user may be anyone, and only
+            # this file (mode 0666) becomes writable to it; the 0700 directory keeps others out.
+            result_file = files / "result.json"
+            result_file.touch(mode=0o666)
+            result_file.chmod(0o666)
+            config = _container_config(spec, options, parameters, result_file)
+            container = await _blocking(lambda: _create(client, options, config), "docker-create")
+        except BaseException:
+            shutil.rmtree(files, ignore_errors=True)
+            raise
+        handle = DockerHandle(client, container, sink, options, files)
+        await handle._begin(f"run-{spec.run_id}")
+        return handle
+
+    def _connect(self) -> Any:
+        docker = _import_sdk()
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    # Two long-lived connections per run (stdout and stderr logs) plus calls.
+                    self._client = docker.from_env(max_pool_size=256)
+                except Exception as exc:
+                    raise _translate(exc, "connect") from None
+            return self._client
+
+
+def _container_config(
+    spec: RunSpec, options: DockerOptions, parameters: str, result_file: Path
+) -> dict[str, Any]:
+    workdir = str(spec.working_dir)
+    binds = [f"{BOOTSTRAP}:{IN_CONTAINER_BOOTSTRAP}:ro", f"{result_file}:{IN_CONTAINER_RESULT}:rw"]
+    if options.mount_working_dir:
+        workdir = _mount_point(spec.working_dir.resolve())
+        binds.append(f"{spec.working_dir.resolve()}:{workdir}:ro")
+    # What the agent's own environment put in spec.env stays out: it describes the agent's host.
+    env = options.env | {k: v for k, v in spec.env.items() if os.environ.get(k) != v}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["FLOWAGENT_PARAMETERS"] = parameters
+    env["FLOWAGENT_RESULT_FILE"] = IN_CONTAINER_RESULT
+    if spec.entrypoint is not None:
+        env["FLOWAGENT_ENTRYPOINT"] = spec.entrypoint
+        argv = [options.python, IN_CONTAINER_BOOTSTRAP, spec.entrypoint]
+    else:
+        argv = list(spec.command or [])
+    config: dict[str, Any] = {
+        "image": options.image,
+        "command": options.command or argv,
+        "name": f"flowagent-{spec.run_id.hex[:12]}-{secrets.token_hex(3)}",
+        "labels": {"flowagent.run-id": str(spec.run_id), **spec.labels},
+        "environment": env,
+        "working_dir": workdir,
+        "volumes": binds + options.volumes,
+        "init": True,  # docker-init as PID 1: forwards SIGTERM, reaps the flow's orphans
+        "network_mode": options.network_mode,
+        "user": options.user,
+    }
+    if options.cpus is not None:
+        config["nano_cpus"] = int(options.cpus * 1e9)
+    if options.memory is not None:
+        # The same limit for memory+swap: out of memory means OOM-killed, not swapping slowly.
+        config["mem_limit"] = config["memswap_limit"] = options.memory
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def _mount_point(path: Path) -> str:
+    text = str(PurePosixPath(path))
+    hides_system = text == "/" or any(text == d or text.startswith(d + "/") for d in SYSTEM_DIRS)
+    return "/flow" if hides_system else text
+
+
+def _create(client: Any, options: DockerOptions, config: dict[str, Any]) -> Any:
+    docker = _import_sdk()
+    image = options.image
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        if not options.pull:
+            raise RunnerError(
+                f"image {image!r} not found locally: build it or docker pull it",
+                hint="or set the runner option pull=true to let the agent pull it",
+            ) from None
+        log.info("docker_image_pulling", image=image)
+        try:
+            client.images.pull(image)
+        except Exception as exc:
+            error = _translate(exc, "pull the image")
+            raise RunnerError(f"cannot pull image {image!r}: {error.message}") from None
+    except Exception as exc:
+        raise _translate(exc, "look up the image") from None
+    try:
+        return client.containers.create(**config)
+    except Exception as exc:
+        raise _translate(exc, "create the container") from None
+
+
+class DockerHandle:
+    """One container. Created by :meth:`DockerRunner.start`."""
+
+    def __init__(
+        self, client: Any, container: Any, sink: OutputSink, options: DockerOptions, files: Path
+    ) -> None:
+        self._client = client
+        self._container = container
+        self._sink = sink
+        self._options = options
+        self._files = files
+        self._loop = asyncio.get_running_loop()
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
+        self._streams: list[Any] = []  # the SDK's log streams, closed if they outlive the run
+        self._followers: list[asyncio.Future[None]] = []
+        self._done: asyncio.Task[RunResult] | None = None
+        self._sink_failed = False
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {
+            "container_id": self._container.id,
+            "container_name": self._container.name,
+            "image": self._options.image,
+        }
+
+    async def _begin(self, name: str) -> None:
+        try:
+            await _blocking(self._container.start, f"{name}-start")
+        except BaseException as exc:
+            await self._cleanup(remove=True)
+            if isinstance(exc, RunnerError | asyncio.CancelledError):
+                raise
+            raise _translate(exc, "start the container") from None
+        for stream in ("stdout", "stderr"):
+            follow = functools.partial(self._follow, stream)
+            self._followers.append(_blocking(follow, f"{name}-{stream}"))
+        self._done = self._loop.create_task(self._supervise(), name=f"{name}-supervise")
+
+    async def wait(self) -> RunResult:
+        assert self._done is not None, "DockerHandle is created by DockerRunner.start"
+        # Shielded: a caller giving up on waiting must not stop the supervision.
+        return await asyncio.shield(self._done)
+
+    async def interrupt(self) -> None:
+        await self._kill("SIGTERM")  # not container.stop(): that also SIGKILLs, on its own clock
+
+    async def terminate(self) -> None:
+        await self._kill("SIGKILL")
+
+    async def _kill(self, sig: str) -> None:
+        if self._done is None or self._done.done():
+            return
+        with contextlib.suppress(Exception):  # exited meanwhile (409), removed (404)…
+            await _blocking(lambda: self._container.kill(signal=sig), "docker-kill")
+
+    async def _supervise(self) -> RunResult:
+        try:
+            status = await _blocking(self._container.wait, "docker-wait")
+            _, late = await asyncio.wait(self._followers, timeout=DRAIN_TIMEOUT)
+            if late:
+                log.warning("run_output_abandoned", container=self._container.name)
+                for stream in self._streams:
+                    with contextlib.suppress(Exception):
+                        stream.close()
+                await asyncio.wait(self._followers)
+            await _blocking(self._container.reload, "docker-inspect")
+            state = self._container.attrs.get("State", {})
+            return self._result(status, state, self._read_result_file())
+        except Exception as exc:
+            error = exc if isinstance(exc, RunnerError) else _translate(exc, "watch the container")
+            log.warning("docker_run_lost", container=self._container.name, error=error.message)
+            return RunResult(Outcome.CRASHED, f"lost track of the container: {error.message}")
+        finally:
+            await self._cleanup(remove=self._options.auto_remove)
+
+    async def _cleanup(self, *, remove: bool) -> None:
+        if remove:
+            try:
+                await _blocking(lambda: self._container.remove(force=True), "docker-remove")
+            except Exception as exc:
+                log.warning("docker_remove_failed", container=self._container.name, error=str(exc))
+        shutil.rmtree(self._files, ignore_errors=True)
+
+    def _follow(self, stream: str) -> None:
+        """Runs in a thread: hands the container's ``stream`` to the sink, line by line."""
+        try:
+            logs = self._client.api.logs(
+                self._container.id,
+                stdout=stream == "stdout",
+                stderr=stream == "stderr",
+                stream=True,
+                follow=True,
+            )
+        except Exception as exc:  # e.g. a log driver that cannot be read back
+            self._emit("stderr", f"flowagent: cannot read the container's {stream}: {exc}")
+            return
+        self._streams.append(logs)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for line in _lines((decoder.decode(chunk) for chunk in logs), decoder):
+            self._emit(stream, line)
+
+    def _emit(self, stream: str, line: str) -> None:
+        if stream == "stderr":
+            self._stderr_tail.append(line)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is exiting
+            self._loop.call_soon_threadsafe(self._deliver, stream, line)
+
+    def _deliver(self, stream: str, line: str) -> None:
+        try:
+            self._sink(stream, line)
+        except Exception:
+            if not self._sink_failed:
+                self._sink_failed = True
+                log.exception("run_output_sink_failed", container=self._container.name)
+
+    def _read_result_file(self) -> dict[str, Any] | None:
+        try:
+            text = (self._files / "result.json").read_text(encoding="utf-8")
+            document = json.loads(text or "null")
+        except (OSError, ValueError):
+            return None
+        return document if isinstance(document, dict) else None
+
+    def _result(
+        self, status: dict[str, Any], state: dict[str, Any], document: dict[str, Any] | None
+    ) -> RunResult:
+        code = int(status.get("StatusCode", -1))
+        if state.get("OOMKilled"):
+            limit = self._options.memory
+            outcome, headline = Outcome.CRASHED, f"out of memory (limit {limit})"
+            if limit is None:
+                headline = "out of memory"
+        elif code == 0:
+            if document and "result_repr" in document:
+                message = (
+                    f"completed; the result is not JSON-serialisable: {document['result_repr']}"
+                )
+                return RunResult(Outcome.COMPLETED, message[:500], 0)
+            return RunResult(Outcome.COMPLETED, "completed", 0, (document or {}).get("result"))
+        elif (error := (status.get("Error") or {}).get("Message")) or code < 0:
+            outcome, headline = Outcome.CRASHED, f"the container failed: {error or code}"
+        elif (name := _signal_name(code)) and not (document and document.get("ok") is False):
+            outcome, headline = Outcome.CRASHED, f"killed by signal {name}"
+        else:
+            outcome, headline = Outcome.FAILED, _failure(code, document)
+        tail = list(self._stderr_tail)
+        if tail and tail[-1] in (headline, f"flowagent: {headline}"):
+            tail.pop()  # the traceback's last line says what the headline already says
+        if tail:
+            headline += "\nlast lines of stderr:\n" + "\n".join(tail)
+        return RunResult(outcome, headline, code)
+
+
+def _failure(code: int, document: dict[str, Any] | None) -> str:
+    if not document or document.get("ok") is not False:
+        return f"exited with code {code}"
+    kind, text = str(document.get("error_type") or "Error"), str(document.get("error_message"))
+    if kind == "EntrypointError":
+        return text
+    return f"{kind}: {text}" if text else kind
+
+
+def _signal_name(code: int) -> str | None:
+    """The signal a 128+N exit status stands for (docker-init exits that way), if any."""
+    if not 128 < code < 128 + signal.NSIG:
+        return None
+    try:
+        return signal.Signals(code - 128).name
+    except ValueError:
+        return f"signal {code - 128}"
+
+
+def _lines(chunks: Iterable[str], decoder: codecs.IncrementalDecoder) -> Iterable[str]:
+    buffer = ""
+    for text in chunks:
+        *lines, buffer = (buffer + text).split("\n")
+        while len(buffer) > MAX_LINE_CHARS:
+            lines.append(buffer[:MAX_LINE_CHARS])
+            buffer = buffer[MAX_LINE_CHARS:]
+        yield from (line.removesuffix("\r") for line in lines)
+    buffer += decoder.decode(b"", final=True)
+    if buffer:
+        yield buffer.removesuffix("\r")
+
+
+def _blocking(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``fn`` in a daemon thread of its own (a hung dockerd must not hold up the agent's exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def target() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = fn()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is exiting
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+def _import_sdk() -> Any:
+    try:
+        import docker  # type: ignore[import-untyped]
+    except ImportError:
+        raise RunnerError(
+            "the docker runner needs the docker SDK, which is not installed",
+            hint="pip install 'flowagent[docker]'",
+        ) from None
+    return docker
+
+
+def _translate(exc: BaseException, doing: str) -> RunnerError:
+    """A docker SDK (or requests) exception in words that say what to do."""
+    if isinstance(exc, RunnerError):
+        return exc
+    docker = _import_sdk()
+    import requests  # the SDK's own dependency
+
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    unreachable = isinstance(exc, requests.exceptions.ConnectionError) or (
+        isinstance(exc, docker.errors.DockerException)
+        and not isinstance(exc, docker.errors.APIError)
+        and "Connection" in str(exc)
+    )
+    if unreachable:
+        return RunnerError(
+            f"cannot reach the Docker daemon ({host}: {_root_cause(exc)}): "
+            "is dockerd running? is DOCKER_HOST right?"
+        )
+    if isinstance(exc, docker.errors.APIError):
+        return RunnerError(f"Docker refused to {doing}: {exc.explanation or exc}")
+    return RunnerError(f"Docker error while trying to {doing}: {exc}")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason ("No such file or directory", "Permission denied"), not the wrapping."""
+    text = str(exc)
+    found = re.search(r"\w+Error\(\d+, '([^']*)'\)", text)
+    return found.group(1) if found else text
+
+
+if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement
+    _runner: Runner = DockerRunner()
+    _handle: type[RunHandle] = DockerHandle
