@@ -19,16 +19,19 @@ import resource
 import signal
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import structlog
 
 from agent.backends.base import Backend
 from agent.config import Settings
 from agent.errors import AuthError, FlowAgentError, NotFound, RunnerError, ServerUnavailable
+from agent.fence import FenceDir
 from agent.heartbeat import Heartbeater
 from agent.logs import LogShipper
 from agent.models import ClaimedRun, StateProposal, StateType, WorkQueue
+from agent.outbox import Outbox
+from agent.spool import Spool
 from agent.supervisor import RunContext, RunSupervisor, StopReason, SupervisionPolicy
 from runners.base import Runner
 from runners.registry import load_runner, validate_options
@@ -55,7 +58,9 @@ class Agent:
         self.options = options
         self.backend = backend
         self.runs: dict[UUID, RunContext] = {}
-        self.shipper = LogShipper(backend.send_logs)
+        self.fence = FenceDir.for_agent(settings.home, options.name)
+        self.outbox = Outbox(backend, Spool(self.fence.directory / "spool"))
+        self.shipper = LogShipper(self.outbox.send_logs)
         self.stopping = asyncio.Event()  # first signal: stop claiming
         self._slot_freed = asyncio.Event()
         self._runners: dict[str, Runner | RunnerError] = {}
@@ -96,6 +101,9 @@ class Agent:
             runs_in_flight=lambda: len(self.runs),
         )
         self.agent_id = await heartbeater.register()
+        self.fence.prepare(fence_after=heartbeater.lease_seconds / 2)
+        heartbeater.on_renewed = self.fence.touch_lease
+        self.fence.ensure_fence()
         structlog.contextvars.bind_contextvars(agent=self.options.name)
         log.info(
             "agent_started",
@@ -105,6 +113,8 @@ class Agent:
             tags=list(self.options.tags),
             limit=self.settings.limit,
         )
+        # Reports an earlier life of this agent could not deliver go first, in order.
+        await self.outbox.drain()
         await self._release_orphans()
         self._install_signal_handlers()
         try:
@@ -113,6 +123,8 @@ class Agent:
                     side.create_task(heartbeater.run(), name="heartbeat"),
                     side.create_task(self._watch_cancellations(), name="cancel-watch"),
                     side.create_task(self.shipper.run(), name="log-shipper"),
+                    side.create_task(self.outbox.run(), name="spool"),
+                    side.create_task(self._guard_lease(heartbeater), name="lease-guard"),
                 ]
                 try:
                     async with asyncio.TaskGroup() as runs:
@@ -120,6 +132,7 @@ class Agent:
                         await self._drain()
                     # A long poll cancelled at shutdown may have claimed runs we never saw.
                     await self._release_orphans()
+                    await self.outbox.drain()
                 finally:
                     for task in side_tasks:
                         task.cancel()
@@ -133,6 +146,7 @@ class Agent:
     async def _claim_loop(self, runs: asyncio.TaskGroup) -> None:
         assert self.queue is not None and self.agent_id is not None
         backoff = 0.5
+        claim_id = uuid4()
         while not self.stopping.is_set():
             free = self.settings.limit - len(self.runs)
             if free <= 0:
@@ -141,7 +155,9 @@ class Agent:
                 continue
             wait = 0.0 if self.options.run_once else self.settings.claim_wait_seconds
             claim = asyncio.create_task(
-                self.backend.claim(self.queue.id, self.agent_id, self.options.tags, free, wait),
+                self.backend.claim(
+                    self.queue.id, self.agent_id, self.options.tags, free, wait, claim_id
+                ),
                 name="claim",
             )
             try:
@@ -161,6 +177,9 @@ class Agent:
             backoff = 0.5
             if claimed is None:  # stopping while the long poll was held
                 break
+            # Only an answered claim gets a new id: a claim that failed on the way is asked
+            # again under its old id, and the server answers what it took, if anything.
+            claim_id = uuid4()
             for item in claimed:
                 self._launch(runs, item)
             if self.options.run_once and not claimed:
@@ -199,6 +218,8 @@ class Agent:
             runner,
             options,
             self.shipper,
+            self.outbox,
+            self.fence,
             SupervisionPolicy(
                 agent_id=self.agent_id,
                 agent_name=self.options.name,
@@ -257,6 +278,25 @@ class Agent:
                     log.info("run_cancel_requested", run_id=str(run_id))
                     ctx.request_stop(StopReason.CANCELLED)
 
+    async def _guard_lease(self, heartbeater: Heartbeater) -> None:
+        """Stop every run once the lease has gone unrenewed for half its length.
+
+        The server resolves the runs when the whole lease is gone and may hand a retry to
+        another agent; by then these executions must be dead (see agent/fence.py).
+        """
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.heartbeat_seconds))
+            silent = heartbeater.since_renewed()
+            if self.runs and silent > heartbeater.lease_seconds / 2:
+                log.error(
+                    "lease_lost",
+                    silent_seconds=round(silent, 1),
+                    runs=len(self.runs),
+                    lease_seconds=heartbeater.lease_seconds,
+                )
+                for ctx in list(self.runs.values()):
+                    ctx.request_stop(StopReason.LEASE_LOST)
+
     async def _release_orphans(self) -> None:
         """Runs the server says we hold but we do not (a previous life of this agent)."""
         assert self.agent_id is not None
@@ -265,9 +305,15 @@ class Agent:
         except FlowAgentError as exc:
             log.warning("orphan_check_failed", error=str(exc))
             return
+        listed = self.fence.registered()
         for run in held:
             if run.id in self.runs:
                 continue
+            if run.id in listed:
+                # Still running from an earlier life of this agent, whose output pipes are gone:
+                # it cannot be supervised again, and it must not run on beside a retry.
+                killed = self.fence.kill(run.id, listed[run.id])
+                log.warning("orphan_killed" if killed else "orphan_gone", run_id=str(run.id))
             if run.state.type is StateType.PENDING:
                 proposal = StateProposal(
                     type=StateType.SCHEDULED,
@@ -278,7 +324,8 @@ class Agent:
                 proposal = StateProposal(
                     type=StateType.CRASHED,
                     agent_id=self.agent_id,
-                    message=f"agent {self.options.name} restarted and did not find this run",
+                    attempt=run.attempt,
+                    message=f"agent {self.options.name} restarted; the run's process was stopped",
                 )
             try:
                 await self.backend.set_state(run.id, proposal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Callable
 from uuid import UUID
 
@@ -37,6 +38,11 @@ class Heartbeater:
         self._interval = interval
         self._runs_in_flight = runs_in_flight
         self.failures = 0
+        self.lease_seconds = 30.0
+        # When the server last accepted a heartbeat sent at this (monotonic) time: the lease
+        # runs from the server's receipt, which is later, so fencing from here is safe.
+        self.last_renewed = time.monotonic()
+        self.on_renewed: Callable[[], None] = lambda: None
 
     def _beat(self) -> Heartbeat:
         return Heartbeat(
@@ -53,15 +59,26 @@ class Heartbeater:
 
     async def register(self) -> UUID:
         """The first heartbeat: gives this agent its id (stable for its name)."""
-        record: AgentRecord = await self._backend.heartbeat(self._beat())
+        record = await self._beat_once()
         return record.id
+
+    async def _beat_once(self) -> AgentRecord:
+        sent = time.monotonic()
+        record: AgentRecord = await self._backend.heartbeat(self._beat())
+        self.lease_seconds = record.lease_seconds
+        self.last_renewed = sent
+        self.on_renewed()
+        return record
+
+    def since_renewed(self) -> float:
+        return time.monotonic() - self.last_renewed
 
     async def run(self) -> None:
         """Side task: beat every interval until cancelled; only bad credentials stop it."""
         while True:
             await asyncio.sleep(self._interval)
             try:
-                await self._backend.heartbeat(self._beat())
+                await self._beat_once()
             except AuthError:
                 raise
             except FlowAgentError as exc:

@@ -11,7 +11,6 @@ from uuid import UUID
 
 import structlog
 
-from agent.errors import FlowAgentError
 from agent.models import LogLineCreate, LogStream, utcnow
 
 log = structlog.get_logger("agent.logs")
@@ -76,17 +75,12 @@ class LogShipper:
 
     async def flush(self, run_id: UUID) -> None:
         lock = self._locks.setdefault(run_id, asyncio.Lock())
-        # One sender per run at a time keeps lines in order on the server.
+        # One sender per run at a time keeps lines in order on the server. ``send`` (the
+        # outbox) never loses a batch: what the server cannot take now is spooled to disk.
         async with lock:
             while lines := self._buffers.get(run_id):
                 chunk, self._buffers[run_id] = lines[: self._batch], lines[self._batch :]
-                try:
-                    await self._send(run_id, chunk)
-                except FlowAgentError as exc:
-                    # Put them back in front; the next flush tries again.
-                    self._buffers[run_id] = chunk + self._buffers.get(run_id, [])
-                    log.warning("run_logs_not_sent", run_id=str(run_id), error=str(exc))
-                    return
+                await self._send(run_id, chunk)
 
     def forget(self, run_id: UUID) -> None:
         self._buffers.pop(run_id, None)

@@ -270,7 +270,8 @@ class AgentRecord(_Model):
     last_heartbeat: datetime
     status: AgentStatus
     lease_seconds: float = Field(
-        description="the agent's runs are resolved (CRASHED) this long after its last heartbeat"
+        default=30.0,
+        description="the agent's runs are resolved (CRASHED) this long after its last heartbeat",
     )
 
 

@@ -16,9 +16,11 @@ from uuid import UUID
 import structlog
 
 from agent.backends.base import Backend
-from agent.errors import AuthError, Conflict, FlowAgentError, RunnerError
+from agent.errors import AuthError, Conflict, FlowAgentError, RunnerError, ServerUnavailable
+from agent.fence import FenceDir
 from agent.logs import LogShipper
 from agent.models import ClaimedRun, Deployment, FlowRun, StateProposal, StateType
+from agent.outbox import Outbox
 from runners.base import Outcome, RunHandle, Runner, RunResult, RunSpec
 
 log = structlog.get_logger("agent.supervisor")
@@ -28,6 +30,7 @@ class StopReason(StrEnum):
     CANCELLED = "cancelled by user"
     SHUTDOWN = "agent shut down"
     TIMEOUT = "timed out"
+    LEASE_LOST = "agent lost contact with the server"
 
 
 @dataclass
@@ -61,6 +64,9 @@ class SupervisionPolicy:
     agent_name: str
     cancel_grace_seconds: float
     base_env: dict[str, str]
+    # A run stopped because the lease is lost gets a short grace: it must be dead before the
+    # server's lease runs out.
+    fence_grace_seconds: float = 2.0
 
 
 class RunSupervisor:
@@ -73,6 +79,8 @@ class RunSupervisor:
         runner: Runner | RunnerError,
         options: dict[str, Any],
         shipper: LogShipper,
+        outbox: Outbox,
+        fence: FenceDir,
         policy: SupervisionPolicy,
     ) -> None:
         self.ctx = ctx
@@ -80,6 +88,8 @@ class RunSupervisor:
         self.runner = runner
         self.options = options
         self.shipper = shipper
+        self.outbox = outbox
+        self.fence = fence
         self.policy = policy
 
     @property
@@ -146,11 +156,18 @@ class RunSupervisor:
                 StateProposal(
                     type=StateType.RUNNING,
                     agent_id=self.policy.agent_id,
+                    attempt=self._run.attempt,
                     message=f"started by agent {self.policy.agent_name}",
                 ),
             )
         except Conflict as exc:
             log.info("run_not_started", reason=exc.message)
+            return
+        except ServerUnavailable as exc:
+            # Not started, and the server cannot hear it now: hand the run back (spooled if
+            # need be) rather than leave it PENDING under a live agent's lease forever.
+            log.warning("run_not_started", reason=exc.message)
+            await self._report(StateType.SCHEDULED, "agent could not reach the server to start it")
             return
         try:
             handle = await self.runner.start(self._spec(), self.shipper.sink_for(self._run.id))
@@ -158,9 +175,13 @@ class RunSupervisor:
             log.warning("run_start_failed", error=exc.message)
             await self._report(StateType.FAILED, exc.message)
             return
-        log.info("run_started", runner=self.runner.name, **handle.info)
-        await self._update_info(handle.info)
-        result, stopped = await self._wait(handle)
+        self.fence.register(self._run.id, handle.info)
+        try:
+            log.info("run_started", runner=self.runner.name, **handle.info)
+            await self._update_info(handle.info)
+            result, stopped = await self._wait(handle)
+        finally:
+            self.fence.unregister(self._run.id)
         await self._finish(result, stopped)
 
     async def _wait(self, handle: RunHandle) -> tuple[RunResult, StopReason | None]:
@@ -179,7 +200,11 @@ class RunSupervisor:
         assert reason is not None
         if reason is StopReason.TIMEOUT:
             self.ctx.request_stop(reason)
-        grace = self.policy.cancel_grace_seconds
+        grace = (
+            self.policy.fence_grace_seconds
+            if reason is StopReason.LEASE_LOST
+            else self.policy.cancel_grace_seconds
+        )
         self._agent_line(f"{self._stop_message()}: interrupting, {grace:g}s grace")
         log.info("run_interrupting", reason=reason.value, grace=grace)
         await handle.interrupt()
@@ -201,6 +226,11 @@ class RunSupervisor:
         info: dict[str, Any] = {"exit_code": result.exit_code}
         if stopped is StopReason.TIMEOUT:
             state, message = StateType.FAILED, self._stop_message()
+        elif stopped is StopReason.LEASE_LOST:
+            state, message = (
+                StateType.CRASHED,
+                f"{self._stop_message()}; stopped so it cannot run twice",
+            )
         elif stopped is not None:
             state, message = StateType.CANCELLED, self._stop_message()
         else:
@@ -222,16 +252,13 @@ class RunSupervisor:
     async def _report(
         self, state: StateType, message: str | None, info: dict[str, Any] | None = None
     ) -> None:
-        try:
-            await self.backend.set_state(
-                self._run.id,
-                StateProposal(
-                    type=state, message=message, agent_id=self.policy.agent_id, runner_info=info
-                ),
-            )
-        except Conflict as exc:
-            log.warning("state_refused", state=state.value, reason=exc.message)
-        except AuthError:
-            raise
-        except FlowAgentError as exc:
-            log.error("state_not_reported", state=state.value, error=str(exc))
+        await self.outbox.set_state(
+            self._run.id,
+            StateProposal(
+                type=state,
+                message=message,
+                agent_id=self.policy.agent_id,
+                attempt=self._run.attempt,
+                runner_info=info,
+            ),
+        )

@@ -35,8 +35,12 @@ class Backend(Protocol):
         tags: Sequence[str],
         limit: int,
         wait_seconds: float,
+        claim_id: UUID | None = None,
     ) -> list[ClaimedRun]:
-        """Atomically take up to ``limit`` due runs; may wait up to ``wait_seconds`` for one."""
+        """Atomically take up to ``limit`` due runs; may wait up to ``wait_seconds`` for one.
+
+        ``claim_id`` is an idempotency key: the same id again answers what the first call took.
+        """
         ...
 
     async def set_state(self, run_id: UUID, proposal: StateProposal) -> FlowRun:
@@ -45,7 +49,13 @@ class Backend(Protocol):
 
     async def update_runner_info(self, run_id: UUID, info: dict[str, Any]) -> None: ...
 
-    async def send_logs(self, run_id: UUID, lines: Sequence[LogLineCreate]) -> None: ...
+    async def send_logs(
+        self, run_id: UUID, lines: Sequence[LogLineCreate], *, batch_id: UUID | None = None
+    ) -> None:
+        """Append lines; a batch resent with the same ``batch_id`` is stored once."""
+        ...
+
+    async def get_run(self, run_id: UUID) -> FlowRun: ...
 
     async def claimed_runs(self, agent_id: UUID) -> list[FlowRun]:
         """This agent's runs the server thinks are PENDING, RUNNING or CANCELLING."""

@@ -191,17 +191,23 @@ class NativeBackend:
         tags: Sequence[str],
         limit: int,
         wait_seconds: float,
+        claim_id: UUID | None = None,
     ) -> list[ClaimedRun]:
         body = ClaimRequest(
-            agent_id=agent_id, tags=list(tags), limit=limit, wait_seconds=wait_seconds
+            agent_id=agent_id,
+            tags=list(tags),
+            limit=limit,
+            wait_seconds=wait_seconds,
+            claim_id=claim_id,
         )
-        # A claim is not idempotent: only retry when the request never reached the server.
+        # With a claim_id a retry answers what the first request took, so it is safe to retry;
+        # without one, only a request that never reached the server may be sent again.
         response = await self.http.request(
             "POST",
             f"work_queues/{queue_id}/claim",
             json=_body(body),
             timeout=wait_seconds + self.http_timeout_margin,
-            retry=False,
+            retry=claim_id is not None,
         )
         return _parse(list[ClaimedRun], response.json())
 
@@ -218,10 +224,15 @@ class NativeBackend:
             "PATCH", f"flow_runs/{run_id}", json=_body(RunnerInfoUpdate(runner_info=info))
         )
 
-    async def send_logs(self, run_id: UUID, lines: Sequence[LogLineCreate]) -> None:
+    async def send_logs(
+        self, run_id: UUID, lines: Sequence[LogLineCreate], *, batch_id: UUID | None = None
+    ) -> None:
         if lines:
             await self.http.request(
-                "POST", f"flow_runs/{run_id}/logs", json=[_body(line) for line in lines]
+                "POST",
+                f"flow_runs/{run_id}/logs",
+                json=[_body(line) for line in lines],
+                params={"batch_id": str(batch_id)} if batch_id else None,
             )
 
     async def claimed_runs(self, agent_id: UUID) -> list[FlowRun]:
