@@ -1,0 +1,63 @@
+"""What tests need from a real dockerd: reach it (or skip, outside CI), and see no leftovers.
+
+CI runs ``scripts/ci-setup.sh`` first, which starts dockerd and builds the base image; a test
+that needs them fails when ``CI`` is set and they are missing, and skips only when it is not.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import pytest
+
+#: Built by scripts/build-base-image.sh (debootstrap + docker import); never pulled.
+BASE_IMAGE = os.environ.get("FLOWAGENT_BASE_IMAGE", "flowagent/python-base:bookworm")
+RUN_LABEL = "flowagent.run-id"
+
+
+@functools.cache
+def _problem() -> str | None:
+    try:
+        import docker
+    except ImportError:
+        return "the docker SDK is not installed (pip install 'flowagent[docker]')"
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        return f"dockerd is not reachable ({exc}); run scripts/ci-setup.sh as root"
+    try:
+        client.images.get(BASE_IMAGE)
+    except Exception:
+        return f"image {BASE_IMAGE} is missing; run scripts/build-base-image.sh as root"
+    finally:
+        client.close()
+    return None
+
+
+def require_dockerd() -> None:
+    """Fail (in CI) or skip (elsewhere) unless dockerd answers and the base image exists."""
+    problem = _problem()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs a real dockerd: {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+def client() -> Any:
+    import docker
+
+    return docker.from_env()
+
+
+def our_containers() -> dict[str, str]:
+    """Every container carrying our run label, running or not: id -> name."""
+    docker_client = client()
+    try:
+        found = docker_client.containers.list(all=True, filters={"label": RUN_LABEL})
+        return {c.id: c.name for c in found}
+    finally:
+        docker_client.close()

@@ -1,0 +1,210 @@
+"""The contract every runner keeps, run against each one (subprocess, docker, inprocess).
+
+Runs start in the deployment's working directory with the run's parameters and env, report the
+flow's result, stream output while they go on, and end the same way for the same cause: success
+COMPLETED; an exception or a non-zero exit FAILED with the reason; killed or out of memory
+CRASHED with the reason. interrupt() lets a flow clean up; terminate() stops it regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from runners.base import Outcome
+from tests.contract.conftest import Harness, arun
+
+pytestmark = pytest.mark.integration
+
+
+def test_result_and_parameters(harness: Harness) -> None:
+    async def scenario() -> None:
+        handle, sink = await harness.start("add", parameters={"a": 2, "b": 40})
+        result = await handle.wait()
+        assert (result.outcome, result.result) == (Outcome.COMPLETED, {"sum": 42}), result
+        assert await handle.wait() == result  # wait() may be called again
+        assert sink.of("stdout") == ["adding 2 and 40"]
+        assert handle.info  # something to report: a pid, a container id…
+
+    arun(scenario())
+
+
+def test_async_flow(harness: Harness) -> None:
+    async def scenario() -> None:
+        handle, sink = await harness.start("add_async", parameters={"a": 1, "b": 2})
+        result = await handle.wait()
+        assert (result.outcome, result.result) == (Outcome.COMPLETED, 3), result
+        assert sink.of("stdout") == ["async adding 1 and 2"]
+
+    arun(scenario())
+
+
+def test_runs_in_the_working_directory(harness: Harness) -> None:
+    harness.needs("cwd")
+
+    async def scenario() -> None:
+        handle, sink = await harness.start("where")
+        result = await handle.wait()
+        assert result.outcome is Outcome.COMPLETED, result
+        assert result.result["cwd"] == str(harness.working_dir)
+        assert sink.of("stdout") == [f"cwd={harness.working_dir}"]
+
+    arun(scenario())
+
+
+def test_env_from_the_spec(harness: Harness) -> None:
+    harness.needs("env")
+
+    async def scenario() -> None:
+        handle, _ = await harness.start("where", env={"CONTRACT_VAR": "from the run"})
+        result = await handle.wait()
+        assert result.outcome is Outcome.COMPLETED, result
+        assert result.result["CONTRACT_VAR"] == "from the run"
+
+    arun(scenario())
+
+
+def test_output_is_streamed_while_the_run_goes_on(harness: Harness) -> None:
+    marker = harness.working_dir / "marker"
+
+    async def scenario() -> None:
+        handle, sink = await harness.start("wait_for_marker", parameters={"marker": str(marker)})
+        await sink.line("waiting on stdout")
+        await sink.line("waiting on stderr")
+        assert ("stderr", "waiting on stderr") in sink.lines
+        marker.touch()
+        result = await handle.wait()
+        assert result.outcome is Outcome.COMPLETED, result
+        assert sink.of("stdout")[-1] == "marker found"
+
+    arun(scenario())
+
+
+def test_concurrent_runs_keep_their_output_apart(harness: Harness) -> None:
+    async def scenario() -> None:
+        names = ["alpha", "beta", "gamma"]
+        started = [await harness.start("chatty", parameters={"name": n}) for n in names]
+        results = await asyncio.gather(*(handle.wait() for handle, _ in started))
+        for name, result, (_, sink) in zip(names, results, started, strict=True):
+            assert result.outcome is Outcome.COMPLETED, result
+            assert sink.of("stdout") == [f"{name} out {i}" for i in range(50)]
+            assert sink.of("stderr") == [f"{name} err {i}" for i in range(50)]
+
+    arun(scenario())
+
+
+def test_an_exception_fails_the_run_with_the_reason(harness: Harness) -> None:
+    async def scenario() -> None:
+        handle, sink = await harness.start("boom", parameters={"message": "bad data"})
+        result = await handle.wait()
+        assert result.outcome is Outcome.FAILED
+        assert result.message.startswith("ValueError: bad data"), result.message
+        assert "about to fail" in result.message  # the last stderr lines, as context
+        assert "Traceback (most recent call last):" in sink.of("stderr")
+        assert sink.of("stderr")[-1] == "ValueError: bad data"
+
+    arun(scenario())
+
+
+def test_a_non_zero_exit_fails_the_run(harness: Harness) -> None:
+    async def scenario() -> None:
+        handle, _ = await harness.start("exit_with", parameters={"code": 3})
+        result = await handle.wait()
+        assert result.outcome is Outcome.FAILED
+        assert result.exit_code == 3
+        assert "exited with code 3" in result.message
+        assert "exiting with 3" in result.message
+
+    arun(scenario())
+
+
+def test_a_command_runs_and_its_exit_status_counts(harness: Harness) -> None:
+    harness.needs("command")
+
+    async def scenario() -> None:
+        ok, ok_sink = await harness.start(command=["sh", "-c", "echo fine"])
+        bad, _ = await harness.start(command=["sh", "-c", "echo oops >&2; exit 7"])
+        assert (await ok.wait()).outcome is Outcome.COMPLETED
+        assert ok_sink.of("stdout") == ["fine"]
+        failed = await bad.wait()
+        assert failed.outcome is Outcome.FAILED
+        assert failed.message == "exited with code 7\nlast lines of stderr:\noops"
+
+    arun(scenario())
+
+
+def test_an_unusable_entrypoint_fails_the_run(harness: Harness) -> None:
+    async def scenario() -> None:
+        missing, _ = await harness.start("no_such_function")
+        result = await missing.wait()
+        assert result.outcome is Outcome.FAILED
+        assert "no_such_function" in result.message
+        wrong, _ = await harness.start("add", parameters={"a": 1})
+        result = await wrong.wait()
+        assert result.outcome is Outcome.FAILED
+        assert "parameters do not match" in result.message
+
+    arun(scenario())
+
+
+def test_a_killed_run_crashes(harness: Harness) -> None:
+    harness.needs("sigkill")
+
+    async def scenario() -> None:
+        handle, _ = await harness.start("kill_self")
+        result = await handle.wait()
+        assert result.outcome is Outcome.CRASHED
+        assert result.message.startswith("killed by signal SIGKILL"), result.message
+
+    arun(scenario())
+
+
+def test_out_of_memory_crashes_the_run(harness: Harness) -> None:
+    harness.needs("oom")
+
+    async def scenario() -> None:
+        options = harness.options | {"memory": "64m"}
+        handle, _ = await harness.start("hog_memory", options=options)
+        result = await handle.wait()
+        assert result.outcome is Outcome.CRASHED
+        assert result.message.startswith("out of memory (limit 64m)"), result.message
+
+    arun(scenario())
+
+
+def test_interrupt_lets_the_flow_clean_up(harness: Harness) -> None:
+    # A process gets SIGTERM; an in-process flow has its task cancelled.
+    flow = "cancellable" if harness.name == "inprocess" else "trap_sigterm"
+
+    async def scenario() -> None:
+        handle, sink = await harness.start(flow)
+        await sink.line("sleeping")
+        await handle.interrupt()
+        await asyncio.wait_for(handle.wait(), 10)
+        assert "cleaning up" in sink.of("stdout")
+
+    arun(scenario())
+
+
+def test_terminate_stops_a_run_that_ignores_interrupt(harness: Harness) -> None:
+    async def scenario() -> None:
+        handle, sink = await harness.start("ignore_sigterm", parameters={"seconds": 3})
+        await sink.line("sleeping")
+        await handle.interrupt()
+        waiting = asyncio.ensure_future(handle.wait())
+        await asyncio.sleep(0.3)
+        assert not waiting.done(), "it ignores interrupt: it must still be running"
+        began = time.monotonic()
+        await handle.terminate()
+        result = await asyncio.wait_for(waiting, 10)
+        assert time.monotonic() - began < 2.5  # not just the flow's own end after 3 s
+        assert result.outcome is Outcome.CRASHED
+        if harness.name == "inprocess":
+            # A thread cannot be killed: the run is over for the agent, the thread runs on.
+            assert "could not stop a sync in-process flow" in result.message
+        else:
+            assert result.message.startswith("killed by signal SIGKILL"), result.message
+
+    arun(scenario())
