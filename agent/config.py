@@ -8,6 +8,7 @@ each value came from so ``agent config view --show-sources`` can say it.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 import tomli_w
 
 from agent.errors import ConfigError
+from agent.redaction import DEFAULT_SECRET_PATTERNS
 
 CONFIG_FILE_NAME = "config.toml"
 
@@ -75,6 +77,49 @@ def _optional_str(value: Any) -> str | None:
     return text or None
 
 
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``parse``, but an empty value (or "off") means the setting is off (None)."""
+
+    def parse_optional(value: Any) -> Any:
+        if value is None or str(value).strip().lower() in ("", "off", "none"):
+            return None
+        return parse(value)
+
+    return parse_optional
+
+
+def _percent(value: Any) -> float:
+    number = float(value)
+    if not 0 < number <= 100:
+        raise ValueError("must be a percentage above 0, at most 100")
+    return number
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMGT]?)(?:I?B)?", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``1048576``, ``500M``, ``1.5G``, ``2GiB`` (K/M/G/T are powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 500M or 2G")
+    match = _SIZE.fullmatch(str(value).strip())
+    if match is None:
+        raise ValueError("must be a size such as 500M or 2G (bytes if no unit)")
+    number = float(match["number"]) * _SIZE_UNITS[match["unit"].upper()]
+    if number < 1:
+        raise ValueError("must be more than 0 bytes")
+    return int(number)
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    patterns = tuple(str(item).strip() for item in items if str(item).strip())
+    if not patterns:
+        raise ValueError("must name at least one pattern, e.g. *TOKEN*,*SECRET*")
+    return patterns
+
+
 def _api_url(value: Any) -> str:
     text = str(value).rstrip("/")
     if not text.startswith(("http://", "https://")):
@@ -99,6 +144,12 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("api_url", _api_url, "work-queue API the CLI and agent talk to"),
     Setting("api_key", _optional_str, "API key sent as 'Authorization: Bearer'", secret=True),
+    Setting(
+        "api_auth_string",
+        _optional_str,
+        "USER:PASSWORD sent as basic auth (a Prefect server's PREFECT_SERVER_API_AUTH_STRING)",
+        secret=True,
+    ),
     Setting("backend", _choice("auto", "native", "prefect"), "kind of server at api_url"),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "agent log level"),
     Setting("log_format", _choice("auto", "json", "console"), "auto: JSON unless a TTY"),
@@ -115,6 +166,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server_host", str, "address `agent server start` listens on"),
     Setting("server_port", _port, "port `agent server start` listens on"),
     Setting("lease_seconds", _positive_float, "server: resolve a silent agent's runs after this"),
+    Setting("health_host", str, "address the agent's /healthz and /metrics listen on"),
+    Setting("health_port", _optional(_port), "port of the agent's /healthz and /metrics (off)"),
+    Setting("max_cpu_percent", _optional(_percent), "stop claiming while host CPU is above"),
+    Setting("min_free_memory", _optional(parse_size), "stop claiming while less is free (500M)"),
+    Setting("max_load", _optional(_positive_float), "stop claiming while the 1-min load is above"),
+    Setting("secret_patterns", _patterns, "env names whose values are masked (comma-separated)"),
 )
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -124,6 +181,7 @@ class Settings:
     home: Path = field(default_factory=lambda: Path("~/.agent").expanduser())
     api_url: str = "http://127.0.0.1:4200/api"
     api_key: str | None = field(default=None, repr=False)
+    api_auth_string: str | None = field(default=None, repr=False)
     backend: str = "auto"
     log_level: str = "info"
     log_format: str = "auto"
@@ -138,6 +196,12 @@ class Settings:
     server_host: str = "127.0.0.1"
     server_port: int = 4200
     lease_seconds: float = 30.0
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
+    max_cpu_percent: float | None = None
+    min_free_memory: int | None = None
+    max_load: float | None = None
+    secret_patterns: tuple[str, ...] = DEFAULT_SECRET_PATTERNS
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -154,6 +218,8 @@ class Settings:
             return ""
         if SETTINGS_BY_KEY[key].secret:
             return mask(str(value))
+        if isinstance(value, tuple):
+            return ",".join(value)
         return str(value)
 
 
@@ -252,6 +318,10 @@ def set_in_file(path: Path, key: str, value: str | None) -> None:
         data.pop(key, None)
     else:
         parsed = _parse(SETTINGS_BY_KEY[key], value, "config set")
+        if parsed is None:  # "off": TOML has no null; off is what an unset key means
+            raise ConfigError(
+                f"config set: {value!r} turns {key} off", hint=f"agent config unset {key}"
+            )
         data[key] = parsed
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".toml.tmp")

@@ -17,7 +17,7 @@ import contextlib
 import os
 import resource
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -50,6 +50,8 @@ class AgentOptions:
     name: str
     tags: tuple[str, ...] = ()
     run_once: bool = False
+    # `--runner-option`: the runner options of a Prefect server's runs (see make_backend).
+    runner_options: dict[str, Any] = field(default_factory=dict)
 
 
 class Agent:
@@ -359,9 +361,9 @@ class Agent:
 
 
 async def _main(settings: Settings, options: AgentOptions) -> int:
-    from agent.backends import native_backend
+    from agent.backends import make_backend
 
-    backend = native_backend(settings)
+    backend = await make_backend(settings, runner_options=options.runner_options)
     try:
         return await Agent(settings, options, backend).run()
     finally:

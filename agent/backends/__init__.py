@@ -1,12 +1,27 @@
-"""Work-queue API clients. These are the only modules that import httpx."""
+"""Work-queue API clients. These are the only modules that import httpx.
+
+:func:`make_backend` gives the daemon the client for the kind of server at ``api_url``: ours
+(:mod:`agent.backends.native`) or Prefect's (:mod:`agent.backends.prefect`). With
+``backend = "auto"`` it asks ``GET {api_url}/health``: our server answers a JSON object with
+``"server": "flowagent"``, Prefect answers ``true``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from agent.errors import ApiError, ConfigError, ServerUnavailable
 
 if TYPE_CHECKING:
+    from agent.backends.base import Backend
     from agent.backends.native import NativeBackend
+    from agent.backends.prefect import PrefectBackend
     from agent.config import Settings
+
+log = structlog.get_logger("agent.backends")
 
 
 def native_backend(settings: Settings, *, retry_for: float | None = None) -> NativeBackend:
@@ -21,3 +36,105 @@ def native_backend(settings: Settings, *, retry_for: float | None = None) -> Nat
         retry_for=settings.startup_timeout_seconds if retry_for is None else retry_for,
     )
     return NativeBackend(http)
+
+
+def prefect_backend(
+    settings: Settings, *, runner_options: Mapping[str, Any] | None = None
+) -> PrefectBackend:
+    """A client of a Prefect server: bearer auth from ``api_key`` (Prefect Cloud), basic auth
+    from ``api_auth_string`` (``user:pass``, a self-hosted server's
+    PREFECT_SERVER_API_AUTH_STRING)."""
+    from agent.backends.http import HttpClient
+    from agent.backends.prefect import API_VERSION, PrefectBackend
+
+    auth: tuple[str, str] | None = None
+    if settings.api_auth_string:
+        user, sep, password = settings.api_auth_string.partition(":")
+        if not sep:
+            raise ConfigError(
+                "api_auth_string must look like USER:PASSWORD",
+                hint="set AGENT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING",
+            )
+        auth = (user, password)
+    http = HttpClient(
+        settings.api_url,
+        api_key=settings.api_key,
+        auth=auth,
+        headers={"X-PREFECT-API-VERSION": API_VERSION},
+        timeout=settings.request_timeout_seconds,
+        retry_for=settings.startup_timeout_seconds,
+    )
+    return PrefectBackend(
+        http,
+        api_url=settings.api_url,
+        api_key=settings.api_key,
+        auth_string=settings.api_auth_string,
+        runner_options=runner_options,
+    )
+
+
+async def detect_backend(settings: Settings) -> str:
+    """ "native" or "prefect": what answers ``GET {api_url}/health`` (open on both servers)."""
+    from agent.backends.http import HttpClient
+
+    http = HttpClient(
+        settings.api_url,
+        timeout=settings.request_timeout_seconds,
+        retry_for=settings.startup_timeout_seconds,
+    )
+    hint = "check --api-url / AGENT_API_URL (it ends in /api), or name the kind with --backend"
+    try:
+        response = await http.request("GET", "health")
+        body = response.json()
+    except ServerUnavailable as exc:
+        raise ServerUnavailable(
+            f"{exc.message}; gave up after {settings.startup_timeout_seconds:g}s",
+            hint="start the server (`agent server start` or `prefect server start`), or point "
+            "--api-url / AGENT_API_URL at it",
+        ) from exc
+    except ApiError as exc:
+        raise ConfigError(
+            f"cannot tell which kind of server is at {settings.api_url}: "
+            f"GET /health failed: {exc.message}",
+            hint=hint,
+        ) from exc
+    except ValueError:
+        raise ConfigError(
+            f"cannot tell which kind of server is at {settings.api_url}: /health is not JSON",
+            hint=hint,
+        ) from None
+    finally:
+        await http.aclose()
+    if isinstance(body, dict) and body.get("server") == "flowagent":
+        return "native"
+    if body is True:
+        return "prefect"
+    raise ConfigError(
+        f"cannot tell which kind of server is at {settings.api_url}: /health answered "
+        f"{str(body)[:100]!r}",
+        hint=hint,
+    )
+
+
+async def make_backend(
+    settings: Settings, *, runner_options: Mapping[str, Any] | None = None
+) -> Backend:
+    """The daemon's client for the server at ``settings.api_url``.
+
+    ``runner_options`` are the agent's own (``agent start --runner-option``): a Prefect run has
+    no deployment of ours to carry them, so they become its runner options, and ``python``
+    names the interpreter that runs Prefect's engine.
+    """
+    kind = settings.backend
+    if kind == "auto":
+        kind = await detect_backend(settings)
+        log.info("backend_detected", backend=kind, api_url=settings.api_url)
+    if kind == "prefect":
+        return prefect_backend(settings, runner_options=runner_options)
+    if runner_options:
+        log.warning(
+            "runner_options_ignored",
+            reason="--runner-option applies to runs of a Prefect server; a deployment of this "
+            "server carries its own (agent deployment create --runner-option)",
+        )
+    return native_backend(settings)

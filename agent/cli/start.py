@@ -9,7 +9,7 @@ import typer
 
 from agent.cli.context import settings_of
 from agent.cli.lookup import LIST_QUEUES
-from agent.cli.parsing import parse_uuid
+from agent.cli.parsing import parse_pairs, parse_uuid
 from agent.config import default_agent_name, with_overrides
 
 
@@ -48,10 +48,35 @@ def start(
         str | None,
         typer.Option("--api-key", help="API key (setting api_key).", show_default=False),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="Kind of server at the API URL: auto (ask its /health), native or prefect "
+            "(setting backend).",
+            show_default=False,
+        ),
+    ] = None,
+    runner_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--runner-option",
+            help="Subprocess-runner option KEY=VALUE for runs of a Prefect server (repeatable), "
+            "e.g. python=/path/to/venv/bin/python: the interpreter that runs Prefect's engine.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start an agent: poll the queue, claim due runs, run and supervise them, report back."""
     queue = parse_uuid(queue_id, "work-queue", "queues", LIST_QUEUES)
-    settings = with_overrides(settings_of(ctx), limit=limit, api_url=api_url, api_key=api_key)
+    settings = with_overrides(
+        settings_of(ctx), limit=limit, api_url=api_url, api_key=api_key, backend=backend
+    )
+    runner_options = parse_pairs(runner_option or [], "--runner-option")
+    if runner_options:
+        from runners.registry import validate_options
+
+        validate_options("subprocess", runner_options)
     from agent.daemon import AgentOptions, run_agent
 
     options = AgentOptions(
@@ -59,5 +84,6 @@ def start(
         name=name or default_agent_name(),
         tags=tuple(tag or ()),
         run_once=run_once,
+        runner_options=runner_options,
     )
     sys.exit(run_agent(settings, options))

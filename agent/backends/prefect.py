@@ -1,0 +1,660 @@
+"""Client of a Prefect server's REST API: the daemon's Backend for a Prefect work queue.
+
+``agent start <queue-uuid>`` against a Prefect 3 server (2.x >= 2.10 speaks the same calls)
+runs the same daemon, runners and policies as against our own server. This module maps the
+daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's side.
+
+    get_queue           GET work_queues/{id}, remembering the pool; checks that the engine's
+                        interpreter (runner option ``python``) has prefect installed
+    heartbeat           POST work_pools/{pool}/workers/heartbeat: the agent is a worker of the
+                        pool, ONLINE in Prefect's UI and API
+    claim               POST work_pools/{pool}/get_scheduled_flow_runs (pool-scoped, by queue
+                        id; runs of a same-named queue elsewhere and runs without our tags are
+                        dropped here), then a non-forced PENDING proposal per run under the
+                        default name, with one transition id per run: a retried proposal comes
+                        back REJECTed with our own state, which is a claim. Prefect has no long
+                        poll, so a claim polls every ``poll_seconds`` up to ``wait_seconds``.
+    set_state           the engine in the child reports RUNNING and the final state itself:
+                        RUNNING only checks that the run is still ours to start; a final state
+                        is proposed only where the engine left none (CRASHED, with the reason)
+    update_runner_info  PATCH flow_runs/{id} infrastructure_pid "host:pid", as Prefect's workers
+    send_logs           the agent's own lines (stream "agent") as Prefect logs; the engine ships
+                        the flow's
+    cancelling_runs     POST flow_runs/filter: the runs we launched that are CANCELLING
+    claimed_runs        our queue's PENDING/RUNNING/CANCELLING runs this agent (name and host)
+                        claimed in a life that is over, or claimed and never handed out
+
+Who claimed a run is written into its PENDING state's message ("claimed by flowagent agent
+NAME on HOST (pid N)"), so a restarted agent finds the runs its earlier life left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+import structlog
+from pydantic import TypeAdapter
+
+from agent.backends.http import HttpClient
+from agent.backends.prefect_wire import (
+    Claimer,
+    PDeployment,
+    PQueue,
+    PResult,
+    PRun,
+    PScheduled,
+    PState,
+    claimer_of,
+    env_of,
+    flow_run,
+    split_infrastructure_pid,
+    work_queue,
+    working_directory,
+)
+from agent.errors import ConfigError, Conflict, NotFound
+from agent.models import (
+    AgentRecord,
+    AgentStatus,
+    ClaimedRun,
+    Deployment,
+    FlowRun,
+    Heartbeat,
+    LogLineCreate,
+    LogStream,
+    StateProposal,
+    StateType,
+    WorkQueue,
+    utcnow,
+)
+
+log = structlog.get_logger("agent.prefect")
+
+#: How often a claim asks for due runs while it waits: the pickup latency is this on average
+#: half of it, plus the ~2 s the engine process takes to start.
+POLL_SECONDS = 0.5
+#: Sent as X-PREFECT-API-VERSION: the API version of the servers this was tested against
+#: (Prefect 3.9.1 and 2.20.27 both report 0.8.4; below 0.8.0 the server answers 400).
+API_VERSION = "0.8.4"
+#: Prefect never hands a silent worker's runs to anyone else, so there is nothing to fence
+#: against: the daemon's lease guard and fence must not kill a run that the engine will finish
+#: and report by itself (killing it would leave it RUNNING in Prefect forever).
+NO_LEASE_SECONDS = 10 * 365 * 24 * 3600.0
+#: Prefect's page size limit (PREFECT_SERVER_API_DEFAULT_LIMIT; more is a 422).
+PAGE = 200
+LOGGER_NAME = "flowagent.agent"
+_AGENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://flowagent/prefect-worker")
+
+
+@dataclass
+class _Held:
+    """A run this agent proposed PENDING for and has not finished with."""
+
+    transition_id: UUID
+    confirmed: bool = False  # the server answered: it is ours
+    handed_out: bool = False  # the daemon has it
+    deployment_name: str = ""
+
+
+class PrefectBackend:
+    """Talks to a Prefect server. Implements :class:`agent.backends.base.Backend`."""
+
+    kind = "prefect"
+
+    def __init__(
+        self,
+        http: HttpClient,
+        *,
+        api_url: str,
+        api_key: str | None = None,
+        auth_string: str | None = None,
+        runner_options: Mapping[str, Any] | None = None,
+        poll_seconds: float = POLL_SECONDS,
+        hostname: str | None = None,
+    ) -> None:
+        self.http = http
+        self.api_url = api_url.rstrip("/")
+        self.runner_options = dict(runner_options or {})
+        self.python = str(self.runner_options.get("python") or sys.executable)
+        self.poll_seconds = poll_seconds
+        self.hostname = hostname or socket.gethostname()
+        self.pid = os.getpid()
+        # What the engine in the child needs to reach the server as we do.
+        self.engine_env = {"PREFECT_API_URL": self.api_url}
+        if api_key:
+            self.engine_env["PREFECT_API_KEY"] = api_key
+        if auth_string:
+            self.engine_env["PREFECT_API_AUTH_STRING"] = auth_string
+        self._queue: PQueue | None = None
+        self._agent_name: str | None = None
+        self._held: dict[UUID, _Held] = {}
+        self._engine_checked = False
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # ------------------------------------------------------------------ the queue and the engine
+
+    async def get_queue(self, queue_id: UUID) -> WorkQueue:
+        try:
+            response = await self.http.request("GET", f"work_queues/{queue_id}")
+        except NotFound as exc:
+            raise NotFound(
+                f"no work queue with id {queue_id}",
+                status_code=404,
+                hint="list the queues with `prefect work-queue ls` (the ID column)",
+            ) from exc
+        queue = PQueue.model_validate(response.json())
+        if not queue.work_pool_name:
+            raise ConfigError(
+                f"work queue {queue.name} ({queue_id}) belongs to no work pool",
+                hint="Prefect < 2.10 has no work pools; upgrade the server",
+            )
+        self._queue = queue
+        if not self._engine_checked:
+            await self._check_engine()
+            self._engine_checked = True
+        log.info("prefect_queue", pool=queue.work_pool_name, queue=queue.name, python=self.python)
+        return work_queue(queue)
+
+    async def _check_engine(self) -> None:
+        """Fail at start-up, not on every run, when the engine's interpreter lacks prefect."""
+        python = self.python
+        hint = (
+            "point the agent at a Python that has prefect and your flows' dependencies: "
+            "agent start QUEUE --runner-option python=/path/to/venv/bin/python"
+        )
+        if os.sep not in python:
+            found = shutil.which(python)
+            if found is None:
+                raise ConfigError(f"python interpreter {python!r} not found on PATH", hint=hint)
+            python = found
+        elif not os.path.isabs(python):
+            return  # relative to each run's working directory: nothing to check here
+        try:
+            process = await asyncio.create_subprocess_exec(
+                python,
+                "-c",
+                "import importlib.metadata as m; print(m.version('prefect'))",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot run {python}: {exc.strerror or exc}", hint=hint) from None
+        out, _ = await process.communicate()
+        if process.returncode != 0:
+            raise ConfigError(f"{python} has no prefect installed", hint=hint)
+        log.info("prefect_engine", python=python, prefect_version=out.decode().strip())
+
+    def _pool_path(self, queue: PQueue) -> str:
+        return f"work_pools/{quote(queue.work_pool_name or '', safe='')}"
+
+    def _require_queue(self, queue_id: UUID) -> PQueue:
+        if self._queue is None or self._queue.id != queue_id:
+            raise NotFound(f"work queue {queue_id} was not resolved (call get_queue first)")
+        return self._queue
+
+    # ------------------------------------------------------------------ heartbeats
+
+    async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
+        queue = self._require_queue(beat.work_queue_id)
+        self._agent_name = beat.name
+        await self.http.request(
+            "POST",
+            f"{self._pool_path(queue)}/workers/heartbeat",
+            # Prefect takes whole seconds here; 0.5 would be a 422.
+            json={
+                "name": beat.name,
+                "heartbeat_interval_seconds": max(1, round(beat.heartbeat_interval_seconds)),
+            },
+        )
+        return AgentRecord(
+            id=uuid5(_AGENT_NAMESPACE, f"{queue.work_pool_name}/{beat.name}"),
+            name=beat.name,
+            work_queue_id=queue.id,
+            tags=beat.tags,
+            hostname=beat.hostname,
+            pid=beat.pid,
+            version=beat.version,
+            runs_in_flight=beat.runs_in_flight,
+            heartbeat_interval_seconds=beat.heartbeat_interval_seconds,
+            metrics=beat.metrics,
+            last_heartbeat=utcnow(),
+            status=AgentStatus.ONLINE,
+            lease_seconds=NO_LEASE_SECONDS,
+        )
+
+    def _claimer(self) -> Claimer:
+        return Claimer(self._agent_name or "agent", self.hostname, self.pid)
+
+    # ------------------------------------------------------------------ claiming
+
+    async def claim(
+        self,
+        queue_id: UUID,
+        agent_id: UUID,
+        tags: Sequence[str],
+        limit: int,
+        wait_seconds: float,
+        claim_id: UUID | None = None,
+    ) -> list[ClaimedRun]:
+        """Poll for due runs until one is ours or ``wait_seconds`` pass.
+
+        Runs taken by a call that failed on the way (``claim_id`` or not) are answered by the
+        next call: every claim starts with the runs we proposed for and never handed out.
+        """
+        queue = self._require_queue(queue_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            claimed = await self._claim_once(queue, tags, limit)
+            left = deadline - loop.time()
+            if claimed or left <= 0:
+                return claimed
+            await asyncio.sleep(min(self.poll_seconds, left))
+
+    async def _claim_once(self, queue: PQueue, tags: Sequence[str], limit: int) -> list[ClaimedRun]:
+        ours = await self._recover(limit)
+        if len(ours) < limit:
+            for run in await self._due_runs(queue, tags, limit - len(ours)):
+                if await self._propose_pending(run):
+                    ours.append(run)
+                    if len(ours) >= limit:
+                        break
+        if not ours:
+            return []
+        deployments: dict[UUID, PDeployment | None] = {}
+        claimed = [await self._claimed_run(queue, run, deployments) for run in ours]
+        for item in claimed:
+            held = self._held[item.flow_run.id]
+            held.handed_out = True
+            held.deployment_name = item.deployment.name
+        return claimed
+
+    async def _recover(self, limit: int) -> list[PRun]:
+        """Runs proposed for by an earlier call whose answer, or hand-out, was lost."""
+        ours: list[PRun] = []
+        for run_id, held in list(self._held.items()):
+            if held.handed_out or len(ours) >= limit:
+                continue
+            try:
+                run = await self._read(run_id)
+            except NotFound:
+                del self._held[run_id]
+                continue
+            if (
+                run.state_type == "PENDING"
+                and run.state
+                and (run.state.transition_id == str(held.transition_id))
+            ):
+                held.confirmed = True
+                ours.append(run)
+            else:
+                del self._held[run_id]
+        return ours
+
+    async def _due_runs(self, queue: PQueue, tags: Sequence[str], wanted: int) -> list[PRun]:
+        body = {
+            "work_queue_names": [queue.name],
+            "scheduled_before": utcnow().isoformat(),
+            # Tags are matched here, not by the server: look further down the list for them.
+            "limit": PAGE if tags else min(PAGE, wanted * 4 + 10),
+        }
+        response = await self.http.request(
+            "POST", f"{self._pool_path(queue)}/get_scheduled_flow_runs", json=body
+        )
+        required = set(tags)
+        due = []
+        for item in TypeAdapter(list[PScheduled]).validate_python(response.json()):
+            run = item.flow_run
+            if (
+                item.work_queue_id == queue.id  # never a same-named queue's run
+                and run.state_type == "SCHEDULED"
+                and run.deployment_id is not None
+                and required.issubset(run.tags)
+                and run.id not in self._held
+            ):
+                due.append(run)
+        return due
+
+    async def _propose_pending(self, run: PRun) -> bool:
+        """Claim one run: True when it is ours. ABORT means another agent has it."""
+        held = self._held[run.id] = _Held(uuid4())
+        body = {
+            "state": {
+                "type": "PENDING",
+                # The default name: a custom one would be accepted on an already PENDING run.
+                "message": self._claimer().message(),
+                "state_details": {"transition_id": str(held.transition_id)},
+            },
+            "force": False,
+        }
+        # Safe to retry: a repeat of an accepted proposal is REJECTed with our own state.
+        # When even the retries fail the run stays held, unconfirmed; the next claim asks.
+        try:
+            response = await self.http.request("POST", f"flow_runs/{run.id}/set_state", json=body)
+        except NotFound:
+            del self._held[run.id]
+            return False
+        result = PResult.model_validate(response.json())
+        if result.status == "ACCEPT" or _is_ours(result.state, "PENDING", held.transition_id):
+            held.confirmed = True
+            if result.state is not None:
+                run.state = result.state
+            return True
+        del self._held[run.id]
+        log.debug("claim_lost", run_id=str(run.id), status=result.status, reason=result.reason)
+        return False
+
+    async def _claimed_run(
+        self, queue: PQueue, run: PRun, deployments: dict[UUID, PDeployment | None]
+    ) -> ClaimedRun:
+        """The run and a deployment of ours that launches Prefect's engine for it."""
+        assert run.deployment_id is not None
+        if run.deployment_id not in deployments:
+            try:
+                response = await self.http.request("GET", f"deployments/{run.deployment_id}")
+                deployments[run.deployment_id] = PDeployment.model_validate(response.json())
+            except NotFound:
+                deployments[run.deployment_id] = None  # the engine will say so, and crash
+        prefect = deployments[run.deployment_id] or PDeployment(
+            id=run.deployment_id, name=str(run.deployment_id)
+        )
+        now = utcnow()
+        deployment = Deployment(
+            id=prefect.id,
+            name=prefect.name,
+            work_queue_id=queue.id,
+            command=[self.python, "-m", "prefect.engine"],
+            working_dir=working_directory(prefect, run),
+            tags=prefect.tags,
+            runner="subprocess",
+            runner_options=self.runner_options,
+            # The run's job variables go over these (FlowRun.env), as in Prefect's workers.
+            env=self.engine_env | env_of(prefect.variables),
+            created=prefect.created or now,
+            updated=prefect.updated or now,
+        )
+        return ClaimedRun(
+            flow_run=flow_run(
+                run,
+                deployment_name=prefect.name,
+                queue_id=queue.id,
+                extra_env={"PREFECT__FLOW_RUN_ID": str(run.id)},
+            ),
+            deployment=deployment,
+        )
+
+    # ------------------------------------------------------------------ states
+
+    async def set_state(self, run_id: UUID, proposal: StateProposal) -> FlowRun:
+        """Map the daemon's reports onto a run whose engine reports its own states.
+
+        RUNNING (before the process starts): the run must still be PENDING under our claim;
+        else Conflict, and the daemon does not start it. A final state: left alone when the
+        engine reported one; otherwise proposed (CRASHED with the reason once the process
+        ran). CANCELLED: proposed unless the run already ended on its own (COMPLETED/FAILED).
+        SCHEDULED: hands a claimed, never started run back.
+        """
+        run = await self._read(run_id)
+        kind = proposal.type
+        if kind is StateType.RUNNING:
+            return await self._confirm_start(run)
+        if kind is StateType.SCHEDULED:
+            await self._check_ours(run)
+            await self._propose(run, "SCHEDULED", proposal.message, {"scheduled_time": _now()})
+            self._held.pop(run_id, None)
+            return self._flow_run(run)
+        if kind is StateType.CANCELLED:
+            if run.state_type not in ("COMPLETED", "FAILED", "CANCELLED"):
+                await self._check_ours(run)
+                # The engine answers our SIGTERM with CRASHED; what happened is a cancel.
+                await self._propose(run, "CANCELLED", proposal.message)
+        elif kind.is_terminal:
+            if run.state_type == "CANCELLING":
+                await self._check_ours(run)
+                await self._propose(run, "CANCELLED", "the flow's process ended while cancelling")
+            elif run.state_type in ("PENDING", "RUNNING"):
+                await self._check_ours(run)
+                await self._report_end(run, proposal)
+            # Terminal: the engine reported it. SCHEDULED or PAUSED: the engine handed the run
+            # back (a pause with reschedule); it will be claimed again when it is due.
+        else:
+            await self._propose(run, kind.value, proposal.message)
+        self._held.pop(run_id, None)
+        return self._flow_run(run)
+
+    async def _confirm_start(self, run: PRun) -> FlowRun:
+        held = self._held.get(run.id)
+        ours = run.state_type == "PENDING" and (
+            held is None
+            or (run.state is not None and _is_ours(run.state, "PENDING", held.transition_id))
+        )
+        if ours:
+            return self._flow_run(run)
+        self._held.pop(run.id, None)
+        if run.state_type == "CANCELLING" and held is not None:
+            # Cancelled while PENDING: nobody else will finish the cancel.
+            with contextlib.suppress(Conflict):
+                await self._propose(run, "CANCELLED", "cancelled before it started")
+        raise Conflict(
+            f"run {run.id} is {run.state_type}, no longer claimed by this agent: not starting it",
+            status_code=409,
+        )
+
+    async def _report_end(self, run: PRun, proposal: StateProposal) -> None:
+        info = proposal.runner_info or {}
+        code = info.get("exit_code")
+        if not isinstance(code, int):
+            # The process never ran (runner missing, bad working directory…): say why.
+            await self._propose(run, proposal.type.value, proposal.message)
+            return
+        if code < 0:
+            how = f"was killed by signal {_signal_name(-code)}"
+        else:
+            how = f"exited with code {code}"
+        message = f"flow process {how} without reporting a final state"
+        if proposal.message and "\n" in proposal.message:
+            message += "\n" + proposal.message.split("\n", 1)[1]  # the stderr tail
+        await self._propose(run, "CRASHED", message)
+
+    async def _check_ours(self, run: PRun) -> None:
+        """A report about a run we no longer hold (a spooled report, a later claim) is refused."""
+        if run.id in self._held:
+            return
+        claimer = await self._claimer_of(run)
+        if claimer is None or not self._is_us(claimer, any_life=True):
+            raise Conflict(
+                f"run {run.id} was claimed by another agent since: report dropped", status_code=409
+            )
+
+    async def _propose(
+        self, run: PRun, kind: str, message: str | None, details: dict[str, Any] | None = None
+    ) -> None:
+        transition = uuid4()
+        body = {
+            "state": {
+                "type": kind,
+                "message": message,
+                "state_details": {"transition_id": str(transition), **(details or {})},
+            },
+            "force": False,
+        }
+        response = await self.http.request("POST", f"flow_runs/{run.id}/set_state", json=body)
+        result = PResult.model_validate(response.json())
+        if result.status == "ACCEPT" or _is_ours(result.state, kind, transition):
+            run.state = result.state or run.state
+            return
+        if result.state is not None:
+            run.state = result.state
+        raise Conflict(
+            f"Prefect refused {kind} ({result.status}): {result.reason}", status_code=409
+        )
+
+    async def get_run(self, run_id: UUID) -> FlowRun:
+        return self._flow_run(await self._read(run_id))
+
+    async def _read(self, run_id: UUID) -> PRun:
+        response = await self.http.request("GET", f"flow_runs/{run_id}")
+        return PRun.model_validate(response.json())
+
+    def _flow_run(self, run: PRun) -> FlowRun:
+        held = self._held.get(run.id)
+        return flow_run(
+            run,
+            deployment_name=held.deployment_name if held else "",
+            queue_id=self._queue.id if self._queue else UUID(int=0),
+        )
+
+    # ------------------------------------------------------------------ the running process
+
+    async def update_runner_info(self, run_id: UUID, info: dict[str, Any]) -> None:
+        pid = info.get("pid")
+        if pid is None:
+            return
+        await self.http.request(
+            "PATCH", f"flow_runs/{run_id}", json={"infrastructure_pid": f"{self.hostname}:{pid}"}
+        )
+
+    async def send_logs(
+        self, run_id: UUID, lines: Sequence[LogLineCreate], *, batch_id: UUID | None = None
+    ) -> None:
+        """Ship the agent's own lines; the flow's output reaches Prefect through the engine.
+
+        Prefect has no batch ids: a batch resent after a lost answer may show up twice.
+        """
+        logs = [
+            {
+                "flow_run_id": str(run_id),
+                "level": _level(line.level),
+                "message": line.line,
+                "name": LOGGER_NAME,
+                "timestamp": line.timestamp.isoformat(),
+            }
+            for line in lines
+            if line.stream is LogStream.AGENT
+        ]
+        if logs:
+            await self.http.request("POST", "logs/", json=logs)
+
+    async def cancelling_runs(self, agent_id: UUID) -> list[UUID]:
+        """Our launched runs that someone asked to cancel (CANCELLING) or marked CANCELLED.
+
+        A CANCELLING run is marked CANCELLED here, just before the daemon interrupts its
+        process: Prefect's engine answers a SIGTERM by reporting CRASHED, which would otherwise
+        land first and set off automations watching for crashes.
+        """
+        launched = [run_id for run_id, held in self._held.items() if held.handed_out]
+        found: list[UUID] = []
+        for start in range(0, len(launched), PAGE):
+            page = launched[start : start + PAGE]
+            runs = await self._filter(
+                {
+                    "id": {"any_": [str(i) for i in page]},
+                    "state": {"type": {"any_": ["CANCELLING", "CANCELLED"]}},
+                }
+            )
+            for run in runs:
+                if run.state_type == "CANCELLING":
+                    with contextlib.suppress(Conflict):
+                        await self._propose(run, "CANCELLED", "cancelled by user")
+                found.append(run.id)
+        return found
+
+    async def claimed_runs(self, agent_id: UUID) -> list[FlowRun]:
+        """Runs of our queue this agent claimed and does not run now (the daemon skips those it
+        runs): claimed by an earlier life (same name, same host, a dead pid), or by this one
+        and never handed out (a claim cancelled at shutdown)."""
+        if self._queue is None:
+            return []
+        found: list[FlowRun] = []
+        offset = 0
+        while True:
+            runs = await self._filter(
+                {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
+                work_queue_id=self._queue.id,
+                offset=offset,
+            )
+            for run in runs:
+                held = self._held.get(run.id)
+                if held is not None and held.handed_out:
+                    found.append(self._flow_run(run))
+                    continue
+                claimer = await self._claimer_of(run)
+                if claimer is not None and self._is_us(claimer, any_life=False):
+                    found.append(self._flow_run(run))
+            if len(runs) < PAGE:
+                return found
+            offset += PAGE
+
+    async def _claimer_of(self, run: PRun) -> Claimer | None:
+        if run.state_type == "PENDING":
+            return claimer_of(run.state)
+        location = split_infrastructure_pid(run.infrastructure_pid)
+        if location is not None and location[0] != self.hostname:
+            return None  # launched on another host: not ours, no need to read its history
+        response = await self.http.request(
+            "GET", "flow_run_states/", params={"flow_run_id": str(run.id)}
+        )
+        states = TypeAdapter(list[PState]).validate_python(response.json())
+        pending = [s for s in states if s.type == "PENDING"]
+        return claimer_of(max(pending, key=lambda s: s.timestamp)) if pending else None
+
+    def _is_us(self, claimer: Claimer, *, any_life: bool) -> bool:
+        """Claimed by this agent: same name and host, and this process or a dead one (a live
+        other process of the same name is a second agent with our name: leave its runs)."""
+        if claimer.name != self._agent_name or claimer.host != self.hostname:
+            return False
+        return any_life or claimer.pid == self.pid or not _pid_alive(claimer.pid)
+
+    async def _filter(
+        self, flow_runs: dict[str, Any], *, work_queue_id: UUID | None = None, offset: int = 0
+    ) -> list[PRun]:
+        body: dict[str, Any] = {"flow_runs": flow_runs, "limit": PAGE, "offset": offset}
+        if work_queue_id is not None:
+            body["work_queues"] = {"id": {"any_": [str(work_queue_id)]}}
+        response = await self.http.request("POST", "flow_runs/filter", json=body)
+        return TypeAdapter(list[PRun]).validate_python(response.json())
+
+
+def _is_ours(state: PState | None, kind: str, transition: UUID) -> bool:
+    return state is not None and state.type == kind and state.transition_id == str(transition)
+
+
+def _now() -> str:
+    return utcnow().isoformat()
+
+
+def _level(name: str) -> int:
+    level = logging.getLevelName(name.upper())
+    return level if isinstance(level, int) else logging.INFO
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
