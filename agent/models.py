@@ -6,12 +6,15 @@ they validate on both ends of the HTTP conversation and print the same JSON ever
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 def utcnow() -> datetime:
@@ -116,6 +119,100 @@ class WorkQueue(_Model):
     created: datetime
 
 
+# --------------------------------------------------------------------------- schedules
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> Any:
+    """``"30s"``, ``"15m"``, ``"2h"``, ``"1d"`` or a plain number → seconds (a float).
+
+    Anything else is returned as it is, for the field's own validation to refuse.
+    """
+    if isinstance(value, str):
+        match = _DURATION.match(value.lower())
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration (examples: 30s, 15m, 2h, 1d, 900)")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+class Catchup(StrEnum):
+    """What happens to a schedule's runs missed by more than the server's bound (downtime)."""
+
+    ONE = "one"  # a single catch-up run, for the latest missed time
+    NONE = "none"  # skip them all; the schedule goes on from now
+
+
+class ScheduleKind(StrEnum):
+    CRON = "cron"
+    INTERVAL = "interval"
+    ONCE = "once"
+
+
+class ScheduleCreate(_Model):
+    """When a deployment runs: exactly one of ``cron``, ``interval_seconds`` or ``at``."""
+
+    cron: str | None = Field(
+        default=None, description="cron expression (5 fields; 6 with seconds), read in timezone"
+    )
+    interval_seconds: Annotated[float | None, BeforeValidator(parse_duration)] = Field(
+        default=None, gt=0, description="every this many seconds (also accepts 30s, 15m, 2h, 1d)"
+    )
+    anchor: datetime | None = Field(
+        default=None,
+        description="interval: runs fall at anchor + k × interval (default: the creation time)",
+    )
+    at: datetime | None = Field(default=None, description="one-off: run once at this time")
+    timezone: str = Field(default="UTC", description="IANA time zone the cron fields are read in")
+    catchup: Catchup = Catchup.ONE
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScheduleCreate:
+        given = [
+            name
+            for name in ("cron", "interval_seconds", "at")
+            if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'cron', 'interval_seconds' or 'at'")
+        if self.anchor is not None and self.interval_seconds is None:
+            raise ValueError("'anchor' goes with 'interval_seconds' only")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {self.timezone!r} (use an IANA name like Europe/Paris)"
+            ) from None
+        return self
+
+    @property
+    def kind(self) -> ScheduleKind:
+        if self.cron is not None:
+            return ScheduleKind.CRON
+        if self.interval_seconds is not None:
+            return ScheduleKind.INTERVAL
+        return ScheduleKind.ONCE
+
+
+class ScheduleUpdate(_Model):
+    active: bool | None = Field(default=None, description="false pauses, true resumes")
+    catchup: Catchup | None = None
+
+
+class Schedule(ScheduleCreate):
+    id: UUID
+    deployment_id: UUID
+    deployment_name: str
+    created: datetime
+    updated: datetime
+    next_run_time: datetime | None = Field(
+        default=None, description="the next time it fires (none when paused or over)"
+    )
+
+
 # --------------------------------------------------------------------------- deployments
 
 
@@ -137,6 +234,11 @@ class DeploymentCreate(_Model):
     timeout_seconds: float | None = Field(default=None, gt=0)
     retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float = Field(default=0, ge=0)
+    schedules: Sequence[ScheduleCreate] | None = Field(
+        default=None,
+        description="when given, the deployment's schedules become these (an unchanged one "
+        "keeps its id and its runs); left out, they stay as they are",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> DeploymentCreate:
@@ -155,6 +257,7 @@ class Deployment(DeploymentCreate):
     id: UUID
     created: datetime
     updated: datetime
+    schedules: Sequence[Schedule] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- flow runs
@@ -294,6 +397,95 @@ class LogLineCreate(_Model):
 class LogLine(LogLineCreate):
     id: int
     flow_run_id: UUID
+
+
+# --------------------------------------------------------------------------- notifications
+
+# What a notification can be for: a run reaching a state type, a run marked Late (due but not
+# started in time), or an agent going OFFLINE (its heartbeats stopped).
+LATE_EVENT = "LATE"
+OFFLINE_EVENT = "OFFLINE"
+NOTIFICATION_EVENTS: tuple[str, ...] = (*(s.value for s in StateType), LATE_EVENT, OFFLINE_EVENT)
+
+
+class NotificationCreate(_Model):
+    """A webhook called when a matching run reaches one of ``on`` (or an agent goes OFFLINE).
+
+    Filters narrow what matches; every filter given must match.
+    """
+
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, description="unique; default: generated"
+    )
+    on: list[str] = Field(min_length=1, description=f"any of {', '.join(NOTIFICATION_EVENTS)}")
+    deployment_id: UUID | None = Field(default=None, description="only runs of this deployment")
+    work_queue_id: UUID | None = Field(default=None, description="only this queue's runs/agents")
+    tag: str | None = Field(default=None, description="only runs (or agents) with this tag")
+    webhook_url: str = Field(description="http(s) URL the server POSTs the JSON event to")
+    secret: str | None = Field(
+        default=None,
+        repr=False,
+        description="signs each body: X-Flowagent-Signature: sha256=<HMAC-SHA256 hex>",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> NotificationCreate:
+        events = list(dict.fromkeys(event.strip().upper() for event in self.on))
+        unknown = [event for event in events if event not in NOTIFICATION_EVENTS]
+        if unknown:
+            raise ValueError(
+                f"unknown event(s) {', '.join(unknown)}; use {', '.join(NOTIFICATION_EVENTS)}"
+            )
+        self.on = events
+        if OFFLINE_EVENT in events and self.deployment_id is not None:
+            raise ValueError("OFFLINE is about agents: it cannot be filtered by deployment")
+        if not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must start with http:// or https://")
+        return self
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "PENDING"  # waiting for (another) attempt
+    DELIVERED = "DELIVERED"  # the webhook answered 2xx
+    FAILED = "FAILED"  # given up: out of attempts, or a 4xx that retrying cannot fix
+
+
+class NotificationAttempt(_Model):
+    attempt: int
+    timestamp: datetime
+    ok: bool
+    status_code: int | None = None
+    error: str | None = None
+
+
+class NotificationDelivery(_Model):
+    id: int
+    notification_id: UUID
+    event: str
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None = None
+    last_error: str | None = None
+    created: datetime
+    finished: datetime | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    history: list[NotificationAttempt] = Field(default_factory=list)
+
+
+class Notification(_Model):
+    id: UUID
+    name: str
+    on: list[str]
+    deployment_id: UUID | None
+    work_queue_id: UUID | None
+    tag: str | None
+    webhook_url: str
+    has_secret: bool
+    created: datetime
+    last_delivery: NotificationDelivery | None = None
+
+
+# --------------------------------------------------------------------------- health
 
 
 class Health(_Model):

@@ -134,6 +134,8 @@ class FlowRunRow(Base):
         Index("ix_flow_runs_claim", "work_queue_id", "state_type", "expected_start_time"),
         Index("ix_flow_runs_agent_state", "agent_id", "state_type"),
         Index("ix_flow_runs_created", "created"),
+        Index("ux_flow_runs_idempotency_key", "idempotency_key", unique=True),
+        Index("ix_flow_runs_schedule", "schedule_id", "state_type", "expected_start_time"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -159,6 +161,11 @@ class FlowRunRow(Base):
     created: Mapped[datetime]
     start_time: Mapped[datetime | None]
     end_time: Mapped[datetime | None]
+    # Runs made by the scheduler: "schedule:<schedule id>:<time>", unique, so each (schedule,
+    # time) exists once however many schedulers race; NULL for runs made any other way.
+    idempotency_key: Mapped[str | None] = mapped_column(String(300))
+    # No foreign key: the run's history outlives its schedule.
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(UUIDString())
 
 
 class FlowRunStateRow(Base):
@@ -188,3 +195,85 @@ class LogRow(Base):
     line: Mapped[str] = mapped_column(Text)
     # The agent's idempotency key for the batch the line came in: a resent batch is skipped.
     batch_id: Mapped[uuid.UUID | None] = mapped_column(UUIDString())
+
+
+class ScheduleRow(Base):
+    __tablename__ = "schedules"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    cron: Mapped[str | None] = mapped_column(Text)
+    interval_seconds: Mapped[float | None] = mapped_column(Float)
+    anchor: Mapped[datetime | None]
+    at: Mapped[datetime | None]
+    timezone: Mapped[str] = mapped_column(String(100))
+    catchup: Mapped[str] = mapped_column(String(10))
+    active: Mapped[bool] = mapped_column(Boolean)
+    # The latest time the scheduler has dealt with (made a run for, or skipped): the next tick
+    # starts after it. NULL until the first tick; the schedule starts at ``created``.
+    cursor: Mapped[datetime | None]
+    created: Mapped[datetime]
+    updated: Mapped[datetime]
+
+
+class NotificationRow(Base):
+    __tablename__ = "notifications"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    events: Mapped[list[str]]
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE")
+    )
+    work_queue_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("work_queues.id", ondelete="CASCADE")
+    )
+    tag: Mapped[str | None] = mapped_column(String(200))
+    webhook_url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime]
+
+
+class DeliveryRow(Base):
+    """The notification outbox: one row per event to deliver, written in the transaction of
+    the change it reports, so an event is neither lost nor made up."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        Index("ix_notification_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_notification_deliveries_notification", "notification_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE")
+    )
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]]
+    # For events found by a periodic check (an agent OFFLINE): the same event is queued once.
+    dedupe_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer)
+    # When a worker may take it next; a worker that takes it pushes this out (its lease).
+    next_attempt_at: Mapped[datetime]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime]
+    finished: Mapped[datetime | None]
+
+
+class DeliveryAttemptRow(Base):
+    __tablename__ = "notification_attempts"
+    __table_args__ = (Index("ix_notification_attempts_delivery", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("notification_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    timestamp: Mapped[datetime]
+    ok: Mapped[bool] = mapped_column(Boolean)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
