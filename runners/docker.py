@@ -38,6 +38,9 @@ import shutil
 import signal
 import tempfile
 import threading
+import traceback
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
@@ -165,6 +168,8 @@ class DockerRunner:
                     self._client = docker.from_env(max_pool_size=256)
                 except Exception as exc:
                     raise _translate(exc, "connect") from None
+                # Runners have no close(): the pooled connections go when the runner does.
+                weakref.finalize(self, self._client.close)
             return self._client
 
 
@@ -336,8 +341,11 @@ class DockerHandle:
             return
         self._streams.append(logs)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for line in _lines((decoder.decode(chunk) for chunk in logs), decoder):
-            self._emit(stream, line)
+        try:
+            for line in _lines((decoder.decode(chunk) for chunk in logs), decoder):
+                self._emit(stream, line)
+        finally:
+            logs.close()  # its connection is not pooled again: close it rather than leak it
 
     def _emit(self, stream: str, line: str) -> None:
         if stream == "stderr":
@@ -475,6 +483,7 @@ def _translate(exc: BaseException, doing: str) -> RunnerError:
         and "Connection" in str(exc)
     )
     if unreachable:
+        _free_failed_socket(exc)
         return RunnerError(
             f"cannot reach the Docker daemon ({host}: {_root_cause(exc)}): "
             "is dockerd running? is DOCKER_HOST right?"
@@ -482,6 +491,20 @@ def _translate(exc: BaseException, doing: str) -> RunnerError:
     if isinstance(exc, docker.errors.APIError):
         return RunnerError(f"Docker refused to {doing}: {exc.explanation or exc}")
     return RunnerError(f"Docker error while trying to {doing}: {exc}")
+
+
+def _free_failed_socket(exc: BaseException) -> None:
+    """The SDK does not close a socket whose connect() failed; its frames still hold it. Clear
+    them now (quietly) rather than have it reported as unclosed whenever the error is dropped."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            if error.__traceback__ is not None:
+                traceback.clear_frames(error.__traceback__)
+            error = error.__cause__ or error.__context__
 
 
 def _root_cause(exc: BaseException) -> str:
