@@ -30,6 +30,7 @@ from agent.fence import FenceDir
 from agent.heartbeat import Heartbeater
 from agent.logs import LogShipper
 from agent.models import ClaimedRun, StateProposal, StateType, WorkQueue
+from agent.ops import Operations
 from agent.outbox import Outbox
 from agent.spool import Spool
 from agent.supervisor import RunContext, RunSupervisor, StopReason, SupervisionPolicy
@@ -69,6 +70,13 @@ class Agent:
         self._signals = 0
         self.agent_id: UUID | None = None
         self.queue: WorkQueue | None = None
+        # systemd notifications, /healthz and /metrics, the resource gate, secret redaction.
+        self.ops = Operations(
+            settings,
+            runs_in_flight=lambda: len(self.runs),
+            spooled=lambda: self.outbox.spooled,
+            stopping=self.stopping.is_set,
+        )
 
     # ------------------------------------------------------------------ start-up
 
@@ -101,6 +109,7 @@ class Agent:
             tags=self.options.tags,
             interval=self.settings.heartbeat_seconds,
             runs_in_flight=lambda: len(self.runs),
+            host=self.ops.sampler.latest,
         )
         self.agent_id = await heartbeater.register()
         self.fence.prepare(fence_after=heartbeater.lease_seconds / 2)
@@ -119,6 +128,7 @@ class Agent:
         await self.outbox.drain()
         await self._release_orphans()
         self._install_signal_handlers()
+        self.ops.ready(self.queue, heartbeater)
         try:
             async with asyncio.TaskGroup() as side:
                 side_tasks = [
@@ -127,7 +137,9 @@ class Agent:
                     side.create_task(self.shipper.run(), name="log-shipper"),
                     side.create_task(self.outbox.run(), name="spool"),
                     side.create_task(self._guard_lease(heartbeater), name="lease-guard"),
+                    side.create_task(self.ops.monitor_task(), name="health-monitor"),
                 ]
+                self.ops.supervise(side_tasks)
                 try:
                     async with asyncio.TaskGroup() as runs:
                         await self._claim_loop(runs)
@@ -142,6 +154,7 @@ class Agent:
             raise group.exceptions[0] from None
         finally:
             self._remove_signal_handlers()
+            self.ops.close()
         log.info("agent_stopped")
         return EXIT_OK
 
@@ -154,6 +167,9 @@ class Agent:
             if free <= 0:
                 self._slot_freed.clear()
                 await self._wait_or_stop(self._slot_freed.wait())
+                continue
+            if self.ops.gate.check() is not None:  # host too busy: claim nothing for now
+                await self._wait_or_stop(self.ops.gate.wait_open())
                 continue
             wait = 0.0 if self.options.run_once else self.settings.claim_wait_seconds
             claim = asyncio.create_task(
@@ -227,8 +243,11 @@ class Agent:
                 agent_name=self.options.name,
                 cancel_grace_seconds=self.settings.cancel_grace_seconds,
                 base_env=dict(os.environ),
+                redactor=self.ops.redactor,
+                metrics=self.ops.metrics,
             ),
         )
+        self.ops.metrics.runs_claimed.inc()
         log.info("run_claimed", run_id=str(run_id), deployment=deployment.name)
 
         async def supervise() -> None:
@@ -352,6 +371,7 @@ class Agent:
         if self._signals == 1:
             log.info("agent_stopping", signal=sig.name, runs=len(self.runs))
             self.stopping.set()
+            self.ops.stopping()
         elif self._signals == 2:
             log.warning("agent_cancelling_runs", signal=sig.name, runs=len(self.runs))
             self._cancel_all(StopReason.SHUTDOWN)
@@ -386,7 +406,10 @@ def run_agent(settings: Settings, options: AgentOptions) -> int:
     server unreachable after the startup bound, credentials refused).
     """
     from agent.logs import configure_logging
+    from agent.ops import settings_redactor
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(
+        settings.log_level, settings.log_format, settings_redactor(settings, os.environ)
+    )
     raise_open_file_limit()
     return asyncio.run(_main(settings, options))

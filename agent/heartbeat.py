@@ -14,7 +14,7 @@ import structlog
 import agent
 from agent.backends.base import Backend
 from agent.errors import AuthError, FlowAgentError
-from agent.models import AgentRecord, Heartbeat, WorkQueue
+from agent.models import AgentRecord, Heartbeat, HostMetrics, WorkQueue
 from agent.resources import host_metrics
 
 log = structlog.get_logger("agent.heartbeat")
@@ -30,6 +30,7 @@ class Heartbeater:
         tags: tuple[str, ...],
         interval: float,
         runs_in_flight: Callable[[], int],
+        host: Callable[[], HostMetrics] = host_metrics,
     ) -> None:
         self._backend = backend
         self._name = name
@@ -37,6 +38,7 @@ class Heartbeater:
         self._tags = tags
         self._interval = interval
         self._runs_in_flight = runs_in_flight
+        self._host = host
         self.failures = 0
         self.lease_seconds = 30.0
         # When the server last accepted a heartbeat sent at this (monotonic) time: the lease
@@ -54,7 +56,7 @@ class Heartbeater:
             version=agent.__version__,
             runs_in_flight=self._runs_in_flight(),
             heartbeat_interval_seconds=self._interval,
-            metrics=host_metrics(),
+            metrics=self._host(),
         )
 
     async def register(self) -> UUID:

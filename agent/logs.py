@@ -12,12 +12,18 @@ from uuid import UUID
 import structlog
 
 from agent.models import LogLineCreate, LogStream, utcnow
+from agent.redaction import Redactor
 
 log = structlog.get_logger("agent.logs")
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """JSON lines when stderr is not a TTY (journald, Docker), readable columns when it is."""
+def configure_logging(
+    level: str = "info", fmt: str = "auto", redactor: Redactor | None = None
+) -> None:
+    """JSON lines when stderr is not a TTY (journald, Docker), readable columns when it is.
+
+    With a ``redactor``, secret values are masked in every line (see agent/redaction.py).
+    """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -30,6 +36,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *([redactor] if redactor is not None else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -19,8 +20,10 @@ from agent.backends.base import Backend
 from agent.errors import AuthError, Conflict, FlowAgentError, RunnerError, ServerUnavailable
 from agent.fence import FenceDir
 from agent.logs import LogShipper
+from agent.metrics import AgentMetrics
 from agent.models import ClaimedRun, Deployment, FlowRun, StateProposal, StateType
 from agent.outbox import Outbox
+from agent.redaction import Redactor
 from runners.base import Outcome, RunHandle, Runner, RunResult, RunSpec
 
 log = structlog.get_logger("agent.supervisor")
@@ -40,6 +43,7 @@ class RunContext:
     claimed: ClaimedRun
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: StopReason | None = None
+    claimed_at: float = field(default_factory=time.monotonic)
 
     @property
     def run_id(self) -> UUID:
@@ -67,6 +71,9 @@ class SupervisionPolicy:
     # A run stopped because the lease is lost gets a short grace: it must be dead before the
     # server's lease runs out.
     fence_grace_seconds: float = 2.0
+    # Masks secrets in shipped output and state messages; counts runs (agent/ops.py).
+    redactor: Redactor = field(default_factory=Redactor)
+    metrics: AgentMetrics | None = None
 
 
 class RunSupervisor:
@@ -91,6 +98,8 @@ class RunSupervisor:
         self.outbox = outbox
         self.fence = fence
         self.policy = policy
+        claimed = ctx.claimed
+        self.redactor = policy.redactor.with_env(claimed.deployment.env | claimed.flow_run.env)
 
     @property
     def _run(self) -> FlowRun:
@@ -170,7 +179,8 @@ class RunSupervisor:
             await self._report(StateType.SCHEDULED, "agent could not reach the server to start it")
             return
         try:
-            handle = await self.runner.start(self._spec(), self.shipper.sink_for(self._run.id))
+            sink = self.redactor.wrap_sink(self.shipper.sink_for(self._run.id))
+            handle = await self.runner.start(self._spec(), sink)
         except RunnerError as exc:
             log.warning("run_start_failed", error=exc.message)
             await self._report(StateType.FAILED, exc.message)
@@ -178,6 +188,9 @@ class RunSupervisor:
         self.fence.register(self._run.id, handle.info)
         try:
             log.info("run_started", runner=self.runner.name, **handle.info)
+            if self.policy.metrics is not None:
+                latency = time.monotonic() - self.ctx.claimed_at
+                self.policy.metrics.run_started(self._deployment.runner, latency)
             await self._update_info(handle.info)
             result, stopped = await self._wait(handle)
         finally:
@@ -252,13 +265,15 @@ class RunSupervisor:
     async def _report(
         self, state: StateType, message: str | None, info: dict[str, Any] | None = None
     ) -> None:
+        if state.is_terminal and self.policy.metrics is not None:
+            self.policy.metrics.run_finished(state.value, self._deployment.runner)
         await self.outbox.set_state(
             self._run.id,
             StateProposal(
                 type=state,
-                message=message,
+                message=None if message is None else self.redactor.redact(message),
                 agent_id=self.policy.agent_id,
                 attempt=self._run.attempt,
-                runner_info=info,
+                runner_info=self.redactor.redact_value(info),
             ),
         )

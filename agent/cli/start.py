@@ -66,11 +66,52 @@ def start(
             show_default=False,
         ),
     ] = None,
+    max_cpu_percent: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cpu-percent",
+            help="Claim nothing while host CPU use is above this (setting max_cpu_percent).",
+            show_default=False,
+        ),
+    ] = None,
+    min_free_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--min-free-memory",
+            help="Claim nothing while less memory is available, e.g. 500M or 2G "
+            "(setting min_free_memory).",
+            show_default=False,
+        ),
+    ] = None,
+    max_load: Annotated[
+        float | None,
+        typer.Option(
+            "--max-load",
+            help="Claim nothing while the 1-minute load average is above this (setting max_load).",
+            show_default=False,
+        ),
+    ] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            "--health-port",
+            help="Serve /healthz and /metrics on this port (setting health_port; off by default).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start an agent: poll the queue, claim due runs, run and supervise them, report back."""
     queue = parse_uuid(queue_id, "work-queue", "queues", LIST_QUEUES)
     settings = with_overrides(
-        settings_of(ctx), limit=limit, api_url=api_url, api_key=api_key, backend=backend
+        settings_of(ctx),
+        limit=limit,
+        api_url=api_url,
+        api_key=api_key,
+        backend=backend,
+        max_cpu_percent=max_cpu_percent,
+        min_free_memory=min_free_memory,
+        max_load=max_load,
+        health_port=health_port,
     )
     runner_options = parse_pairs(runner_option or [], "--runner-option")
     if runner_options:
