@@ -55,8 +55,6 @@ T = TypeVar("T")
 #: Longer lines are handed to the sink in pieces of at most this many characters.
 MAX_LINE_CHARS = 64 * 1024
 STDERR_CONTEXT_LINES = 5
-#: Variables the agent adds to every run's env; they are not the deployment's to miss.
-_AGENT_VARIABLES = {"FLOWAGENT_RUN_ID", "FLOWAGENT_DEPLOYMENT"}
 _OUR_FILES = {__file__, bootstrap.__file__}
 
 #: The context callbacks from a run's threads run in: no run, so their output is the agent's.
@@ -82,7 +80,10 @@ class InProcessRunner:
         install_capture()
         handle = InProcessHandle(spec, _RunOutput(asyncio.get_running_loop(), sink))
         ignored = sorted(
-            k for k, v in spec.env.items() if k not in _AGENT_VARIABLES and os.environ.get(k) != v
+            k
+            for k, v in spec.env.items()
+            # FLOWAGENT_*: what the agent tells every run (run id…), not the deployment's env.
+            if not k.startswith("FLOWAGENT_") and os.environ.get(k) != v
         )
         if ignored:
             handle._output.write(

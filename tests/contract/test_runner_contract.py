@@ -95,6 +95,15 @@ def test_concurrent_runs_keep_their_output_apart(harness: Harness) -> None:
     arun(scenario())
 
 
+def test_logging_output_is_captured_like_stderr(harness: Harness) -> None:
+    async def scenario() -> None:
+        handle, sink = await harness.start("log_records", parameters={"name": "contract"})
+        assert (await handle.wait()).outcome is Outcome.COMPLETED
+        assert sink.lines == [("stderr", "contract warns")]
+
+    arun(scenario())
+
+
 def test_an_exception_fails_the_run_with_the_reason(harness: Harness) -> None:
     async def scenario() -> None:
         handle, sink = await harness.start("boom", parameters={"message": "bad data"})

@@ -3,6 +3,7 @@ since the Docker runner runs them in an image that has only Python."""
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -95,3 +96,11 @@ def ignore_sigterm(seconds: float = 60) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("sleeping", flush=True)
     time.sleep(seconds)
+
+
+def log_records(name: str) -> str:
+    """logging with nothing configured: warnings and up reach stderr, as in any Python."""
+    logger = logging.getLogger(f"flows.{name}")
+    logger.info("not shown: below the default level")
+    logger.warning("%s warns", name)
+    return name
