@@ -100,6 +100,24 @@ def _specs(
     return result
 
 
+def _check_locally(spec: DeploymentSpec, where: str | None) -> None:
+    """What can be known here: the working directory, the entrypoint, the runner's options."""
+    try:
+        workdir = Path(spec.working_dir or ".")
+        if not workdir.is_dir():
+            raise InputError(
+                f"working directory {str(workdir)!r} does not exist",
+                hint="pass --no-check if it exists only where the agent runs",
+            )
+        if spec.entrypoint is not None:
+            check_entrypoint(spec.entrypoint, workdir)
+        check_runner_options(spec.runner, spec.runner_options)
+    except InputError as exc:
+        if where is not None:
+            exc.message = f"{where}: {exc.message}"
+        raise
+
+
 @app.command("create")
 def create(
     ctx: typer.Context,
@@ -168,17 +186,7 @@ def create(
     specs = _specs(file, entrypoint, flags, lists)
     if not no_check:
         for spec, where in specs:
-            try:
-                check_runner_options(spec.runner, spec.runner_options)
-            except InputError as exc:
-                exc.message = f"{where}: {exc.message}" if file else exc.message
-                raise
-            if spec.entrypoint is not None and spec.working_dir is not None:
-                try:
-                    check_entrypoint(spec.entrypoint, Path(spec.working_dir))
-                except InputError as exc:
-                    exc.message = f"{where}: {exc.message}" if file else exc.message
-                    raise
+            _check_locally(spec, where if file else None)
 
     async def run(backend: NativeBackend) -> list[tuple[Deployment, WorkQueue]]:
         queues: dict[str, WorkQueue] = {}

@@ -85,8 +85,10 @@ def follow_run(ctx: typer.Context, ref: UUID) -> FlowRun:
     async def run(backend: NativeBackend) -> FlowRun:
         return await stream_logs(backend, ref, follow=True)
 
+    settings = settings_of(ctx)
     try:
-        return call(settings_of(ctx), run)
+        # A watch may outlive a server restart: ride it out like the agent does.
+        return call(settings, run, retry_for=settings.startup_timeout_seconds)
     except KeyboardInterrupt:
         info(f"stopped following; the run goes on (cancel it with agent flow-run cancel {ref})")
         raise typer.Exit(130) from None

@@ -167,11 +167,19 @@ def backend_for(settings: Settings, retry_for: float = CLI_RETRY_SECONDS) -> Nat
     return NativeBackend(http)
 
 
-def call(settings: Settings, fn: Callable[[NativeBackend], Awaitable[T]]) -> T:
-    """Run ``fn(backend)`` on a fresh event loop and close the client after it."""
+def call(
+    settings: Settings,
+    fn: Callable[[NativeBackend], Awaitable[T]],
+    retry_for: float = CLI_RETRY_SECONDS,
+) -> T:
+    """Run ``fn(backend)`` on a fresh event loop and close the client after it.
+
+    ``retry_for`` bounds how long an unreachable or busy server is retried (never longer than
+    the ``startup_timeout_seconds`` setting).
+    """
 
     async def run() -> T:
-        backend = backend_for(settings)
+        backend = backend_for(settings, retry_for)
         try:
             return await fn(backend)
         except ServerUnavailable as exc:
