@@ -114,6 +114,7 @@ class RunSupervisor:
         env = self.policy.base_env | deployment.env | run.env
         env["FLOWAGENT_RUN_ID"] = str(run.id)
         env["FLOWAGENT_DEPLOYMENT"] = deployment.name
+        env["FLOWAGENT_ATTEMPT"] = str(run.attempt)
         return RunSpec(
             run_id=run.id,
             working_dir=Path(deployment.working_dir or os.getcwd()),

@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 BIN = Path(sys.executable).parent
+FLOWS = Path(__file__).parent / "integration" / "flows"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 AGENT = str(BIN / "agent")
 T = TypeVar("T")
 
@@ -61,13 +63,15 @@ def base_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, st
 
 
 @contextlib.contextmanager
-def running_server(home: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Server]:
-    """The real embedded server on a free loopback port, as a separate process."""
-    port = free_port()
+def running_server(
+    home: Path, extra_env: Mapping[str, str] | None = None, port: int | None = None
+) -> Iterator[Server]:
+    """The real embedded server on a (free) loopback port, as a separate process."""
+    port = port or free_port()
     env = base_env(home, extra_env)
     log_path = home / "server.log"
     home.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [AGENT, "server", "start", "--port", str(port)],
             env=env,
@@ -133,3 +137,49 @@ def start_agent(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+# ------------------------------------------------------------------ API helpers for tests
+
+
+def make_queue(api: httpx.Client, **fields: Any) -> dict[str, Any]:
+    name = f"q-{time.monotonic_ns()}"
+    response = api.post("work_queues", json={"name": name, **fields})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def make_deployment(api: httpx.Client, queue: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    body = {
+        "name": f"d-{time.monotonic_ns()}",
+        "work_queue_id": queue["id"],
+        "working_dir": str(FLOWS),
+        **fields,
+    }
+    response = api.post("deployments", json=body)
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
+def make_run(api: httpx.Client, deployment: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    response = api.post(f"deployments/{deployment['id']}/runs", json=fields)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def get_run(api: httpx.Client, run_id: str) -> dict[str, Any]:
+    return dict(api.get(f"flow_runs/{run_id}").json())
+
+
+def wait_state(
+    api: httpx.Client, run_id: str, states: set[str] = TERMINAL, timeout: float = 30
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        run = get_run(api, run_id)
+        return run if run["state"]["type"] in states else None
+
+    return wait_for(reached, timeout=timeout, what=f"run {run_id} to reach {sorted(states)}")
+
+
+def log_lines(api: httpx.Client, run_id: str) -> list[str]:
+    return [line["line"] for line in api.get(f"flow_runs/{run_id}/logs").json()]

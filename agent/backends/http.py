@@ -143,6 +143,7 @@ class HttpClient:
         params: Any = None,
         timeout: float | None = None,
         retry: bool = True,
+        retry_for: float | None = None,
         on_retry: Callable[[Exception, float], None] | None = None,
     ) -> httpx.Response:
         """Send one request; retry connection failures and 429/5xx when ``retry`` is set.
@@ -172,7 +173,10 @@ class HttpClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(retry_on),
             wait=_Wait(),
-            stop=stop_any(stop_after_delay(self.retry_for), stop_after_attempt(10_000)),
+            stop=stop_any(
+                stop_after_delay(self.retry_for if retry_for is None else retry_for),
+                stop_after_attempt(10_000),
+            ),
             before_sleep=before_sleep,
             reraise=True,
         )

@@ -43,6 +43,11 @@ def _body(model: BaseModel) -> Any:
     return model.model_dump(mode="json", exclude_unset=False)
 
 
+# The daemon's own calls (reports, heartbeats, cancellation checks) give up after this and let
+# their loop, or the spool, take over: one stuck call must not hold a run's slot for long.
+LOOP_RETRY_SECONDS = 5.0
+
+
 class NativeBackend:
     """Talks to `agent server start`. Implements :class:`agent.backends.base.Backend`."""
 
@@ -177,7 +182,9 @@ class NativeBackend:
     # ------------------------------------------------------------------ the agent's conversation
 
     async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
-        response = await self.http.request("POST", "agents/heartbeat", json=_body(beat))
+        response = await self.http.request(
+            "POST", "agents/heartbeat", json=_body(beat), retry_for=LOOP_RETRY_SECONDS
+        )
         return AgentRecord.model_validate(response.json())
 
     async def list_agents(self) -> list[AgentRecord]:
@@ -208,6 +215,7 @@ class NativeBackend:
             json=_body(body),
             timeout=wait_seconds + self.http_timeout_margin,
             retry=claim_id is not None,
+            retry_for=LOOP_RETRY_SECONDS,
         )
         return _parse(list[ClaimedRun], response.json())
 
@@ -215,13 +223,19 @@ class NativeBackend:
 
     async def set_state(self, run_id: UUID, proposal: StateProposal) -> FlowRun:
         response = await self.http.request(
-            "POST", f"flow_runs/{run_id}/set_state", json=_body(proposal)
+            "POST",
+            f"flow_runs/{run_id}/set_state",
+            json=_body(proposal),
+            retry_for=LOOP_RETRY_SECONDS,
         )
         return FlowRun.model_validate(response.json())
 
     async def update_runner_info(self, run_id: UUID, info: dict[str, Any]) -> None:
         await self.http.request(
-            "PATCH", f"flow_runs/{run_id}", json=_body(RunnerInfoUpdate(runner_info=info))
+            "PATCH",
+            f"flow_runs/{run_id}",
+            json=_body(RunnerInfoUpdate(runner_info=info)),
+            retry_for=LOOP_RETRY_SECONDS,
         )
 
     async def send_logs(
@@ -233,15 +247,22 @@ class NativeBackend:
                 f"flow_runs/{run_id}/logs",
                 json=[_body(line) for line in lines],
                 params={"batch_id": str(batch_id)} if batch_id else None,
+                retry_for=LOOP_RETRY_SECONDS,
             )
 
     async def claimed_runs(self, agent_id: UUID) -> list[FlowRun]:
-        return await self.list_runs(
-            agent_id=agent_id,
-            states=(StateType.PENDING, StateType.RUNNING, StateType.CANCELLING),
-            limit=1000,
+        params = {
+            "agent_id": str(agent_id),
+            "state": [StateType.PENDING.value, StateType.RUNNING.value, StateType.CANCELLING.value],
+            "limit": 1000,
+        }
+        response = await self.http.request(
+            "GET", "flow_runs", params=params, retry_for=LOOP_RETRY_SECONDS
         )
+        return _parse(list[FlowRun], response.json())
 
     async def cancelling_runs(self, agent_id: UUID) -> list[UUID]:
-        response = await self.http.request("GET", f"agents/{agent_id}/cancelling")
+        response = await self.http.request(
+            "GET", f"agents/{agent_id}/cancelling", retry_for=LOOP_RETRY_SECONDS
+        )
         return _parse(list[UUID], response.json())

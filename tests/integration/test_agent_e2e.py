@@ -6,19 +6,28 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
 
-from tests.support import Server, running_server, start_agent, stop, wait_for
+from tests.support import (
+    FLOWS,
+    Server,
+    get_run,
+    log_lines,
+    make_deployment,
+    make_queue,
+    make_run,
+    running_server,
+    start_agent,
+    stop,
+    wait_for,
+    wait_state,
+)
 
 pytestmark = pytest.mark.integration
-
-FLOWS = Path(__file__).parent / "flows"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
@@ -31,49 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def api(server: Server) -> Iterator[httpx.Client]:
     with server.client() as client:
         yield client
-
-
-def make_queue(api: httpx.Client, **fields: Any) -> dict[str, Any]:
-    name = f"q-{time.monotonic_ns()}"
-    response = api.post("work_queues", json={"name": name, **fields})
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-def make_deployment(api: httpx.Client, queue: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    body = {
-        "name": f"d-{time.monotonic_ns()}",
-        "work_queue_id": queue["id"],
-        "working_dir": str(FLOWS),
-        **fields,
-    }
-    response = api.post("deployments", json=body)
-    assert response.status_code in (200, 201), response.text
-    return dict(response.json())
-
-
-def make_run(api: httpx.Client, deployment: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    response = api.post(f"deployments/{deployment['id']}/runs", json=fields)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-def get_run(api: httpx.Client, run_id: str) -> dict[str, Any]:
-    return dict(api.get(f"flow_runs/{run_id}").json())
-
-
-def wait_state(
-    api: httpx.Client, run_id: str, states: set[str] = TERMINAL, timeout: float = 30
-) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        run = get_run(api, run_id)
-        return run if run["state"]["type"] in states else None
-
-    return wait_for(reached, timeout=timeout, what=f"run {run_id} to reach {sorted(states)}")
-
-
-def log_lines(api: httpx.Client, run_id: str) -> list[str]:
-    return [line["line"] for line in api.get(f"flow_runs/{run_id}/logs").json()]
 
 
 @pytest.fixture

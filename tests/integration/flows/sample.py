@@ -1,5 +1,6 @@
 """Flows the integration tests deploy. Plain Python: nothing of flowagent imported."""
 
+import json
 import os
 import signal
 import sys
@@ -46,3 +47,40 @@ def sleep(seconds: float = 60, pidfile: str | None = None) -> None:
 def kill_self() -> None:
     print("killing myself", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def record(
+    marker_dir: str,
+    seconds: float = 0.5,
+    retry_seconds: float | None = None,
+    ignore_sigterm: bool = False,
+) -> str:
+    """Write one marker per execution: run id, attempt, pid, start, last seen alive, end.
+
+    ``alive`` is refreshed every 50 ms, so an execution killed mid-way still tells until when
+    it ran. Attempts after the first sleep ``retry_seconds`` when given.
+    """
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    run_id = os.environ["FLOWAGENT_RUN_ID"]
+    attempt = int(os.environ["FLOWAGENT_ATTEMPT"])
+    if attempt > 1 and retry_seconds is not None:
+        seconds = retry_seconds
+    path = Path(marker_dir) / f"{run_id}-{attempt}-{os.getpid()}.json"
+    mark = {"run": run_id, "attempt": attempt, "pid": os.getpid(), "start": time.time()}
+
+    def write() -> None:
+        mark["alive"] = time.time()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(mark))
+        tmp.replace(path)
+
+    write()
+    print(f"recording {run_id} attempt {attempt}", flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        write()
+    mark["end"] = time.time()
+    write()
+    return run_id
