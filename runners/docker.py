@@ -1,26 +1,21 @@
 """The Docker runner: each run is a container on the Docker daemon the agent can reach.
 
 A Python entrypoint runs as ``<python> /flowagent/bootstrap.py <entrypoint>`` in the deployment's
-image, which needs Python and nothing of ours: the bootstrap is bind-mounted read-only, the
-deployment's working directory too (at the same path, or /flow when that path would hide the
-image's system directories), and the result comes back through one bind-mounted file. A command
-deployment runs its argv. The container gets ``docker-init`` as PID 1, so SIGTERM reaches the flow
-(a PID 1 without a handler ignores it) and 128+N exit codes mean "killed by signal N".
+image, which needs Python and nothing of ours: the bootstrap, the working directory (at its own
+path, or /flow where that would hide the image's system directories) and one result file are
+bind-mounted. ``docker-init`` is PID 1, so SIGTERM reaches the flow (a PID 1 without a handler
+ignores it) and an exit status of 128+N means "killed by signal N". The agent's own environment
+stays out (its PATH, HOME and API key mean nothing inside, or too much): the container's env is
+the ``env`` option < the deployment's and the run's env.
 
-The agent's own environment is not passed in (its PATH, HOME and API key mean nothing inside,
-or too much); the container's env is the ``env`` option < the deployment's and run's env.
+``wait()`` ends after the logs are drained and before the container is removed: OOMKilled →
+CRASHED "out of memory (limit 64m)"; exit 0 → COMPLETED with the result file's result; 128+N →
+CRASHED "killed by signal SIGKILL"; other non-zero → FAILED with the result file's error or
+"exited with code N". FAILED and CRASHED messages end with the last stderr lines.
 
-How a run ends (``wait()``), after the logs are drained and before the container is removed:
-
-    OOMKilled              CRASHED  "out of memory (limit 64m)"
-    exit 0                 COMPLETED  result from the result file
-    exit 128+N (a signal)  CRASHED  "killed by signal SIGKILL"
-    exit N > 0             FAILED   "ValueError: boom" from the result file, else "exited with
-                                    code N"; FAILED and CRASHED end with the last stderr lines
-
-The docker SDK is blocking: every call runs in a daemon thread of its own (not the loop's small
-default executor, which two long log streams per run would exhaust), and output lines are handed
-to the sink on the event loop.
+The docker SDK blocks: each call runs in a daemon thread of its own (the loop's small default
+executor would be exhausted by two long log streams per run, and is joined at exit), and output
+lines are handed to the sink on the event loop.
 """
 
 from __future__ import annotations
@@ -445,8 +440,7 @@ def _blocking(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
             future.set_result(value)
 
     def target() -> None:
-        value: Any = None
-        error: BaseException | None = None
+        value, error = None, None
         try:
             value = fn()
         except BaseException as exc:

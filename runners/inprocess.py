@@ -8,7 +8,7 @@ in a thread of its own.
 Output is captured per run without touching the agent's own: ``sys.stdout``/``sys.stderr`` are
 replaced once by proxies that look up the current run in a context variable (set for the run's
 task and copied into its threads), and so is :data:`logging.lastResort`, the handler Python uses
-while nobody configured logging. Lines outside any run go where they always went.
+while nobody configured logging (see :class:`_RunLogHandler`). Lines outside any run go where they always went.
 
 How a run ends (``wait()``):
 
@@ -374,25 +374,42 @@ class _RunStream(io.TextIOBase):
 
 
 class _RunLogHandler(logging.Handler):
-    """logging's last resort (used while no handler is configured), routed by run.
+    """Sends log records made inside a run to that run's stderr; others to ``fallback``.
 
-    Not a handler on the root logger: with one there, a flow's ``logging.basicConfig()`` would
-    do nothing. A flow that configures logging writes to the proxied sys.stderr, routed too.
+    It stands in for :data:`logging.lastResort`, which Python uses while no handler is configured
+    (the agent configures structlog only), so that a flow's ``logging.basicConfig()`` still
+    works: its handler writes to the proxied sys.stderr, routed per run as well. Only when the
+    root logger already has handlers (an embedding application, pytest) is a second instance
+    added there, because those handlers would otherwise take the run's records for themselves.
     """
 
-    def __init__(self, original: logging.Handler | None) -> None:
-        super().__init__(logging.WARNING)  # what Python's own last resort lets through
-        self.original = original
+    def __init__(self, fallback: logging.Handler | None, level: int) -> None:
+        super().__init__(level)
+        self.fallback = fallback
 
     def emit(self, record: logging.LogRecord) -> None:
         run = _current.get()
-        if run is not None:
+        if run is None:
+            if self.fallback is not None:
+                self.fallback.handle(record)
+        elif not _reaches_a_run_stream(record):  # else it is in the run's output already
             run.write("stderr", self.format(record) + "\n")
-        elif self.original is not None:
-            self.original.handle(record)
+
+
+def _reaches_a_run_stream(record: logging.LogRecord) -> bool:
+    """Whether a handler on the record's way up writes to one of our proxies."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if isinstance(stream, _RunStream) and record.levelno >= handler.level:
+                return True
+        logger = logger.parent if logger.propagate else None
+    return False
 
 
 _install_lock = threading.Lock()
+_ON_ROOT = _RunLogHandler(None, logging.NOTSET)
 
 
 def install_capture() -> None:
@@ -403,7 +420,14 @@ def install_capture() -> None:
         if not isinstance(sys.stderr, _RunStream):
             sys.stderr = _RunStream("stderr", sys.stderr)
         if not isinstance(logging.lastResort, _RunLogHandler):
-            logging.lastResort = _RunLogHandler(logging.lastResort)
+            # Python's own last resort lets WARNING and up through; so does this one.
+            logging.lastResort = _RunLogHandler(logging.lastResort, logging.WARNING)
+        root = logging.getLogger()
+        configured = any(h is not _ON_ROOT for h in root.handlers)
+        if configured and _ON_ROOT not in root.handlers:
+            root.addHandler(_ON_ROOT)
+        elif not configured and _ON_ROOT in root.handlers:
+            root.removeHandler(_ON_ROOT)  # alone there, it would turn basicConfig() off
 
 
 if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement

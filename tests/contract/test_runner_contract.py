@@ -199,7 +199,7 @@ def test_interrupt_lets_the_flow_clean_up(harness: Harness) -> None:
 
 def test_terminate_stops_a_run_that_ignores_interrupt(harness: Harness) -> None:
     async def scenario() -> None:
-        handle, sink = await harness.start("ignore_sigterm", parameters={"seconds": 3})
+        handle, sink = await harness.start("ignore_sigterm", parameters={"seconds": 20})
         await sink.line("sleeping")
         await handle.interrupt()
         waiting = asyncio.ensure_future(handle.wait())
@@ -208,7 +208,7 @@ def test_terminate_stops_a_run_that_ignores_interrupt(harness: Harness) -> None:
         began = time.monotonic()
         await handle.terminate()
         result = await asyncio.wait_for(waiting, 10)
-        assert time.monotonic() - began < 2.5  # not just the flow's own end after 3 s
+        assert time.monotonic() - began < 10  # not just the flow's own end after 20 s
         assert result.outcome is Outcome.CRASHED
         if harness.name == "inprocess":
             # A thread cannot be killed: the run is over for the agent, the thread runs on.

@@ -113,7 +113,7 @@ def test_flows_run_with_their_own_output_and_results(agent: Any) -> None:
 
 def test_a_sync_flow_past_its_timeout_frees_its_slot(agent: Any) -> None:
     on = agent("--limit", "1")
-    stuck = on.run("ignore_sigterm", parameters={"seconds": 6}, timeout_seconds=0.5)
+    stuck = on.run("ignore_sigterm", parameters={"seconds": 20}, timeout_seconds=0.5)
     after = on.run("add", parameters={"a": 1, "b": 1})
 
     timed_out = on.state(stuck)
@@ -122,9 +122,9 @@ def test_a_sync_flow_past_its_timeout_frees_its_slot(agent: Any) -> None:
 
     assert timed_out["state"]["type"] == "FAILED"
     assert timed_out["state"]["message"] == "timed out after 0.5s"
-    # The slot was freed at once, not when the thread finally returned 6 s in.
+    # The slot was freed at once, not when the thread finally returned 20 s in.
     assert next_one["state"]["type"] == "COMPLETED"
-    assert time.monotonic() - began < 3
+    assert time.monotonic() - began < 10
     assert "inprocess_run_abandoned" in on.log.read_text()
 
 
