@@ -111,6 +111,21 @@ def test_flows_run_with_their_own_output_and_results(agent: Any) -> None:
     assert "sync out" not in agent_log and "logger warns" not in agent_log
 
 
+def test_a_flow_may_configure_logging_and_its_records_stay_its_own(agent: Any) -> None:
+    on = agent()
+    configures = on.run("configure_logging", parameters={"name": "first"})
+    assert on.state(configures)["state"]["type"] == "COMPLETED"
+    later = on.run("log_records", parameters={"name": "second"})
+    assert on.state(later)["state"]["type"] == "COMPLETED"
+
+    # basicConfig() worked (INFO, its format), and nothing arrives twice.
+    assert on.logs(configures) == ["INFO flows.first: first informs"]
+    assert on.logs(later) == [
+        "INFO flows.second: not shown: below the default level",
+        "WARNING flows.second: second warns",
+    ]
+
+
 def test_a_sync_flow_past_its_timeout_frees_its_slot(agent: Any) -> None:
     on = agent("--limit", "1")
     stuck = on.run("ignore_sigterm", parameters={"seconds": 20}, timeout_seconds=0.5)

@@ -104,3 +104,10 @@ def log_records(name: str) -> str:
     logger.info("not shown: below the default level")
     logger.warning("%s warns", name)
     return name
+
+
+def configure_logging(name: str) -> str:
+    """A flow that configures logging for itself, as scripts do."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(f"flows.{name}").info("%s informs", name)
+    return name
