@@ -119,7 +119,8 @@ class InProcessHandle:
     @property
     def info(self) -> dict[str, Any]:
         assert self._task is not None
-        return {"pid": os.getpid(), "in_process": True, "task": self._task.get_name()}
+        # Not "pid": nothing may take the agent's own process for the run's and signal it.
+        return {"agent_pid": os.getpid(), "in_process": True, "task": self._task.get_name()}
 
     async def wait(self) -> RunResult:
         # Shielded: a caller giving up on waiting must not cancel the flow.
