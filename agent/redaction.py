@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +128,9 @@ class Redactor:
 
         return redacting
 
-    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> Mapping[str, Any]:
         """A structlog processor: place it after ``format_exc_info``, before the renderer."""
         redacted: dict[str, Any] = self.redact_value(event_dict)
         return redacted

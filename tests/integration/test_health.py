@@ -130,7 +130,7 @@ def test_healthz_is_503_when_the_loop_is_blocked(server: Server, api: httpx.Clie
     agent.send_signal(signal.SIGUSR1)
 
     # The answer comes from the server's own thread, so it can say what is wrong.
-    code, body = wait_for(
+    _, body = wait_for(
         lambda: (answer := healthz(port))[0] == 503 and answer, timeout=10, what="a 503"
     )
     assert body["status"] == "unhealthy"
@@ -156,15 +156,17 @@ def test_healthz_is_503_once_the_api_is_out_of_reach(tmp_path: Path) -> None:
             wait_for(lambda: healthz(port)[0] == 200, timeout=20, what="/healthz to answer 200")
             stop(own_server.process)
 
-            code, body = wait_for(
+            _, body = wait_for(
                 lambda: (answer := healthz(port))[0] == 503 and answer, timeout=20, what="a 503"
             )
             assert body["reason"].startswith("API not reached for")
             wait_for(
-                lambda: scrape(f"http://127.0.0.1:{port}/metrics")[
-                    "flowagent_agent_heartbeat_failures_total"
-                ][()]
-                >= 1,
+                lambda: (
+                    scrape(f"http://127.0.0.1:{port}/metrics")[
+                        "flowagent_agent_heartbeat_failures_total"
+                    ][()]
+                    >= 1
+                ),
                 timeout=20,
                 what="a heartbeat failure counted",
             )

@@ -7,6 +7,7 @@ that needs them fails when ``CI`` is set and they are missing, and skips only ou
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -210,7 +211,7 @@ def run_state(api: httpx.Client, run_id: str) -> str:
 
 
 def max_gap(times: list[float]) -> float:
-    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 def test_agent_notifies_ready_watchdog_status_and_stopping(
