@@ -146,7 +146,12 @@ class DockerRunner:
             result_file.touch(mode=0o666)
             result_file.chmod(0o666)
             config = _container_config(spec, options, parameters, result_file)
-            container = await _blocking(lambda: _create(client, options, config), "docker-create")
+            creating = _blocking(lambda: _create(client, options, config), "docker-create")
+            try:
+                container = await asyncio.shield(creating)
+            except asyncio.CancelledError:  # the container may yet appear: nobody would remove it
+                creating.add_done_callback(_remove_if_created)
+                raise
         except BaseException:
             shutil.rmtree(files, ignore_errors=True)
             raise
@@ -204,6 +209,12 @@ def _container_config(
         # The same limit for memory+swap: out of memory means OOM-killed, not swapping slowly.
         config["mem_limit"] = config["memswap_limit"] = options.memory
     return {k: v for k, v in config.items() if v is not None}
+
+
+def _remove_if_created(creating: asyncio.Future[Any]) -> None:
+    if not creating.cancelled() and creating.exception() is None:
+        container = creating.result()
+        threading.Thread(target=container.remove, kwargs={"force": True}, daemon=True).start()
 
 
 def _mount_point(path: Path) -> str:
