@@ -162,7 +162,7 @@ class ScheduleCreate(_Model):
     )
     anchor: datetime | None = Field(
         default=None,
-        description="interval: runs fall at anchor + k × interval (default: the creation time)",
+        description="interval: runs fall at anchor + k * interval (default: the creation time)",
     )
     at: datetime | None = Field(default=None, description="one-off: run once at this time")
     timezone: str = Field(default="UTC", description="IANA time zone the cron fields are read in")
@@ -172,9 +172,7 @@ class ScheduleCreate(_Model):
     @model_validator(mode="after")
     def _one_kind(self) -> ScheduleCreate:
         given = [
-            name
-            for name in ("cron", "interval_seconds", "at")
-            if getattr(self, name) is not None
+            name for name in ("cron", "interval_seconds", "at") if getattr(self, name) is not None
         ]
         if len(given) != 1:
             raise ValueError("give exactly one of 'cron', 'interval_seconds' or 'at'")

@@ -14,13 +14,25 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from agent import __version__
+from agent.models import utcnow
 from agent.server.claims import Notifier
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
 from agent.server.leases import lease_keeper
 from agent.server.metrics import install_metrics
-from agent.server.routes import agents, deployments, flow_runs, health, work_queues
+from agent.server.notifications import NotificationConfig
+from agent.server.routes import (
+    agents,
+    deployments,
+    flow_runs,
+    health,
+    notifications,
+    schedules,
+    work_queues,
+)
+from agent.server.scheduler import Clock, Scheduler, SchedulerConfig
 from agent.server.settings import ServerSettings
+from agent.server.webhooks import DeliveryWorker
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +42,23 @@ _DESCRIPTION = (
 )
 
 
-def create_app(settings: ServerSettings, *, migrate_on_startup: bool = True) -> FastAPI:
+def create_app(
+    settings: ServerSettings,
+    *,
+    migrate_on_startup: bool = True,
+    scheduling: SchedulerConfig | None = None,
+    notifying: NotificationConfig | None = None,
+    clock: Clock = utcnow,
+) -> FastAPI:
     """The server application for ``settings``.
 
     Args:
         settings: where the database lives and the API key, if any.
         migrate_on_startup: bring the schema up to date when the app starts; ``serve`` turns
             this off because it has migrated already, before it opened its port.
+        scheduling: the scheduler's horizon, late and missed-run bounds (default: defaults).
+        notifying: how notification events are delivered (default: defaults).
+        clock: "now" for the scheduler and the notification worker (tests move it).
     """
 
     @asynccontextmanager
@@ -47,6 +69,14 @@ def create_app(settings: ServerSettings, *, migrate_on_startup: bool = True) -> 
             background.start_soon(
                 lease_keeper, db, notifier, settings.lease_seconds, settings.lease_check_seconds
             )
+            # One pass before serving, so that runs missed while the server was down are
+            # sorted out (catch-up policy) before any agent can claim them.
+            try:
+                await scheduler.tick_now()
+            except Exception:
+                logger.exception("first scheduler pass failed; the scheduler will retry")
+            background.start_soon(scheduler.run, name="scheduler")
+            background.start_soon(webhooks.run, name="notification-delivery")
             try:
                 yield
             finally:
@@ -63,14 +93,20 @@ def create_app(settings: ServerSettings, *, migrate_on_startup: bool = True) -> 
     )
     db = Database(settings.database_path)
     notifier = Notifier()
+    scheduler = Scheduler(db, notifier, scheduling or SchedulerConfig(), clock)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    webhooks = DeliveryWorker(
+        db, notifying or NotificationConfig(), f"http://{host}:{settings.port}", clock
+    )
     app.state.settings = settings
     app.state.db = db
     app.state.notifier = notifier
+    app.state.scheduler = scheduler
 
     api = APIRouter(prefix="/api")
     api.include_router(health.router)
     protected = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (work_queues, deployments, flow_runs, agents):
+    for module in (work_queues, deployments, flow_runs, agents, schedules, notifications):
         protected.include_router(module.router)
     api.include_router(protected)
     app.include_router(api)

@@ -6,6 +6,7 @@ changes they guard happen under SQLite's write lock.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from agent.models import StateProposal, StateType, transition_error, utcnow
+from agent.server import notifications
 from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, FlowRunStateRow
 from agent.server.views import conflict, get_run, not_found
 
@@ -82,6 +84,8 @@ def record_state(
             timestamp=now,
         )
     )
+    # In this transaction: the event is queued if, and only if, the change commits.
+    notifications.on_state(session, run, state, now)
 
 
 def new_run(
@@ -158,11 +162,50 @@ def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> O
         if session.get(AgentRow, proposal.agent_id) is None:
             raise not_found("agent", proposal.agent_id)
         run.agent_id = proposal.agent_id
-    if proposal.runner_info:
-        run.runner_info = {**run.runner_info, **proposal.runner_info}
+    info = dict(proposal.runner_info or {})
+    if proposal.type is StateType.COMPLETED and "result" not in info:
+        info |= result_from_message(proposal.message)
+    if info:
+        run.runner_info = {**run.runner_info, **keep_result(info)}
     return finish_transition(
         session, run, proposal.type, now=now, name=proposal.name, message=proposal.message
     )
+
+
+# A flow's return value is kept in runner_info["result"] up to this size (as JSON); a larger
+# one is cut there, with a marker, so that no result can break a run or bloat the database.
+MAX_RESULT_BYTES = 64 * 1024
+_NOT_SERIALISABLE = "completed; the result is not JSON-serialisable: "
+
+
+def keep_result(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with its ``result`` made safe to store, and a ``result_note`` when it was not
+    kept as it came: cut to :data:`MAX_RESULT_BYTES`, or only a repr (``result_repr``)."""
+    if "result" in info:
+        try:
+            text = json.dumps(info["result"])
+        except (TypeError, ValueError):
+            text = repr(info["result"])
+        size = len(text.encode())
+        if size <= MAX_RESULT_BYTES:
+            return info
+        kept = text.encode()[:MAX_RESULT_BYTES].decode(errors="ignore")
+        note = (
+            f"truncated: the result is {size} bytes as JSON; the first {MAX_RESULT_BYTES} are kept"
+        )
+        return {**info, "result": f"{kept}…[{note}]", "result_note": note}
+    if "result_repr" in info:
+        rest = {k: v for k, v in info.items() if k != "result_repr"}
+        text = str(info["result_repr"])[:MAX_RESULT_BYTES]
+        return {**rest, "result": text, "result_note": "not JSON-serialisable: this is its repr"}
+    return info
+
+
+def result_from_message(message: str | None) -> dict[str, Any]:
+    """The repr our runners put in a COMPLETED message when the value is not JSON."""
+    if message and message.startswith(_NOT_SERIALISABLE):
+        return {"result_repr": message.removeprefix(_NOT_SERIALISABLE)}
+    return {}
 
 
 def finish_transition(

@@ -12,14 +12,8 @@ from agent.server.db import Database
 from agent.server.deps import DB, Wakeups
 from agent.server.lifecycle import new_run, record_state
 from agent.server.orm import DeploymentRow, FlowRunRow
-from agent.server.views import (
-    as_utc,
-    deployment_model,
-    get_deployment,
-    get_queue,
-    not_found,
-    run_model,
-)
+from agent.server.routes.schedules import Ticker, poke, replace_schedules, with_schedules
+from agent.server.views import as_utc, get_deployment, get_queue, not_found, run_model
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
@@ -47,18 +41,21 @@ def _upsert(db: Database, body: DeploymentCreate) -> tuple[Deployment, bool]:
         row.retries = body.retries
         row.retry_delay_seconds = body.retry_delay_seconds
         row.updated = now
-        return deployment_model(row), created
+        if body.schedules is not None:
+            session.flush()  # the deployment's row first: schedules point at it
+            replace_schedules(session, row, body.schedules, now)
+        return with_schedules(session, row), created
 
 
 def _list(db: Database) -> list[Deployment]:
     with db.read() as session:
         rows = session.scalars(select(DeploymentRow).order_by(DeploymentRow.name))
-        return [deployment_model(row) for row in rows]
+        return [with_schedules(session, row) for row in rows]
 
 
 def _get(db: Database, deployment_id: uuid.UUID) -> Deployment:
     with db.read() as session:
-        return deployment_model(get_deployment(session, deployment_id))
+        return with_schedules(session, get_deployment(session, deployment_id))
 
 
 def _get_by_name(db: Database, name: str) -> Deployment:
@@ -66,7 +63,7 @@ def _get_by_name(db: Database, name: str) -> Deployment:
         row = session.scalar(select(DeploymentRow).where(DeploymentRow.name == name))
         if row is None:
             raise not_found("deployment", repr(name))
-        return deployment_model(row)
+        return with_schedules(session, row)
 
 
 def _delete(db: Database, deployment_id: uuid.UUID) -> None:
@@ -116,8 +113,12 @@ def _create_run(db: Database, deployment_id: uuid.UUID, body: FlowRunCreate) -> 
     status_code=status.HTTP_201_CREATED,
     summary="Create a deployment, or update the one with that name (200)",
 )
-async def upsert_deployment(body: DeploymentCreate, response: Response, db: DB) -> Deployment:
+async def upsert_deployment(
+    body: DeploymentCreate, response: Response, db: DB, scheduler: Ticker
+) -> Deployment:
     deployment, created = await db.run(_upsert, db, body)
+    if body.schedules:
+        poke(scheduler)
     if not created:
         response.status_code = status.HTTP_200_OK
     return deployment

@@ -48,9 +48,7 @@ def upgrade() -> None:
     # A scheduled run is made once per (schedule, time), however many schedulers race for it.
     op.add_column("flow_runs", sa.Column("idempotency_key", sa.String(300), nullable=True))
     op.add_column("flow_runs", sa.Column("schedule_id", _uuid(), nullable=True))
-    op.create_index(
-        "ux_flow_runs_idempotency_key", "flow_runs", ["idempotency_key"], unique=True
-    )
+    op.create_index("ux_flow_runs_idempotency_key", "flow_runs", ["idempotency_key"], unique=True)
     op.create_index(
         "ix_flow_runs_schedule", "flow_runs", ["schedule_id", "state_type", "expected_start_time"]
     )
