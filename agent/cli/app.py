@@ -17,7 +17,9 @@ from agent.cli import (
     database,
     deployment,
     flow_run,
+    notification,
     runner,
+    schedule,
     server,
     start,
     work_queue,
@@ -108,8 +110,10 @@ app.add_typer(server.app, name="server")
 app.command("start", no_args_is_help=True)(start.start)
 app.add_typer(work_queue.app, name="work-queue")
 app.add_typer(deployment.app, name="deployment")
+deployment.app.add_typer(schedule.app, name="schedule")
 app.add_typer(flow_run.app, name="flow-run")
 app.add_typer(agents.app, name="agents")
+app.add_typer(notification.app, name="notification")
 app.add_typer(runner.app, name="runner")
 app.add_typer(config.app, name="config")
 app.add_typer(database.app, name="database")

@@ -24,6 +24,7 @@ from agent.server.db import Database
 from agent.server.deps import DB, Wakeups
 from agent.server.lifecycle import ACTIVE_STATES
 from agent.server.orm import DeploymentRow, FlowRunRow, WorkQueueRow
+from agent.server.scheduler import shown_late
 from agent.server.views import conflict, get_queue, not_found, queue_model, run_model
 
 router = APIRouter(prefix="/work_queues", tags=["work queues"])
@@ -106,10 +107,13 @@ def _delete(db: Database, queue_id: uuid.UUID) -> None:
         session.delete(row)
 
 
-def _preview(db: Database, queue_id: uuid.UUID, hours: float) -> list[FlowRun]:
+def _preview(
+    db: Database, queue_id: uuid.UUID, hours: float, late_after: timedelta
+) -> list[FlowRun]:
     with db.read() as session:
         queue = get_queue(session, queue_id)
-        horizon = utcnow() + timedelta(hours=hours)
+        now = utcnow()
+        horizon = now + timedelta(hours=hours)
         rows = session.scalars(
             select(FlowRunRow)
             .where(
@@ -121,7 +125,11 @@ def _preview(db: Database, queue_id: uuid.UUID, hours: float) -> list[FlowRun]:
         )
         # Only what this queue would hand out: runs lacking one of its tags never leave it.
         required = set(queue.tags)
-        return [run_model(row) for row in rows if required.issubset(row.tags)]
+        return [
+            shown_late(run_model(row), now, late_after)
+            for row in rows
+            if required.issubset(row.tags)
+        ]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a work queue")
@@ -166,9 +174,11 @@ async def delete_work_queue(queue_id: uuid.UUID, db: DB) -> Response:
 async def preview_work_queue(
     queue_id: uuid.UUID,
     db: DB,
+    request: Request,
     hours: Annotated[float, Query(ge=0, le=24 * 366)] = 1,
 ) -> list[FlowRun]:
-    return await db.run(_preview, db, queue_id, hours)
+    late_after = request.app.state.scheduler.config.late_after
+    return await db.run(_preview, db, queue_id, hours, late_after)
 
 
 @router.post("/{queue_id}/claim", summary="Atomically claim due runs, long-polling for them")
