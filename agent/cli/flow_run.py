@@ -72,6 +72,22 @@ async def stream_logs(backend: NativeBackend, ref: UUID, *, follow: bool) -> Flo
         await asyncio.sleep(POLL_SECONDS)
 
 
+def run_state(run: FlowRun) -> Text:
+    """The state, with its name when that says more: ``SCHEDULED (Late)``,
+    ``SCHEDULED (AwaitingRetry)``, ``CANCELLED (Skipped)``."""
+    text = state_text(run.state.type)
+    if run.state.name.lower() != run.state.type.value.lower():
+        style = "bold yellow" if run.state.name == "Late" else "dim"
+        text += Text(f" ({run.state.name})", style=style)
+    return text
+
+
+def result_of(run: FlowRun) -> dict[str, Any]:
+    """The flow's return value, as the server kept it (``runner_info``), shown on its own."""
+    keys = ("result", "result_note")
+    return {key: run.runner_info[key] for key in keys if key in run.runner_info}
+
+
 def final_line(run: FlowRun) -> Text:
     text = Text(f"flow run {run.name} ({run.id}) finished: ") + state_text(run.state.type)
     if run.state.message and run.state.message.lower() != run.state.type.value.lower():
@@ -136,7 +152,7 @@ def ls(
             str(r.id),
             r.name,
             r.deployment_name,
-            state_text(r.state.type),
+            run_state(r),
             when(r.expected_start_time),
             agent,
         )
@@ -151,9 +167,11 @@ def inspect(ctx: typer.Context, ref: RunArg) -> None:
     async def run(backend: NativeBackend) -> dict[str, Any]:
         found = await get_run(backend, rid)
         history = await backend.run_states(rid)
-        return found.model_dump(mode="json") | {
-            "state_history": [s.model_dump(mode="json") for s in history]
-        }
+        return (
+            found.model_dump(mode="json")
+            | result_of(found)
+            | {"state_history": [s.model_dump(mode="json") for s in history]}
+        )
 
     print_json(call(settings_of(ctx), run))
 
