@@ -183,7 +183,7 @@ class RunSupervisor:
             sink = self.redactor.wrap_sink(self.shipper.sink_for(self._run.id))
             handle = await self.runner.start(self._spec(), sink)
         except RunnerError as exc:
-            log.warning("run_start_failed", error=exc.message)
+            log.warning("run_start_failed", error=self.redactor.redact(exc.message))
             await self._report(StateType.FAILED, exc.message)
             return
         self.fence.register(self._run.id, handle.info)
@@ -251,7 +251,8 @@ class RunSupervisor:
             state, message = OUTCOME_STATE[result.outcome], result.message
         if result.result is not None:
             info["result"] = result.result
-        log.info("run_finished", state=state.value, message=message, exit_code=result.exit_code)
+        shown = None if message is None else self.redactor.redact(message)  # quotes stderr
+        log.info("run_finished", state=state.value, message=shown, exit_code=result.exit_code)
         await self.shipper.flush(self._run.id)
         await self._report(state, message, info)
 

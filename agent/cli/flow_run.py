@@ -15,6 +15,7 @@ from agent.cli.lookup import LIST_RUNS, resolve_deployment, resolve_queue, run_i
 from agent.cli.output import call, info, out, print_json, print_table, say, state_text, table, when
 from agent.errors import InputError, NotFound
 from agent.models import FlowRun, LogLine, LogStream, StateType
+from agent.redaction import mask_env
 
 app = typer.Typer(help="Flow runs: one execution of a deployment each.", no_args_is_help=True)
 
@@ -161,7 +162,7 @@ def ls(
 
 @app.command("inspect")
 def inspect(ctx: typer.Context, ref: RunArg) -> None:
-    """Print a run as JSON, with its full state history."""
+    """Print a run as JSON, with its full state history (secret-looking env values masked)."""
     rid = run_id(ref)
 
     async def run(backend: NativeBackend) -> dict[str, Any]:
@@ -173,7 +174,10 @@ def inspect(ctx: typer.Context, ref: RunArg) -> None:
             | {"state_history": [s.model_dump(mode="json") for s in history]}
         )
 
-    print_json(call(settings_of(ctx), run))
+    settings = settings_of(ctx)
+    shown = call(settings, run)
+    shown["env"] = mask_env(shown.get("env") or {}, settings.secret_patterns)
+    print_json(shown)
 
 
 @app.command("logs")

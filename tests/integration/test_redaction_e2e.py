@@ -1,0 +1,77 @@
+"""Secrets stay secret end to end: a flow that prints secret env values and the API key, a real
+agent shipping its output, and what the server, `flow-run inspect` and the agent's log show."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Server, cli, running_server, start_agent, stop, wait_for
+
+pytestmark = pytest.mark.integration
+
+MASK = "********"
+DEPLOY_TOKEN = "tok-deploy-0123456789"
+DB_PASSWORD = "pw-run-9876543210"
+API_KEY = "agent-api-key-5555"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("redaction")) as srv:
+        yield srv
+
+
+def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
+    server: Server, tmp_path: Path
+) -> None:
+    api = server.client()
+    queue = api.post("work_queues", json={"name": f"q-{uuid.uuid4().hex[:8]}"}).json()
+    script = (
+        'echo "token=$DEPLOY_TOKEN"; echo "key=$AGENT_API_KEY"; '
+        'echo "url=postgresql://app:$DB_PASSWORD@db/x"; echo "pw=$DB_PASSWORD" >&2; exit 3'
+    )
+    deployment = api.post(
+        "deployments",
+        json={
+            "name": f"d-{uuid.uuid4().hex[:8]}",
+            "work_queue_id": queue["id"],
+            "command": ["sh", "-c", script],
+            "env": {"DEPLOY_TOKEN": DEPLOY_TOKEN, "GREETING": "hello"},
+        },
+    ).json()
+    run = api.post(
+        f"deployments/{deployment['id']}/runs", json={"env": {"DB_PASSWORD": DB_PASSWORD}}
+    ).json()
+    log_path = tmp_path / "agent.log"
+    # The server has no API key, so the agent's is sent and ignored; the flow inherits it.
+    agent = start_agent(server, queue["id"], log_path=log_path, AGENT_API_KEY=API_KEY)
+    try:
+        done = wait_for(
+            lambda: (
+                (r := api.get(f"flow_runs/{run['id']}").json())["state"]["type"] == "FAILED" and r
+            ),
+            timeout=30,
+            what="the run to fail",
+        )
+        lines = [line["line"] for line in api.get(f"flow_runs/{run['id']}/logs").json()]
+        inspect = json.loads(cli(server, "flow-run", "inspect", run["id"]).stdout)
+    finally:
+        stop(agent)
+        api.close()
+
+    assert f"token={MASK}" in lines
+    assert f"key={MASK}" in lines
+    assert f"url=postgresql://app:{MASK}@db/x" in lines
+    assert f"pw={MASK}" in lines
+    # The failure message quotes stderr: masked too.
+    assert f"pw={MASK}" in done["state"]["message"]
+    assert inspect["env"] == {"DB_PASSWORD": MASK, "DEPLOY_TOKEN": MASK, "GREETING": "hello"}
+    everything = json.dumps([lines, done["state"], inspect]) + log_path.read_text()
+    for secret in (DEPLOY_TOKEN, DB_PASSWORD, API_KEY):
+        where = everything.find(secret)
+        assert where < 0, everything[max(0, where - 300) : where + 100]
