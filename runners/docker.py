@@ -177,10 +177,14 @@ def _container_config(
     spec: RunSpec, options: DockerOptions, parameters: str, result_file: Path
 ) -> dict[str, Any]:
     workdir = str(spec.working_dir)
-    binds = [f"{BOOTSTRAP}:{IN_CONTAINER_BOOTSTRAP}:ro", f"{result_file}:{IN_CONTAINER_RESULT}:rw"]
+    # Mount objects, not "host:container" strings: a path may hold a colon.
+    mounts = [
+        _bind(BOOTSTRAP, IN_CONTAINER_BOOTSTRAP),
+        _bind(result_file, IN_CONTAINER_RESULT, False),
+    ]
     if options.mount_working_dir:
         workdir = _mount_point(spec.working_dir.resolve())
-        binds.append(f"{spec.working_dir.resolve()}:{workdir}:ro")
+        mounts.append(_bind(spec.working_dir.resolve(), workdir))
     # What the agent's own environment put in spec.env stays out: it describes the agent's host.
     env = options.env | {k: v for k, v in spec.env.items() if os.environ.get(k) != v}
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -198,7 +202,8 @@ def _container_config(
         "labels": {"flowagent.run-id": str(spec.run_id), **spec.labels},
         "environment": env,
         "working_dir": workdir,
-        "volumes": binds + options.volumes,
+        "mounts": mounts,
+        "volumes": options.volumes or None,
         "init": True,  # docker-init as PID 1: forwards SIGTERM, reaps the flow's orphans
         "network_mode": options.network_mode,
         "user": options.user,
@@ -215,6 +220,11 @@ def _remove_if_created(creating: asyncio.Future[Any]) -> None:
     if not creating.cancelled() and creating.exception() is None:
         container = creating.result()
         threading.Thread(target=container.remove, kwargs={"force": True}, daemon=True).start()
+
+
+def _bind(source: Path, target: str, read_only: bool = True) -> dict[str, Any]:
+    # What docker.types.Mount holds (a dict); built here so the SDK is needed only to run.
+    return {"Type": "bind", "Source": str(source), "Target": target, "ReadOnly": read_only}
 
 
 def _mount_point(path: Path) -> str:
