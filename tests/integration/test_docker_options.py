@@ -13,7 +13,8 @@ import pytest
 
 from agent.errors import InputError, RunnerError
 from runners.base import Outcome, RunResult, RunSpec
-from runners.docker import DockerRunner, _mount_point
+from runners.docker import DockerRunner
+from runners.docker_config import mount_point
 from runners.registry import validate_options
 from tests.contract.dockerd import BASE_IMAGE, client, our_containers, require_dockerd
 
@@ -119,11 +120,11 @@ def test_options_are_checked_with_plain_messages() -> None:
 
 
 def test_the_code_never_hides_the_images_system_directories() -> None:
-    assert _mount_point(Path("/srv/flows")) == "/srv/flows"
-    assert _mount_point(Path("/")) == "/flow"
-    assert _mount_point(Path("/usr/local/flows")) == "/flow"
-    assert _mount_point(Path("/etc")) == "/flow"
-    assert _mount_point(Path("/usrdata")) == "/usrdata"
+    assert mount_point(Path("/srv/flows")) == "/srv/flows"
+    assert mount_point(Path("/")) == "/flow"
+    assert mount_point(Path("/usr/local/flows")) == "/flow"
+    assert mount_point(Path("/etc")) == "/flow"
+    assert mount_point(Path("/usrdata")) == "/usrdata"
 
 
 def test_without_the_sdk_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
