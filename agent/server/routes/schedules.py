@@ -126,10 +126,11 @@ def replace_schedules(
     existing = list(
         session.scalars(select(ScheduleRow).where(ScheduleRow.deployment_id == deployment.id))
     )
-    for body in bodies:
+    for index, body in enumerate(bodies):
         same = next((row for row in existing if _row_timing(row) == _timing(body)), None)
         if same is None:
-            add_schedule(session, deployment, body, now)
+            # a microsecond apart: listed in the order they were given
+            add_schedule(session, deployment, body, now + timedelta(microseconds=index))
             continue
         existing.remove(same)
         same.catchup = body.catchup.value
