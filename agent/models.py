@@ -167,7 +167,10 @@ class ScheduleCreate(_Model):
     at: datetime | None = Field(default=None, description="one-off: run once at this time")
     timezone: str = Field(default="UTC", description="IANA time zone the cron fields are read in")
     catchup: Catchup = Catchup.ONE
-    active: bool = True
+    active: bool | None = Field(
+        default=None,
+        description="false: paused; left out: active when new, as it was when redeployed",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> ScheduleCreate:
@@ -204,6 +207,7 @@ class Schedule(ScheduleCreate):
     id: UUID
     deployment_id: UUID
     deployment_name: str
+    active: bool = True
     created: datetime
     updated: datetime
     next_run_time: datetime | None = Field(

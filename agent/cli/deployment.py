@@ -12,7 +12,7 @@ from agent.cli.context import settings_of
 from agent.cli.entrypoints import check_entrypoint
 from agent.cli.flow_run import final_line, follow_run
 from agent.cli.lookup import queue_names, resolve_deployment, resolve_queue
-from agent.cli.output import call, confirm, info, print_json, print_table, say, table, warn
+from agent.cli.output import call, confirm, info, print_json, print_table, say, table, warn, when
 from agent.cli.parsing import (
     FLAG_NAMES,
     DeploymentSpec,
@@ -21,10 +21,13 @@ from agent.cli.parsing import (
     spec_from_flags,
 )
 from agent.cli.runner import check_runner_options
+from agent.cli.schedule import describe, schedules_from_flags
 from agent.errors import InputError
 from agent.models import Deployment, DeploymentCreate, FlowRun, FlowRunCreate, StateType, WorkQueue
 
 app = typer.Typer(help="Deployments: what to run, where, and how.", no_args_is_help=True)
+
+SCHEDULE: dict[str, Any] = {"rich_help_panel": "Schedule (see agent deployment schedule)"}
 
 NameArg = Annotated[
     str, typer.Argument(help="The deployment's name (or UUID).", show_default=False)
@@ -162,6 +165,24 @@ def create(
     no_check: Annotated[
         bool, typer.Option("--no-check", help="Do not check the entrypoint exists here.")
     ] = False,
+    cron: Annotated[
+        str | None, typer.Option("--cron", help='E.g. "0 * * * *".', **SCHEDULE)
+    ] = None,
+    interval: Annotated[
+        str | None, typer.Option("--interval", help="Every 30s, 15m, 2h, 1d.", **SCHEDULE)
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Once, at an ISO time.", **SCHEDULE)
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="IANA zone (default UTC).", **SCHEDULE)
+    ] = None,
+    anchor: Annotated[
+        str | None, typer.Option("--anchor", help="--interval's first time.", **SCHEDULE)
+    ] = None,
+    catchup: Annotated[
+        str | None, typer.Option("--catchup", help="After downtime: one or none.", **SCHEDULE)
+    ] = None,
 ) -> None:
     """Create (or update, by name) a deployment and print its id."""
     flags: dict[str, Any] = {
@@ -174,6 +195,9 @@ def create(
         "retries": retries,
         "retry_delay_seconds": retry_delay,
         "command": command,
+        "schedules": schedules_from_flags(
+            cron=cron, interval=interval, at=at, timezone=timezone, anchor=anchor, catchup=catchup
+        ),
     }
     lists = {"param": param or [], "option": runner_option or [], "env": env or []}
     if file is None:
@@ -204,6 +228,8 @@ def create(
         typer.echo(str(deployment.id))
         verb = "created" if deployment.created == deployment.updated else "updated"
         info(f"{verb} deployment {deployment.name!r} on work queue {work_queue.name!r}")
+        for schedule in deployment.schedules:
+            info(f"  schedule {describe(schedule)}; next run {when(schedule.next_run_time)}")
         _warn_unmatched(deployment.tags, work_queue, "runs of this deployment")
 
 

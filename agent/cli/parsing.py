@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import InputError
+from agent.models import ScheduleCreate
 
 JSON_LOOKING = ("{", "[", '"')
 
@@ -120,6 +121,7 @@ class DeploymentSpec(BaseModel):
     timeout_seconds: float | None = Field(default=None, gt=0)
     retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float = Field(default=0, ge=0)
+    schedules: list[ScheduleCreate] | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> DeploymentSpec:
@@ -151,6 +153,7 @@ FLAG_NAMES = {
     "timeout_seconds": "--timeout",
     "retries": "--retries",
     "retry_delay_seconds": "--retry-delay",
+    "schedules": "--cron/--interval/--at",
 }
 
 

@@ -101,6 +101,15 @@ def test_redeploying_keeps_unchanged_schedules_and_replaces_the_others(
     kept = make_deployment(api, queue, name=first["name"], command=["true"])
     assert kept["schedules"][0]["id"] == first["schedules"][0]["id"]
 
+    # A paused schedule stays paused across a redeploy that does not say 'active'.
+    schedule_id = first["schedules"][0]["id"]
+    assert api.patch(f"schedules/{schedule_id}", json={"active": False}).status_code == 200
+    again = make_deployment(api, queue, name=first["name"], **body)
+    assert again["schedules"][0]["active"] is False
+    active = {"cron": "0 * * * *", "active": True}
+    again = make_deployment(api, queue, name=first["name"], command=["true"], schedules=[active])
+    assert again["schedules"][0]["active"] is True
+
     changed = make_deployment(
         api, queue, name=first["name"], command=["true"], schedules=[{"cron": "30 * * * *"}]
     )

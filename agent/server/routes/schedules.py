@@ -98,7 +98,7 @@ def add_schedule(
         at=at,
         timezone=timezone,
         catchup=body.catchup.value,
-        active=body.active,
+        active=body.active is not False,
         cursor=None,
         created=now,
         updated=now,
@@ -122,7 +122,8 @@ def replace_schedules(
     session: Session, deployment: DeploymentRow, bodies: Sequence[ScheduleCreate], now: datetime
 ) -> None:
     """Make the deployment's schedules ``bodies``: one with the same timing is kept (with its
-    runs), taking the new catchup (and ``active`` when given); the others are replaced."""
+    runs), taking the new catchup (and ``active`` when given: a paused schedule stays paused
+    across redeploys that do not say); the others are replaced."""
     existing = list(
         session.scalars(select(ScheduleRow).where(ScheduleRow.deployment_id == deployment.id))
     )
@@ -134,7 +135,7 @@ def replace_schedules(
             continue
         existing.remove(same)
         same.catchup = body.catchup.value
-        if "active" in body.model_fields_set and same.active != body.active:
+        if body.active is not None and same.active != body.active:
             set_active(session, same, body.active, now)
         same.updated = now
     for row in existing:
