@@ -68,6 +68,7 @@ class Agent:
         self._slot_freed = asyncio.Event()
         self._runners: dict[str, Runner | RunnerError] = {}
         self._signals = 0
+        self._startup: asyncio.Task[Heartbeater] | None = None
         self.agent_id: UUID | None = None
         self.queue: WorkQueue | None = None
         # systemd notifications, /healthz and /metrics, the resource gate, secret redaction.
@@ -100,7 +101,8 @@ class Agent:
 
     # ------------------------------------------------------------------ main loop
 
-    async def run(self) -> int:
+    async def _start_up(self) -> Heartbeater:
+        """Resolve the queue, register, clean up after an earlier life; nothing claimed yet."""
         self.queue = await self._resolve_queue()
         heartbeater = Heartbeater(
             self.backend,
@@ -110,7 +112,9 @@ class Agent:
             interval=self.settings.heartbeat_seconds,
             runs_in_flight=lambda: len(self.runs),
             host=self.ops.sampler.latest,
+            held_runs=lambda: [*self.runs, *self.outbox.spool.run_ids()],
         )
+        self._stop_leftovers()
         self.agent_id = await heartbeater.register()
         self.fence.prepare(fence_after=heartbeater.lease_seconds / 2)
         heartbeater.on_renewed = self.fence.touch_lease
@@ -127,8 +131,27 @@ class Agent:
         # Reports an earlier life of this agent could not deliver go first, in order.
         await self.outbox.drain()
         await self._release_orphans()
-        self._install_signal_handlers()
         self.ops.ready(self.queue, heartbeater)
+        return heartbeater
+
+    async def run(self) -> int:
+        self._install_signal_handlers()
+        # A signal while starting (say, retrying an unreachable server) just stops: nothing
+        # has been claimed yet, so there is nothing to drain.
+        self._startup = asyncio.create_task(self._start_up(), name="start-up")
+        try:
+            heartbeater = await self._startup
+        except asyncio.CancelledError:
+            self._remove_signal_handlers()
+            self.ops.close()
+            if self._signals:
+                log.info("agent_stopped", during="start-up")
+                return EXIT_OK
+            raise
+        except BaseException:
+            self._remove_signal_handlers()
+            self.ops.close()
+            raise
         try:
             async with asyncio.TaskGroup() as side:
                 side_tasks = [
@@ -318,6 +341,17 @@ class Agent:
                 for ctx in list(self.runs.values()):
                     ctx.request_stop(StopReason.LEASE_LOST)
 
+    def _stop_leftovers(self) -> None:
+        """Kill what an earlier life of this agent left running, before anything else.
+
+        Its output pipes died with it, so it cannot be supervised again; and once this life
+        heartbeats, the server resolves those runs (and may retry them elsewhere), so they
+        must be dead first. This needs no server: it works from the fence's local list.
+        """
+        for run_id, info in self.fence.registered().items():
+            killed = self.fence.kill(run_id, info)
+            log.warning("leftover_stopped" if killed else "leftover_gone", run_id=str(run_id))
+
     async def _release_orphans(self) -> None:
         """Runs the server says we hold but we do not (a previous life of this agent)."""
         assert self.agent_id is not None
@@ -326,15 +360,9 @@ class Agent:
         except FlowAgentError as exc:
             log.warning("orphan_check_failed", error=str(exc))
             return
-        listed = self.fence.registered()
         for run in held:
-            if run.id in self.runs:
+            if run.id in self.runs or self.outbox.spool.holds(run.id):
                 continue
-            if run.id in listed:
-                # Still running from an earlier life of this agent, whose output pipes are gone:
-                # it cannot be supervised again, and it must not run on beside a retry.
-                killed = self.fence.kill(run.id, listed[run.id])
-                log.warning("orphan_killed" if killed else "orphan_gone", run_id=str(run.id))
             if run.state.type is StateType.PENDING:
                 proposal = StateProposal(
                     type=StateType.SCHEDULED,
@@ -368,6 +396,10 @@ class Agent:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
+        if self._startup is not None and not self._startup.done():
+            log.info("agent_stopping", signal=sig.name, during="start-up")
+            self._startup.cancel()
+            return
         if self._signals == 1:
             log.info("agent_stopping", signal=sig.name, runs=len(self.runs))
             self.stopping.set()
@@ -383,7 +415,20 @@ class Agent:
 async def _main(settings: Settings, options: AgentOptions) -> int:
     from agent.backends import make_backend
 
-    backend = await make_backend(settings, runner_options=options.runner_options)
+    # Telling the kind of server apart may wait out an unreachable one: a signal meanwhile
+    # just stops (nothing has been claimed).
+    loop = asyncio.get_running_loop()
+    detecting = asyncio.create_task(make_backend(settings, runner_options=options.runner_options))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, detecting.cancel)
+    try:
+        backend = await detecting
+    except asyncio.CancelledError:
+        log.info("agent_stopped", during="start-up")
+        return EXIT_OK
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     try:
         return await Agent(settings, options, backend).run()
     finally:

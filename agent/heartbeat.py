@@ -31,6 +31,7 @@ class Heartbeater:
         interval: float,
         runs_in_flight: Callable[[], int],
         host: Callable[[], HostMetrics] = host_metrics,
+        held_runs: Callable[[], list[UUID]] | None = None,
     ) -> None:
         self._backend = backend
         self._name = name
@@ -39,6 +40,8 @@ class Heartbeater:
         self._interval = interval
         self._runs_in_flight = runs_in_flight
         self._host = host
+        self._held_runs = held_runs
+        self.registered = False
         self.failures = 0
         self.lease_seconds = 30.0
         # When the server last accepted a heartbeat sent at this (monotonic) time: the lease
@@ -57,11 +60,15 @@ class Heartbeater:
             runs_in_flight=self._runs_in_flight(),
             heartbeat_interval_seconds=self._interval,
             metrics=self._host(),
+            # The first beat of a life lists nothing: the agent does not know yet what an earlier
+            # life left behind. After it, the list is what the server may keep for us.
+            run_ids=self._held_runs() if self.registered and self._held_runs else None,
         )
 
     async def register(self) -> UUID:
         """The first heartbeat: gives this agent its id (stable for its name)."""
         record = await self._beat_once()
+        self.registered = True
         return record.id
 
     async def _beat_once(self) -> AgentRecord:
@@ -78,7 +85,6 @@ class Heartbeater:
     async def run(self) -> None:
         """Side task: beat every interval until cancelled; only bad credentials stop it."""
         while True:
-            await asyncio.sleep(self._interval)
             try:
                 await self._beat_once()
             except AuthError:
@@ -86,3 +92,4 @@ class Heartbeater:
             except FlowAgentError as exc:
                 self.failures += 1
                 log.warning("heartbeat_failed", error=str(exc), failures=self.failures)
+            await asyncio.sleep(self._interval)

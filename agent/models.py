@@ -359,6 +359,11 @@ class Heartbeat(_Model):
     runs_in_flight: int = 0
     heartbeat_interval_seconds: float = Field(default=5, gt=0)
     metrics: HostMetrics | None = None
+    run_ids: list[UUID] | None = Field(
+        default=None,
+        description="the runs this agent holds right now; the server resolves the agent's "
+        "other claimed runs (None: not known yet, e.g. the first heartbeat after a start)",
+    )
 
 
 class AgentRecord(_Model):

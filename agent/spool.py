@@ -47,6 +47,9 @@ class Spool:
     def holds(self, run_id: UUID) -> bool:
         return run_id in self._runs
 
+    def run_ids(self) -> set[UUID]:
+        return set(self._runs)
+
     def put(self, kind: str, run_id: UUID, payload: dict[str, Any]) -> None:
         path = self.directory / f"{self._next:012d}-{kind}-{run_id}.json"
         self._next += 1

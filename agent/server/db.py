@@ -9,6 +9,7 @@ never wait for writers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,6 +76,11 @@ class Database:
         self._writer = sessionmaker(
             self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
+        # Writers of this process queue here rather than in SQLite's busy handler, which
+        # sleeps and retries: under load from dozens of agents some writer would lose every
+        # retry for the whole busy timeout and answer 503. SQLite's lock still guards the file
+        # against other processes.
+        self._write_lock = threading.RLock()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -85,7 +91,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A session holding the write lock from its first statement; commits on success."""
-        with self._writer() as session, session.begin():
+        with self._write_lock, self._writer() as session, session.begin():
             yield session
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

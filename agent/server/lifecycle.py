@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from agent.models import StateProposal, StateType, transition_error, utcnow
@@ -278,3 +279,38 @@ def cancel(session: Session, run_id: uuid.UUID) -> Outcome:
     if wakes_claimers(target):
         outcome.wake_queues.add(run.work_queue_id)
     return outcome
+
+
+def resolve_dropped_runs(
+    session: Session, agent: AgentRow, held: set[uuid.UUID], now: datetime
+) -> set[uuid.UUID]:
+    """Runs the server thinks ``agent`` holds but its heartbeat no longer lists.
+
+    A restarted agent has already stopped what its earlier life left running (it cannot
+    supervise it again), so such a run is over: CRASHED (and maybe retried) if it had started,
+    back to SCHEDULED if it never had. A claim answered a moment ago may not be listed yet, so
+    only runs whose state is older than a few heartbeats count. Returns the queues to wake.
+    """
+    grace = timedelta(seconds=max(3 * agent.heartbeat_interval_seconds, 2.0))
+    rows = session.scalars(
+        select(FlowRunRow).where(
+            FlowRunRow.agent_id == agent.id,
+            FlowRunRow.state_type.in_(ACTIVE_STATES),
+            FlowRunRow.state_timestamp < now - grace,
+        )
+    ).all()
+    wake: set[uuid.UUID] = set()
+    for run in rows:
+        if run.id in held:
+            continue
+        current = StateType(run.state_type)
+        if current is StateType.PENDING:
+            run.agent_id = None
+            target, message = StateType.SCHEDULED, f"agent {agent.name} no longer holds this claim"
+        elif current is StateType.CANCELLING:
+            target, message = StateType.CANCELLED, f"agent {agent.name} no longer runs it"
+        else:
+            target, message = StateType.CRASHED, f"agent {agent.name} no longer runs it"
+        logger.warning("run %s dropped by agent %s: %s → %s", run.id, agent.name, current, target)
+        wake |= finish_transition(session, run, target, now=now, message=message).wake_queues
+    return wake

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import subprocess
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from tests.faultproxy import FaultProxy
 from tests.support import (
+    AGENT,
     Server,
     free_port,
     get_run,
@@ -264,3 +266,22 @@ def test_third_signal_exits_at_once(server: Server, api, tmp_path) -> None:
         "CRASHED",
         "CANCELLED",
     }
+
+
+def test_a_signal_while_starting_stops_the_agent_at_once(tmp_path) -> None:
+    env = {
+        "AGENT_HOME": str(tmp_path),
+        "AGENT_API_URL": f"http://127.0.0.1:{free_port()}/api",  # nobody listens there
+        "AGENT_STARTUP_TIMEOUT_SECONDS": "60",
+    }
+    agent = subprocess.Popen(
+        [AGENT, "start", "00000000-0000-4000-8000-000000000000"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.5)  # retrying the unreachable server by now
+    agent.send_signal(signal.SIGTERM)
+    _, stderr = agent.communicate(timeout=5)
+    assert agent.returncode == 0
+    assert b"agent_stopped" in stderr

@@ -139,3 +139,30 @@ def test_a_retried_claim_answers_the_same_runs(api: httpx.Client) -> None:
     assert _state(api, extra)["state"]["type"] == "SCHEDULED"
     fresh = {c["flow_run"]["id"] for c in _claim(api, queue, agent_id, claim_id=str(uuid.uuid4()))}
     assert fresh == {extra}
+
+
+def test_runs_an_agent_no_longer_lists_are_resolved(api: httpx.Client) -> None:
+    queue, deployment_id, agent_id = _setup(api)
+    name = next(a["name"] for a in api.get("agents").json() if a["id"] == agent_id)
+    running = api.post(f"deployments/{deployment_id}/runs", json={}).json()
+    pending = api.post(f"deployments/{deployment_id}/runs", json={}).json()
+    kept = api.post(f"deployments/{deployment_id}/runs", json={}).json()
+    _claim(api, queue, agent_id)
+    for run in (running, kept):
+        api.post(f"flow_runs/{run['id']}/set_state", json={"type": "RUNNING"}).raise_for_status()
+    beat = {"name": name, "work_queue_id": queue["id"], "heartbeat_interval_seconds": 0.2}
+
+    # Fresh claims are not touched: the agent may not have its answer yet.
+    api.post("agents/heartbeat", json=beat | {"run_ids": [kept["id"]]}).raise_for_status()
+    assert _state(api, running["id"])["state"]["type"] == "RUNNING"
+    for _ in range(11):  # past the 2 s grace, keeping the lease with beats that list nothing
+        time.sleep(0.2)
+        api.post("agents/heartbeat", json=beat).raise_for_status()
+    api.post("agents/heartbeat", json=beat | {"run_ids": [kept["id"]]}).raise_for_status()
+
+    crashed = _state(api, running["id"])
+    assert crashed["state"]["type"] == "CRASHED"
+    assert crashed["state"]["message"] == f"agent {name} no longer runs it"
+    released = _state(api, pending["id"])
+    assert released["state"]["type"] == "SCHEDULED" and released["agent_id"] is None
+    assert _state(api, kept["id"])["state"]["type"] == "RUNNING"

@@ -8,15 +8,18 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from agent.models import AgentRecord, Heartbeat, StateType, utcnow
+from agent.server import lifecycle
 from agent.server.db import Database
-from agent.server.deps import DB, Settings
+from agent.server.deps import DB, Settings, Wakeups
 from agent.server.orm import AgentRow, FlowRunRow
 from agent.server.views import agent_model, get_agent, get_queue
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 
-def _heartbeat(db: Database, beat: Heartbeat, lease_seconds: float) -> AgentRecord:
+def _heartbeat(
+    db: Database, beat: Heartbeat, lease_seconds: float
+) -> tuple[AgentRecord, set[uuid.UUID]]:
     with db.write() as session:
         get_queue(session, beat.work_queue_id)
         now = utcnow()
@@ -34,7 +37,10 @@ def _heartbeat(db: Database, beat: Heartbeat, lease_seconds: float) -> AgentReco
         row.heartbeat_interval_seconds = beat.heartbeat_interval_seconds
         row.metrics = None if beat.metrics is None else beat.metrics.model_dump(mode="json")
         row.last_heartbeat = now
-        return agent_model(row, now, lease_seconds)
+        wake: set[uuid.UUID] = set()
+        if beat.run_ids is not None:
+            wake = lifecycle.resolve_dropped_runs(session, row, set(beat.run_ids), now)
+        return agent_model(row, now, lease_seconds), wake
 
 
 def _list(db: Database, lease_seconds: float) -> list[AgentRecord]:
@@ -60,8 +66,10 @@ def _cancelling(db: Database, agent_id: uuid.UUID) -> list[uuid.UUID]:
 
 
 @router.post("/heartbeat", summary="Register or refresh an agent (upsert by name)")
-async def heartbeat(beat: Heartbeat, db: DB, settings: Settings) -> AgentRecord:
-    return await db.run(_heartbeat, db, beat, settings.lease_seconds)
+async def heartbeat(beat: Heartbeat, db: DB, settings: Settings, wakeups: Wakeups) -> AgentRecord:
+    record, wake = await db.run(_heartbeat, db, beat, settings.lease_seconds)
+    wakeups.notify(wake)
+    return record
 
 
 @router.get("", summary="List agents with their ONLINE/OFFLINE status")

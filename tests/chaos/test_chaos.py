@@ -1,0 +1,288 @@
+"""The chaos suite: many runs, many agents, and everything that can go wrong going wrong.
+
+A real server, 8 real agents on one queue (each through a TCP fault proxy of ours), a few
+hundred short runs whose flows record every execution (run, attempt, pid, start, last seen
+alive, end) to marker files. While they run: agents are SIGKILLed and restarted, the server is
+SIGKILLed and restarted, the proxy delays and resets connections, and one agent is cut off for
+longer than its lease. Then the invariants are checked and the figures printed.
+
+Size: ``CHAOS_RUNS`` (default 240, what CI affords); ``CHAOS_RUNS=10000`` for the big one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.faultproxy import FaultProxy
+from tests.support import (
+    AGENT,
+    FLOWS,
+    TERMINAL,
+    base_env,
+    free_port,
+    running_server,
+    stop,
+)
+
+pytestmark = pytest.mark.integration
+
+RUNS = int(os.environ.get("CHAOS_RUNS", "240"))
+AGENTS = 8
+LEASE = 6.0
+GRACE = 6.0  # time a run may take to resolve beyond the lease (lease check, report, retry)
+SEED = int(os.environ.get("CHAOS_SEED", "7"))
+
+
+@dataclass
+class Fleet:
+    """The agents, each behind its own proxy so one can be partitioned alone."""
+
+    server_env: dict[str, str]
+    queue_id: str
+    home: Path
+    proxies: list[FaultProxy]
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    kills: list[tuple[str, float]] = field(default_factory=list)
+
+    def start(self, index: int) -> None:
+        name = f"chaos-{index}"
+        env = self.server_env | {
+            "AGENT_API_URL": f"http://127.0.0.1:{self.proxies[index].port}/api",
+            "AGENT_HEARTBEAT_SECONDS": "0.5",
+            "AGENT_CANCEL_POLL_SECONDS": "0.5",
+            "AGENT_LIMIT": "4",
+            "AGENT_STARTUP_TIMEOUT_SECONDS": "60",
+            "AGENT_REQUEST_TIMEOUT_SECONDS": "3",
+            "AGENT_CLAIM_WAIT_SECONDS": "2",
+            "AGENT_DRAIN_TIMEOUT_SECONDS": "60",
+        }
+        with (self.home / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [AGENT, "start", self.queue_id, "--name", name],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, index: int) -> None:
+        name = f"chaos-{index}"
+        process = self.processes[name]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        self.kills.append((name, time.time()))
+
+    def stop_all(self) -> list[int]:
+        return [stop(p, timeout=90) for p in self.processes.values()]
+
+
+def executions(marker_dir: Path) -> list[dict[str, Any]]:
+    marks = []
+    for path in marker_dir.glob("*.json"):
+        try:
+            marks.append(json.loads(path.read_text()))
+        except ValueError:  # pragma: no cover - written atomically
+            continue
+    return marks
+
+
+@pytest.fixture
+def chaos_home(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+@pytest.mark.timeout(3600)
+def test_chaos(chaos_home: Path) -> None:
+    rng = random.Random(SEED)
+    marker_dir = chaos_home / "markers"
+    marker_dir.mkdir()
+    home = chaos_home / "server"
+    port = free_port()
+    server_env = {"AGENT_LEASE_SECONDS": str(LEASE)}
+
+    with ExitStack() as stack:
+        server = stack.enter_context(running_server(home, server_env, port=port))
+        api = stack.enter_context(httpx.Client(base_url=server.url + "/", timeout=30))
+        queue = api.post("work_queues", json={"name": "chaos"}).json()
+        deployment = api.post(
+            "deployments",
+            json={
+                "name": "chaos",
+                "work_queue_id": queue["id"],
+                "entrypoint": "sample.py:record",
+                "working_dir": str(FLOWS),
+                "retries": 5,
+                "parameters": {"marker_dir": str(marker_dir)},
+            },
+        ).json()
+        proxies = [stack.enter_context(FaultProxy(port, seed=SEED + i)) for i in range(AGENTS)]
+        fleet = Fleet(base_env(home), queue["id"], chaos_home, proxies)
+        for index in range(AGENTS):
+            fleet.start(index)
+
+        run_ids = []
+        for _ in range(RUNS):
+            body = {"parameters": {"seconds": round(rng.uniform(0.2, 1.5), 2)}}
+            response = api.post(f"deployments/{deployment['id']}/runs", json=body)
+            assert response.status_code == 201, response.text
+            run_ids.append(response.json()["id"])
+
+        server_process = server.process
+        events: Counter[str] = Counter()
+        partitioned_until = 0.0
+        deadline = time.monotonic() + max(120.0, RUNS * 0.5)
+        chaos_until = time.monotonic() + max(40.0, RUNS * 0.1)
+        server_kills = 0
+
+        def open_runs() -> int:
+            try:
+                runs = api.get(
+                    "flow_runs",
+                    params={
+                        "limit": 1000,
+                        "state": ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING"],
+                    },
+                ).json()
+            except httpx.HTTPError:
+                return -1
+            return len(runs) if isinstance(runs, list) else -1
+
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if now < chaos_until:
+                action = rng.choice(
+                    ["kill_agent", "kill_agent", "delay", "reset", "server", "partition", "calm"]
+                )
+                if action == "kill_agent":
+                    index = rng.randrange(AGENTS - 1)  # the last one is the partition victim
+                    fleet.kill(index)
+                    time.sleep(rng.uniform(0.1, 1.5))
+                    fleet.start(index)
+                elif action == "delay":
+                    proxy = rng.choice(proxies)
+                    proxy.delay_seconds = rng.uniform(0.05, 0.5)
+                    with proxy.fault("delay"):
+                        time.sleep(1.0)
+                elif action == "reset":
+                    proxy = rng.choice(proxies)
+                    with proxy.fault("reset"):  # open connections too
+                        time.sleep(rng.uniform(0.2, 1.0))
+                elif action == "server" and server_kills < 2:
+                    server_process.send_signal(signal.SIGKILL)
+                    server_process.wait()
+                    server_kills += 1
+                    time.sleep(0.5)
+                    server_process = stack.enter_context(
+                        running_server(home, server_env, port=port)
+                    ).process
+                elif action == "partition" and partitioned_until == 0.0:
+                    proxies[-1].set_mode("blackhole")
+                    partitioned_until = now + LEASE + 3
+                events[action] += 1
+            if partitioned_until and now > partitioned_until:
+                proxies[-1].set_mode("pass")
+                partitioned_until = -1.0
+            if now >= chaos_until and open_runs() == 0:
+                break
+            time.sleep(0.2)
+        proxies[-1].set_mode("pass")
+
+        exit_codes = fleet.stop_all()
+        runs = {rid: api.get(f"flow_runs/{rid}").json() for rid in run_ids}
+        histories = {rid: api.get(f"flow_runs/{rid}/states").json() for rid in run_ids}
+        logs = {
+            rid: [
+                line["line"]
+                for line in api.get(f"flow_runs/{rid}/logs", params={"limit": 10000}).json()
+            ]
+            for rid, run in runs.items()
+            if run["state"]["type"] == "COMPLETED"
+        }
+
+    marks = executions(marker_dir)
+    states = Counter(run["state"]["type"] for run in runs.values())
+    attempts = Counter(run["attempt"] for run in runs.values())
+    print(
+        f"\nchaos: {RUNS} runs, {AGENTS} agents, lease {LEASE:g}s, seed {SEED}\n"
+        f"  final states: {dict(states)}\n"
+        f"  attempts: {dict(sorted(attempts.items()))}\n"
+        f"  executions recorded: {len(marks)}\n"
+        f"  chaos: {dict(events)}, agent kills {len(fleet.kills)}, server kills {server_kills}\n"
+        f"  proxy connections: {sum(p.connections for p in proxies)}, "
+        f"resets {sum(p.resets for p in proxies)}\n"
+        f"  agent exit codes at the end: {exit_codes}"
+    )
+
+    # 1. Every run ends in a terminal state, without a person acting; agents stop cleanly.
+    assert set(states) <= TERMINAL, states
+    assert exit_codes == [0] * AGENTS, exit_codes
+
+    # 2. No two executions of one run overlap in time.
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for mark in marks:
+        by_run.setdefault(mark["run"], []).append(mark)
+    for run_id, runs_marks in by_run.items():
+        spans = sorted((m["start"], m.get("end", m["alive"]), m["pid"]) for m in runs_marks)
+        for (_, end, pid), (start, _, other) in itertools.pairwise(spans):
+            assert end <= start, f"run {run_id}: executions {pid} and {other} overlapped"
+
+    # 3. Each attempt executes at most once (a retried claim or report never starts it again),
+    #    and every COMPLETED run has exactly one finished execution of the attempt that
+    #    completed. An earlier attempt may have finished its work and still been killed before
+    #    it could exit and report (the fence does that when contact is lost): that attempt is
+    #    CRASHED, retried, and counted here as repeated work.
+    per_attempt = Counter((m["run"], m["attempt"]) for m in marks)
+    twice = {key: n for key, n in per_attempt.items() if n > 1}
+    assert not twice, f"attempts executed more than once: {twice}"
+    repeated_work = 0
+    for run_id, run in runs.items():
+        if run["state"]["type"] != "COMPLETED":
+            continue
+        finished = [m for m in by_run.get(run_id, []) if "end" in m]
+        final = [m for m in finished if m["attempt"] == run["attempt"]]
+        assert len(final) == 1, f"run {run_id}: attempt {run['attempt']} finished {len(final)}x"
+        repeated_work += len(finished) - 1
+    print(
+        f"  completed runs whose work was also finished by an earlier, killed attempt: {repeated_work}"
+    )
+
+    # 4. No run stayed claimed by a dead agent longer than lease + grace.
+    for run_id, history in histories.items():
+        for state, after in itertools.pairwise(history):
+            if state["type"] != "RUNNING" or not (state["message"] or "").startswith(
+                "started by agent "
+            ):
+                continue
+            holder = state["message"].removeprefix("started by agent ")
+            began = _ts(state["timestamp"])
+            ended = _ts(after["timestamp"])
+            for name, killed_at in fleet.kills:
+                if name == holder and began < killed_at < ended:
+                    assert ended - killed_at <= LEASE + GRACE, (
+                        f"run {run_id} stayed RUNNING {ended - killed_at:.1f}s after {name} died"
+                    )
+
+    # 5. No log line lost: every COMPLETED run has its execution's output line.
+    for run_id, lines in logs.items():
+        attempt = runs[run_id]["attempt"]
+        assert f"recording {run_id} attempt {attempt}" in lines, f"run {run_id}: lines {lines}"
+
+
+def _ts(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
