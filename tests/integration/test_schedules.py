@@ -378,3 +378,14 @@ def test_two_server_processes_make_each_scheduled_run_once(tmp_path: Path) -> No
         assert starts == [starts[0] + timedelta(minutes=10 * i) for i in range(len(starts))]
         # 100 waiting ahead at most (+1: the first, due at creation, is not "ahead")
         assert len(runs) <= 101
+
+
+def test_deleting_a_deployment_deletes_its_schedules(api: httpx.Client) -> None:
+    queue = make_queue(api)
+    deployment = make_deployment(api, queue, command=["true"], schedules=[{"cron": "0 * * * *"}])
+    schedule_id = deployment["schedules"][0]["id"]
+    wait_for(lambda: len(schedule_runs(api, deployment)) == 6, timeout=5, what="6 runs")
+    assert api.delete(f"deployments/{deployment['id']}").status_code == 204
+    assert api.get(f"schedules/{schedule_id}").status_code == 404
+    states = {(r["state"]["type"], r["state"]["message"]) for r in schedule_runs(api, deployment)}
+    assert states == {("CANCELLED", f"deployment {deployment['name']!r} was deleted")}
