@@ -23,15 +23,23 @@ trap cleanup EXIT
 
 echo "==> starting the embedded server on port ${PORT} (home ${AGENT_HOME})"
 agent server start --port "$PORT" &
-pids+=($!)
-.venv/bin/python - <<PY
-import time, urllib.request
-for _ in range(100):
+server_pid=$!
+pids+=($server_pid)
+.venv/bin/python - "$server_pid" <<PY
+import json, os, sys, time, urllib.request
+pid = int(sys.argv[1])
+for _ in range(200):
     try:
-        urllib.request.urlopen("${AGENT_API_URL}/health", timeout=1)
-        break
-    except OSError:
-        time.sleep(0.1)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise SystemExit("the server did not start (see its error above); try QUICKSTART_PORT=4300")
+    try:
+        with urllib.request.urlopen("${AGENT_API_URL}/health", timeout=1) as answer:
+            if json.load(answer).get("server") == "flowagent":
+                break
+    except (OSError, ValueError, AttributeError):
+        pass
+    time.sleep(0.1)
 else:
     raise SystemExit("the server did not come up on port ${PORT}")
 PY

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, TypeAdapter
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent.backends.http import HttpClient
-from agent.errors import NotFound
+from agent.errors import ApiError, NotFound
 from agent.models import (
     AgentRecord,
     ClaimedRun,
@@ -34,8 +35,18 @@ from agent.models import (
 M = TypeVar("M")
 
 
-def _parse(model: type[M] | Any, data: Any) -> M:
-    result: M = TypeAdapter(model).validate_python(data)
+def _parse(model: type[M] | Any, response: httpx.Response) -> M:
+    """The answer as ``model``; anything else means this is not the server we think it is."""
+    try:
+        result: M = TypeAdapter(model).validate_python(response.json())
+    except (ValueError, ValidationError) as exc:  # ValidationError is a ValueError too
+        raise ApiError(
+            f"unexpected answer from {response.request.method} {response.request.url}: "
+            f"{str(exc).splitlines()[0]}",
+            status_code=response.status_code,
+            hint="is a flowagent server (agent server start) listening at the API URL? "
+            "check --api-url / AGENT_API_URL",
+        ) from exc
     return result
 
 
@@ -63,7 +74,7 @@ class NativeBackend:
 
     async def health(self) -> Health:
         response = await self.http.request("GET", "health")
-        return Health.model_validate(response.json())
+        return _parse(Health, response)
 
     # ------------------------------------------------------------------ work queues
 
@@ -76,19 +87,19 @@ class NativeBackend:
                 status_code=404,
                 hint="list the queues with `agent work-queue ls`",
             ) from exc
-        return WorkQueue.model_validate(response.json())
+        return _parse(WorkQueue, response)
 
     async def get_queue_by_name(self, name: str) -> WorkQueue:
         response = await self.http.request("GET", f"work_queues/name/{name}")
-        return WorkQueue.model_validate(response.json())
+        return _parse(WorkQueue, response)
 
     async def create_queue(self, body: WorkQueueCreate) -> WorkQueue:
         response = await self.http.request("POST", "work_queues", json=_body(body), retry=False)
-        return WorkQueue.model_validate(response.json())
+        return _parse(WorkQueue, response)
 
     async def list_queues(self) -> list[WorkQueue]:
         response = await self.http.request("GET", "work_queues")
-        return _parse(list[WorkQueue], response.json())
+        return _parse(list[WorkQueue], response)
 
     async def update_queue(self, queue_id: UUID, body: WorkQueueUpdate) -> WorkQueue:
         response = await self.http.request(
@@ -96,7 +107,7 @@ class NativeBackend:
             f"work_queues/{queue_id}",
             json=body.model_dump(mode="json", exclude_unset=True),
         )
-        return WorkQueue.model_validate(response.json())
+        return _parse(WorkQueue, response)
 
     async def delete_queue(self, queue_id: UUID) -> None:
         await self.http.request("DELETE", f"work_queues/{queue_id}")
@@ -105,26 +116,26 @@ class NativeBackend:
         response = await self.http.request(
             "GET", f"work_queues/{queue_id}/preview", params={"hours": hours}
         )
-        return _parse(list[FlowRun], response.json())
+        return _parse(list[FlowRun], response)
 
     # ------------------------------------------------------------------ deployments
 
     async def create_deployment(self, body: DeploymentCreate) -> Deployment:
         # An upsert by name: safe to retry.
         response = await self.http.request("POST", "deployments", json=_body(body))
-        return Deployment.model_validate(response.json())
+        return _parse(Deployment, response)
 
     async def list_deployments(self) -> list[Deployment]:
         response = await self.http.request("GET", "deployments")
-        return _parse(list[Deployment], response.json())
+        return _parse(list[Deployment], response)
 
     async def get_deployment(self, deployment_id: UUID) -> Deployment:
         response = await self.http.request("GET", f"deployments/{deployment_id}")
-        return Deployment.model_validate(response.json())
+        return _parse(Deployment, response)
 
     async def get_deployment_by_name(self, name: str) -> Deployment:
         response = await self.http.request("GET", f"deployments/name/{name}")
-        return Deployment.model_validate(response.json())
+        return _parse(Deployment, response)
 
     async def delete_deployment(self, deployment_id: UUID) -> None:
         await self.http.request("DELETE", f"deployments/{deployment_id}")
@@ -133,7 +144,7 @@ class NativeBackend:
         response = await self.http.request(
             "POST", f"deployments/{deployment_id}/runs", json=_body(body), retry=False
         )
-        return FlowRun.model_validate(response.json())
+        return _parse(FlowRun, response)
 
     # ------------------------------------------------------------------ flow runs
 
@@ -156,19 +167,19 @@ class NativeBackend:
         if states:
             params["state"] = [s.value for s in states]
         response = await self.http.request("GET", "flow_runs", params=params)
-        return _parse(list[FlowRun], response.json())
+        return _parse(list[FlowRun], response)
 
     async def get_run(self, run_id: UUID) -> FlowRun:
         response = await self.http.request("GET", f"flow_runs/{run_id}")
-        return FlowRun.model_validate(response.json())
+        return _parse(FlowRun, response)
 
     async def run_states(self, run_id: UUID) -> list[State]:
         response = await self.http.request("GET", f"flow_runs/{run_id}/states")
-        return _parse(list[State], response.json())
+        return _parse(list[State], response)
 
     async def cancel_run(self, run_id: UUID) -> FlowRun:
         response = await self.http.request("POST", f"flow_runs/{run_id}/cancel")
-        return FlowRun.model_validate(response.json())
+        return _parse(FlowRun, response)
 
     async def get_logs(
         self, run_id: UUID, after: int | None = None, limit: int = 1000
@@ -177,7 +188,7 @@ class NativeBackend:
         if after is not None:
             params["after"] = after
         response = await self.http.request("GET", f"flow_runs/{run_id}/logs", params=params)
-        return _parse(list[LogLine], response.json())
+        return _parse(list[LogLine], response)
 
     # ------------------------------------------------------------------ the agent's conversation
 
@@ -185,11 +196,11 @@ class NativeBackend:
         response = await self.http.request(
             "POST", "agents/heartbeat", json=_body(beat), retry_for=LOOP_RETRY_SECONDS
         )
-        return AgentRecord.model_validate(response.json())
+        return _parse(AgentRecord, response)
 
     async def list_agents(self) -> list[AgentRecord]:
         response = await self.http.request("GET", "agents")
-        return _parse(list[AgentRecord], response.json())
+        return _parse(list[AgentRecord], response)
 
     async def claim(
         self,
@@ -217,7 +228,7 @@ class NativeBackend:
             retry=claim_id is not None,
             retry_for=LOOP_RETRY_SECONDS,
         )
-        return _parse(list[ClaimedRun], response.json())
+        return _parse(list[ClaimedRun], response)
 
     http_timeout_margin = 10.0
 
@@ -228,7 +239,7 @@ class NativeBackend:
             json=_body(proposal),
             retry_for=LOOP_RETRY_SECONDS,
         )
-        return FlowRun.model_validate(response.json())
+        return _parse(FlowRun, response)
 
     async def update_runner_info(self, run_id: UUID, info: dict[str, Any]) -> None:
         await self.http.request(
@@ -259,10 +270,10 @@ class NativeBackend:
         response = await self.http.request(
             "GET", "flow_runs", params=params, retry_for=LOOP_RETRY_SECONDS
         )
-        return _parse(list[FlowRun], response.json())
+        return _parse(list[FlowRun], response)
 
     async def cancelling_runs(self, agent_id: UUID) -> list[UUID]:
         response = await self.http.request(
             "GET", f"agents/{agent_id}/cancelling", retry_for=LOOP_RETRY_SECONDS
         )
-        return _parse(list[UUID], response.json())
+        return _parse(list[UUID], response)

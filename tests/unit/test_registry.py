@@ -99,7 +99,7 @@ def test_third_party_runners_are_found_and_broken_ones_reported(plugins: Path) -
     assert "cannot import no_such_module_xyz:Runner" in str(entries["broken"].error)
     assert entries["notarunner"].error == "plain_runner:__name__ is not a runner class"
     assert "registered more than once" in str(entries["dup"].error)
-    assert set(registry.available_runners()) == {"subprocess", "plain"}
+    assert set(registry.available_runners()) == {"subprocess", "docker", "inprocess", "plain"}
 
 
 def test_a_broken_runner_says_why_when_asked_for(plugins: Path) -> None:
