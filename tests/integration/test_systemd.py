@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.notify import Notifier
 from tests.support import Server, running_server, start_agent, stop, wait_for
 
 pytestmark = pytest.mark.integration
@@ -312,3 +313,52 @@ def test_no_ready_when_the_queue_cannot_be_resolved(
 
     assert agent.wait(30) != 0
     assert notify_socket.with_key("READY") == []
+
+
+# --------------------------------------------------------------------------- the notifier
+
+
+def test_notifier_takes_the_variables_out_of_the_environment(notify_socket: NotifySocket) -> None:
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "2000000", "KEEP": "1"}
+    env["WATCHDOG_PID"] = str(os.getpid())
+
+    notifier = Notifier.from_env(env)
+
+    assert env == {"KEEP": "1"}
+    assert notifier.watchdog_seconds == 2.0
+    assert notifier.ready("up") and notifier.stopping("bye")
+    assert not notifier.stopping("again"), "STOPPING=1 is sent once"
+    wait_for(lambda: len(notify_socket.messages) == 2, what="two messages")
+    assert [m for _, m in notify_socket.messages] == [
+        {"READY": "1", "STATUS": "up"},
+        {"STOPPING": "1", "STATUS": "bye"},
+    ]
+    notifier.close()
+
+
+def test_notifier_ignores_a_watchdog_meant_for_another_process() -> None:
+    env = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+
+    notifier = Notifier.from_env(env)
+
+    assert notifier.watchdog_seconds is None
+    assert not notifier.enabled
+    assert not notifier.ready("nobody listens"), "without NOTIFY_SOCKET nothing is sent"
+
+
+def test_notifier_speaks_to_an_abstract_socket_and_survives_a_missing_one() -> None:
+    name = f"flowagent-test-{uuid.uuid4().hex}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("\0" + name)
+    listener.settimeout(5)
+    notifier = Notifier("@" + name)
+    try:
+        assert notifier.status("multi\nline   status")
+        assert listener.recv(4096) == b"STATUS=multi line status"
+    finally:
+        listener.close()
+    try:
+        assert not notifier.watchdog()
+        assert not notifier.watchdog(), "a failure is logged once and never raised"
+    finally:
+        notifier.close()
