@@ -17,6 +17,7 @@ import contextlib
 import os
 import resource
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
@@ -51,7 +52,10 @@ class AgentOptions:
     name: str
     tags: tuple[str, ...] = ()
     run_once: bool = False
-    # `--runner-option`: the runner options of a Prefect server's runs (see make_backend).
+    # `--runner` / `--runner-option`: the runner for deployments that name none, and default
+    # options for runs on it (a deployment's own options win). A Prefect server's runs have no
+    # deployment of ours, so these are theirs (see make_backend).
+    runner: str = "subprocess"
     runner_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -245,12 +249,18 @@ class Agent:
         run_id = claimed.flow_run.id
         ctx = RunContext(claimed)
         self.runs[run_id] = ctx
-        deployment = claimed.deployment
-        runner = self._runner(deployment.runner)
+        name = claimed.deployment.runner or self.options.runner
+        defaults = self.options.runner_options if name == self.options.runner else {}
+        deployment = claimed.deployment.model_copy(
+            update={"runner": name, "runner_options": defaults | claimed.deployment.runner_options}
+        )
+        claimed = claimed.model_copy(update={"deployment": deployment})
+        ctx.claimed = claimed
+        runner = self._runner(name)
         options: dict[str, Any] = {}
         if not isinstance(runner, RunnerError):
             try:
-                options = validate_options(deployment.runner, deployment.runner_options)
+                options = validate_options(name, deployment.runner_options)
             except FlowAgentError as exc:
                 runner = RunnerError(exc.message)
         supervisor = RunSupervisor(
@@ -265,7 +275,7 @@ class Agent:
                 agent_id=self.agent_id,
                 agent_name=self.options.name,
                 cancel_grace_seconds=self.settings.cancel_grace_seconds,
-                base_env=dict(os.environ),
+                base_env=flow_environment(os.environ),
                 redactor=self.ops.redactor,
                 metrics=self.ops.metrics,
             ),
@@ -433,6 +443,15 @@ async def _main(settings: Settings, options: AgentOptions) -> int:
         return await Agent(settings, options, backend).run()
     finally:
         await backend.aclose()
+
+
+# The agent's credentials are the agent's: a flow has no business with them.
+PRIVATE_ENV = ("AGENT_API_KEY", "AGENT_API_AUTH_STRING")
+
+
+def flow_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment as its flows inherit it."""
+    return {k: v for k, v in environ.items() if k not in PRIVATE_ENV}
 
 
 def raise_open_file_limit() -> None:

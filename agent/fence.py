@@ -73,14 +73,16 @@ class FenceDir:
             return 15.0
 
     def register(self, run_id: UUID, info: dict[str, Any]) -> None:
-        """List a run's process so the fence can kill it; only process runs are listed."""
-        if "pid" not in info or "create_time" not in info:
+        """List a run's process (or container) so the fence can kill it.
+
+        In-process runs are not listed: they die with the agent.
+        """
+        listed = {k: info[k] for k in ("pid", "pgid", "create_time", "container_id") if k in info}
+        if "container_id" not in listed and not {"pid", "create_time"} <= listed.keys():
             return
         path = self.runs / f"{run_id}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({k: info[k] for k in ("pid", "pgid", "create_time") if k in info})
-        )
+        tmp.write_text(json.dumps(listed))
         tmp.replace(path)
 
     def unregister(self, run_id: UUID) -> None:
@@ -119,6 +121,8 @@ class FenceDir:
 
 
 def kill_process_tree(info: dict[str, Any]) -> bool:
+    if "container_id" in info:
+        return kill_container(str(info["container_id"]))
     try:
         root = psutil.Process(int(info["pid"]))
         if abs(root.create_time() - float(info["create_time"])) > 0.01:
@@ -127,6 +131,25 @@ def kill_process_tree(info: dict[str, Any]) -> bool:
         return False
     signal_tree(root, int(info.get("pgid", info["pid"])), signal.SIGKILL)
     return True
+
+
+def kill_container(container_id: str) -> bool:
+    """SIGKILL a Docker run's container; False if it is gone or Docker cannot be reached."""
+    try:
+        # The `docker` extra: only agents that run Docker flows list containers.
+        import docker  # type: ignore[import-untyped]
+        from docker.errors import DockerException  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=10)
+    except Exception:  # no SDK, no daemon: nothing we can do from here
+        return False
+    try:
+        client.containers.get(container_id).kill()
+        return True
+    except DockerException:
+        return False
+    finally:
+        client.close()
 
 
 def _read_pid(path: Path) -> int | None:

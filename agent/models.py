@@ -230,7 +230,9 @@ class DeploymentCreate(_Model):
     working_dir: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
-    runner: str = "subprocess"
+    runner: str | None = Field(
+        default=None, description="None: the agent's default runner (agent start --runner)"
+    )
     runner_options: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: float | None = Field(default=None, gt=0)

@@ -109,9 +109,15 @@ class RunSupervisor:
     def _deployment(self) -> Deployment:
         return self.ctx.claimed.deployment
 
+    @property
+    def _runner_name(self) -> str:
+        # The daemon has put the agent's default in place when the deployment named none.
+        return self._deployment.runner or "subprocess"
+
     def _spec(self) -> RunSpec:
         run, deployment = self._run, self._deployment
         env = self.policy.base_env | deployment.env | run.env
+        inherited = frozenset(self.policy.base_env) - deployment.env.keys() - run.env.keys()
         env["FLOWAGENT_RUN_ID"] = str(run.id)
         env["FLOWAGENT_DEPLOYMENT"] = deployment.name
         env["FLOWAGENT_ATTEMPT"] = str(run.attempt)
@@ -128,6 +134,7 @@ class RunSupervisor:
                 "flowagent.agent-id": str(self.policy.agent_id),
                 "flowagent.deployment": deployment.name,
             },
+            inherited_env=inherited,
         )
 
     def _agent_line(self, message: str) -> None:
@@ -191,7 +198,7 @@ class RunSupervisor:
             log.info("run_started", runner=self.runner.name, **handle.info)
             if self.policy.metrics is not None:
                 latency = time.monotonic() - self.ctx.claimed_at
-                self.policy.metrics.run_started(self._deployment.runner, latency)
+                self.policy.metrics.run_started(self._runner_name, latency)
             await self._update_info(handle.info)
             result, stopped = await self._wait(handle)
         finally:
@@ -268,7 +275,7 @@ class RunSupervisor:
         self, state: StateType, message: str | None, info: dict[str, Any] | None = None
     ) -> None:
         if state.is_terminal and self.policy.metrics is not None:
-            self.policy.metrics.run_finished(state.value, self._deployment.runner)
+            self.policy.metrics.run_finished(state.value, self._runner_name)
         await self.outbox.set_state(
             self._run.id,
             StateProposal(

@@ -25,6 +25,9 @@ class RunSpec:
     env: dict[str, str] = field(default_factory=dict)  # already merged: agent < deployment < run
     options: dict[str, Any] = field(default_factory=dict)  # runner options, validated
     labels: dict[str, str] = field(default_factory=dict)  # run id, agent id, deployment…
+    # Keys of ``env`` that came only from the agent's own environment (not the deployment's or
+    # the run's): a runner that starts the flow on another host or image may leave them out.
+    inherited_env: frozenset[str] = frozenset()
 
 
 class Outcome(StrEnum):

@@ -5,7 +5,6 @@ Pure data, no docker SDK: :mod:`runners.docker` hands the config to ``containers
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shlex
@@ -89,7 +88,7 @@ def container_config(
         workdir = mount_point(spec.working_dir.resolve())
         mounts.append(_bind(spec.working_dir.resolve(), workdir))
     # What the agent's own environment put in spec.env stays out: it describes the agent's host.
-    env = options.env | {k: v for k, v in spec.env.items() if os.environ.get(k) != v}
+    env = options.env | {k: v for k, v in spec.env.items() if k not in spec.inherited_env}
     env.setdefault("PYTHONUNBUFFERED", "1")
     env["FLOWAGENT_PARAMETERS"] = parameters
     env["FLOWAGENT_RESULT_FILE"] = IN_CONTAINER_RESULT

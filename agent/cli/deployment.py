@@ -250,7 +250,8 @@ def ls(
     rows = table("name", "id", "queue", "entrypoint / command", "runner", "tags")
     for d in deployments:
         queue = names.get(d.work_queue_id, str(d.work_queue_id))
-        rows.add_row(d.name, str(d.id), queue, _target(d), d.runner, ", ".join(d.tags))
+        runner = d.runner or "(agent's default)"
+        rows.add_row(d.name, str(d.id), queue, _target(d), runner, ", ".join(d.tags))
     print_table(rows, "no deployments yet; create one with agent deployment create")
 
 

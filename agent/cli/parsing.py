@@ -114,7 +114,7 @@ class DeploymentSpec(BaseModel):
     command: Annotated[list[str] | None, BeforeValidator(_split_command)] = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
-    runner: str = "subprocess"
+    runner: str | None = None  # the agent's default runner
     runner_options: dict[str, Any] = Field(default_factory=dict)
     env: Annotated[dict[str, str], BeforeValidator(_stringify_values)] = Field(default_factory=dict)
     working_dir: str | None = None

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from agent.cli.output import info, out, print_json, table, warn
+from agent.cli.output import info, out, print_json, table
 from agent.errors import UnknownRunner
 
 app = typer.Typer(help="Flow runners: how an agent launches a run.", no_args_is_help=True)
@@ -58,14 +58,20 @@ def ls(
         console.print(option_rows)
 
 
-def check_runner_options(runner: str, options: dict[str, object]) -> None:
-    """Validate a deployment's runner options when that runner is installed here.
+def check_runner_options(runner: str | None, options: dict[str, object]) -> None:
+    """Refuse a runner that is not installed, or options it does not take.
 
-    The agent's host may have runners this one lacks, so a missing runner is only a warning.
+    No runner named means the agent's default (``agent start --runner``), decided where the
+    run is launched. An agent host with runners this one lacks: ``--no-check``.
     """
     from runners.registry import validate_options
 
+    if runner is None:
+        return
     try:
         validate_options(runner, dict(options))
     except UnknownRunner as exc:
-        warn(f"{exc.message} here ({exc.hint}); it must be installed where the agent runs")
+        raise UnknownRunner(
+            exc.message,
+            hint=f"{exc.hint}; pass --no-check if it is installed only where the agent runs",
+        ) from exc

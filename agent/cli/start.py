@@ -57,12 +57,19 @@ def start(
             show_default=False,
         ),
     ] = None,
+    runner: Annotated[
+        str,
+        typer.Option(
+            "--runner",
+            help="Runner for deployments that name none (and for a Prefect server's runs).",
+        ),
+    ] = "subprocess",
     runner_option: Annotated[
         list[str] | None,
         typer.Option(
             "--runner-option",
-            help="Subprocess-runner option KEY=VALUE for runs of a Prefect server (repeatable), "
-            "e.g. python=/path/to/venv/bin/python: the interpreter that runs Prefect's engine.",
+            help="Default option KEY=VALUE for runs on --runner (repeatable; a deployment's own "
+            "options win), e.g. python=/path/to/venv/bin/python.",
             show_default=False,
         ),
     ] = None,
@@ -114,10 +121,10 @@ def start(
         health_port=health_port,
     )
     runner_options = parse_pairs(runner_option or [], "--runner-option")
-    if runner_options:
-        from runners.registry import validate_options
+    from runners.registry import validate_options
 
-        validate_options("subprocess", runner_options)
+    # An unknown runner or a bad option is refused now, not when the first run arrives.
+    validate_options(runner, runner_options)
     from agent.daemon import AgentOptions, run_agent
 
     options = AgentOptions(
@@ -125,6 +132,7 @@ def start(
         name=name or default_agent_name(),
         tags=tuple(tag or ()),
         run_once=run_once,
+        runner=runner,
         runner_options=runner_options,
     )
     sys.exit(run_agent(settings, options))

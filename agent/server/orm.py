@@ -95,7 +95,7 @@ class DeploymentRow(Base):
     working_dir: Mapped[str | None] = mapped_column(Text)
     parameters: Mapped[dict[str, Any]]
     tags: Mapped[list[str]]
-    runner: Mapped[str] = mapped_column(String(200))
+    runner: Mapped[str | None] = mapped_column(String(200))
     runner_options: Mapped[dict[str, Any]]
     env: Mapped[dict[str, Any]]
     timeout_seconds: Mapped[float | None] = mapped_column(Float)

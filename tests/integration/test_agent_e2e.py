@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from tests.support import (
     FLOWS,
     Server,
+    cli,
     get_run,
     log_lines,
     make_deployment,
@@ -298,3 +300,35 @@ def test_sigterm_cancels_runs_left_after_the_drain_timeout(server: Server, api, 
     assert done["state"]["type"] == "CANCELLED"
     assert done["state"]["message"] == "agent shut down"
     assert not psutil.pid_exists(int(pidfile.read_text()))
+
+
+def test_agent_runner_defaults_apply_where_the_deployment_is_silent(api, agent_on) -> None:
+    queue = make_queue(api)
+    silent = make_deployment(api, queue, entrypoint="sample.py:add", parameters={"a": 1, "b": 1})
+    explicit = make_deployment(
+        api,
+        queue,
+        entrypoint="sample.py:add",
+        parameters={"a": 1, "b": 1},
+        runner="subprocess",
+        runner_options={"python": sys.executable},
+    )
+    assert silent["runner"] is None
+    agent_on(queue, "--runner", "subprocess", "--runner-option", "python=/nonexistent/python")
+    defaulted = make_run(api, silent)
+    overridden = make_run(api, explicit)
+
+    failed = wait_state(api, defaulted["id"])
+    assert failed["state"]["type"] == "FAILED"
+    assert "/nonexistent/python" in failed["state"]["message"]
+    assert wait_state(api, overridden["id"])["state"]["type"] == "COMPLETED"
+
+
+def test_an_unknown_runner_is_refused_at_deployment_create(server: Server, api) -> None:
+    queue = make_queue(api)
+    result = cli(
+        server, "deployment", "create", "sample.py:add", "--name", "nope", "--queue", queue["id"],
+        "--workdir", str(FLOWS), "--runner", "no-such-runner", check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no-such-runner" in result.stderr and "subprocess" in result.stderr

@@ -231,3 +231,34 @@ def test_an_unreachable_dockerd_fails_docker_runs_only(server: Server, api: http
     assert failed["state"]["message"].endswith("is dockerd running? is DOCKER_HOST right?")
     assert completed["state"]["type"] == "COMPLETED"
     assert completed["runner_info"]["result"] == {"sum": 3}
+
+
+def test_the_fence_kills_a_dead_agents_container(tmp_path: Path) -> None:
+    lease = 2.0
+    env = {"AGENT_LEASE_SECONDS": str(lease)}
+    with running_server(tmp_path / "home", env) as server, server.client() as api:
+        queue = api.post("work_queues", json={"name": "fenced"}).json()
+        agent = start_agent(
+            server, queue["id"], "--name", "doomed-docker", AGENT_HEARTBEAT_SECONDS="0.3"
+        )
+        deployment = deploy(
+            api,
+            queue,
+            entrypoint="contract_flows.py:ignore_sigterm",
+            runner_options={"image": BASE_IMAGE},
+        )
+        run_id = run(api, deployment)
+        state_of(api, run_id, {"RUNNING"})
+        wait_for(lambda: "sleeping" in logs(api, run_id), what="the flow to be sleeping")
+
+        agent.kill()  # SIGKILL: nothing of the agent is left to stop the container
+        agent.wait()
+
+        def stopped() -> bool:
+            return all(c.status != "running" for c in containers_of(run_id))
+
+        wait_for(stopped, timeout=lease + 3, what="the fence to kill the container")
+        crashed = state_of(api, run_id)
+        assert crashed["state"]["type"] == "CRASHED"
+    for container in containers_of(run_id):  # nobody was left to remove it
+        container.remove(force=True)

@@ -48,7 +48,7 @@ def upgrade() -> None:
         sa.Column("working_dir", sa.Text(), nullable=True),
         sa.Column("parameters", sa.JSON(), nullable=False),
         sa.Column("tags", sa.JSON(), nullable=False),
-        sa.Column("runner", sa.String(200), nullable=False),
+        sa.Column("runner", sa.String(200), nullable=True),
         sa.Column("runner_options", sa.JSON(), nullable=False),
         sa.Column("env", sa.JSON(), nullable=False),
         sa.Column("timeout_seconds", sa.Float(), nullable=True),
