@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs into .venv, then runs lint, types and every test.
+# The whole test suite on a fresh machine: installs what the tests need (the package and its
+# test tools in .venv; as root also docker.io, a running dockerd and the local Python base
+# image; Prefect 3 and the seed's Prefect 2 in their own venvs), then runs lint, type checks
+# and every test. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "==> .venv: flowagent with the server, docker and dev extras"
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e '.[server,docker,dev]'
+
+if [ "$(id -u)" -eq 0 ]; then
+    bash scripts/ci-setup.sh
+else
+    echo "==> not root: no dockerd set-up (Docker tests skip unless CI is set; run scripts/ci-setup.sh as root)"
+fi
+bash scripts/prefect-setup.sh --with-2
 
 echo "==> ruff"
 .venv/bin/ruff check .
