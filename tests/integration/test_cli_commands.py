@@ -190,12 +190,14 @@ def test_run_then_flow_run_commands(cli: Cli) -> None:
 
     inspected = cli.json("flow-run", "inspect", run_id)
     assert inspected["parameters"] == {"n": 1} and inspected["tags"] == ["adhoc"]
-    assert [s["type"] for s in inspected["state_history"]] == ["SCHEDULED"]
+    # (a slow machine may have marked it Late by now: still SCHEDULED, under another name)
+    assert {s["type"] for s in inspected["state_history"]} == {"SCHEDULED"}
 
     cancelled = cli("flow-run", "cancel", run_id)
     assert cancelled.stdout.strip().endswith("CANCELLED")
     history = cli.json("flow-run", "inspect", run_id)["state_history"]
-    assert [s["type"] for s in history] == ["SCHEDULED", "CANCELLED"]
+    assert [s["type"] for s in history][-1] == "CANCELLED"
+    assert {s["type"] for s in history[:-1]} == {"SCHEDULED"}
     again = cli("flow-run", "cancel", run_id, ok=False)
     assert (
         again.returncode == 1 and again.stderr.startswith("error: ") and "CANCELLED" in again.stderr

@@ -173,7 +173,7 @@ def test_deployment_create_checks_before_any_request(tmp_path: Path) -> None:
         ("deployment", "create", "--command", "true", "--name", "n", "--queue", "q", "--param", "x={"): (
             "error: --param x: '{' looks like JSON but does not parse"
         ),
-        ("deployment", "create", "--command", "true", "--name", "n", "--queue", "q", "--runner-option", "nope=1"): (
+        ("deployment", "create", "--command", "true", "--name", "n", "--queue", "q", "--runner", "subprocess", "--runner-option", "nope=1"): (
             "error: invalid options for runner 'subprocess': unknown option 'nope'"
         ),
         ("deployment", "create", "--command", "true", "--name", "n", "--queue", "q", "--timeout", "0"): (

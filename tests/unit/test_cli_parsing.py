@@ -91,7 +91,6 @@ def test_uuid() -> None:
 def test_spec_from_flags_splits_the_command() -> None:
     spec = spec_from_flags({"name": "n", "queue": "q", "command": "sh -c 'echo hi; exit 3'"})
     assert spec.command == ["sh", "-c", "echo hi; exit 3"]
-    assert spec.runner == "subprocess"
 
 
 @pytest.mark.parametrize(
