@@ -39,6 +39,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
@@ -101,6 +102,7 @@ class _Held:
     """A run this agent proposed PENDING for and has not finished with."""
 
     transition_id: UUID
+    progress: tuple[int, datetime | None]  # the run's, read just before the proposal
     confirmed: bool = False  # the server answered: it is ours
     handed_out: bool = False  # the daemon has it
     deployment_name: str = ""
@@ -296,7 +298,8 @@ class PrefectBackend:
             if (
                 run.state_type == "PENDING"
                 and run.state
-                and (run.state.transition_id == str(held.transition_id))
+                and run.state.transition_id == str(held.transition_id)
+                and (held.confirmed or await self._undisturbed(run_id, held))
             ):
                 held.confirmed = True
                 ours.append(run)
@@ -329,8 +332,22 @@ class PrefectBackend:
         return due
 
     async def _propose_pending(self, run: PRun) -> bool:
-        """Claim one run: True when it is ours. ABORT means another agent has it."""
-        held = self._held[run.id] = _Held(uuid4())
+        """Claim one run: True when it is ours. ABORT means another agent has it.
+
+        Prefect accepts PENDING on a final state (COMPLETED when no result was persisted,
+        CANCELLED…), and the scheduled list may be seconds old: a run another agent claimed and
+        finished since would run again. So the run is read again just before the proposal
+        (skipped unless still SCHEDULED), and a won claim is checked afterwards: the run must
+        not have run or ended in between (:meth:`_undisturbed`). The check before is not
+        enough: retries under 503s, and a server waiting on SQLite's lock, stretch the gap.
+        """
+        try:
+            fresh = await self._read(run.id)
+        except NotFound:
+            return False
+        if fresh.state_type != "SCHEDULED":
+            return False
+        held = self._held[run.id] = _Held(uuid4(), fresh.progress)
         body = {
             "state": {
                 "type": "PENDING",
@@ -349,6 +366,9 @@ class PrefectBackend:
             return False
         result = PResult.model_validate(response.json())
         if result.status == "ACCEPT" or _is_ours(result.state, "PENDING", held.transition_id):
+            if not await self._undisturbed(run.id, held):
+                del self._held[run.id]
+                return False
             held.confirmed = True
             if result.state is not None:
                 run.state = result.state
@@ -356,6 +376,54 @@ class PrefectBackend:
         del self._held[run.id]
         log.debug("claim_lost", run_id=str(run.id), status=result.status, reason=result.reason)
         return False
+
+    async def _undisturbed(self, run_id: UUID, held: _Held) -> bool:
+        """Whether our PENDING replaced the SCHEDULED state we read; if the run ran or ended
+        in between, put back the state we displaced and give the run up.
+
+        Prefect counts a run when it enters RUNNING and stamps its end on a final state, so an
+        unchanged (run_count, end_time) means nobody ran or ended it before our claim landed.
+        State timestamps cannot tell: a server waiting on SQLite's lock stamps a proposal
+        before it applies it, so ours may predate states that came before it.
+        """
+        run = await self._read(run_id)
+        if run.progress == held.progress:
+            return True
+        if run.state is not None and run.state.transition_id == str(held.transition_id):
+            await self._restore_before(run_id, held.transition_id)
+        return False
+
+    async def _restore_before(self, run_id: UUID, transition: UUID) -> None:
+        """Put back the state our PENDING displaced: the latest of the others by timestamp
+        (ours is still the current state, so all of them were applied before it; one agent's
+        claim and its engine's states are proposed one after the other, in stamp order)."""
+        response = await self.http.request(
+            "GET", "flow_run_states/", params={"flow_run_id": str(run_id)}
+        )
+        others = [
+            s
+            for s in response.json()
+            if str((s.get("state_details") or {}).get("transition_id")) != str(transition)
+        ]
+        if not others:
+            return
+        before = max(others, key=lambda s: datetime.fromisoformat(str(s["timestamp"])))
+        restored = {
+            "type": before["type"],
+            "name": before.get("name"),
+            "message": before.get("message"),
+            "data": before.get("data"),
+            "state_details": (before.get("state_details") or {}) | {"transition_id": str(uuid4())},
+        }
+        await self.http.request(
+            "POST", f"flow_runs/{run_id}/set_state", json={"state": restored, "force": True}
+        )
+        log.warning(
+            "claim_undone",
+            run_id=str(run_id),
+            restored=before["type"],
+            reason="the run ran or ended after it was read as scheduled",
+        )
 
     async def _claimed_run(
         self, queue: PQueue, run: PRun, deployments: dict[UUID, PDeployment | None]
@@ -407,16 +475,23 @@ class PrefectBackend:
         ran). CANCELLED: proposed unless the run already ended on its own (COMPLETED/FAILED).
         SCHEDULED: hands a claimed, never started run back.
         """
-        run = await self._read(run_id)
+        if proposal.type is StateType.RUNNING:
+            return await self._confirm_start(await self._read(run_id))
+        try:
+            run = await self._read(run_id)
+            await self._report(run, proposal)
+        finally:
+            # This claim is over whatever the answer: a report retried later (the daemon's
+            # spool) is checked against the run's history instead.
+            self._held.pop(run_id, None)
+        return self._flow_run(run)
+
+    async def _report(self, run: PRun, proposal: StateProposal) -> None:
         kind = proposal.type
-        if kind is StateType.RUNNING:
-            return await self._confirm_start(run)
         if kind is StateType.SCHEDULED:
             await self._check_ours(run)
             await self._propose(run, "SCHEDULED", proposal.message, {"scheduled_time": _now()})
-            self._held.pop(run_id, None)
-            return self._flow_run(run)
-        if kind is StateType.CANCELLED:
+        elif kind is StateType.CANCELLED:
             if run.state_type not in ("COMPLETED", "FAILED", "CANCELLED"):
                 await self._check_ours(run)
                 # The engine answers our SIGTERM with CRASHED; what happened is a cancel.
@@ -432,8 +507,6 @@ class PrefectBackend:
             # back (a pause with reschedule); it will be claimed again when it is due.
         else:
             await self._propose(run, kind.value, proposal.message)
-        self._held.pop(run_id, None)
-        return self._flow_run(run)
 
     async def _confirm_start(self, run: PRun) -> FlowRun:
         held = self._held.get(run.id)
@@ -470,14 +543,17 @@ class PrefectBackend:
         await self._propose(run, "CRASHED", message)
 
     async def _check_ours(self, run: PRun) -> None:
-        """A report about a run we no longer hold (a spooled report, a later claim) is refused."""
-        if run.id in self._held:
-            return
-        claimer = await self._claimer_of(run)
-        if claimer is None or not self._is_us(claimer, any_life=True):
-            raise Conflict(
-                f"run {run.id} was claimed by another agent since: report dropped", status_code=409
-            )
+        """Refuse a report about a claim that is over: the run's last PENDING must be ours (our
+        transition id, or for a run of an earlier life, our name and host in its message)."""
+        pending = run.state if run.state_type == "PENDING" else await self._last_pending(run)
+        held = self._held.get(run.id)
+        if held is not None:
+            ours = pending is not None and pending.transition_id == str(held.transition_id)
+        else:
+            claimer = claimer_of(pending)
+            ours = claimer is not None and self._is_us(claimer, any_life=True)
+        if not ours:
+            raise Conflict(f"run {run.id} was claimed again since: report dropped", status_code=409)
 
     async def _propose(
         self, run: PRun, kind: str, message: str | None, details: dict[str, Any] | None = None
@@ -551,9 +627,8 @@ class PrefectBackend:
     async def cancelling_runs(self, agent_id: UUID) -> list[UUID]:
         """Our launched runs that someone asked to cancel (CANCELLING) or marked CANCELLED.
 
-        A CANCELLING run is marked CANCELLED here, just before the daemon interrupts its
-        process: Prefect's engine answers a SIGTERM by reporting CRASHED, which would otherwise
-        land first and set off automations watching for crashes.
+        Prefect's engine answers the daemon's SIGTERM with a forced CRASHED ("Execution was
+        aborted by a termination signal"); the daemon's CANCELLED then replaces it (set_state).
         """
         launched = [run_id for run_id, held in self._held.items() if held.handed_out]
         found: list[UUID] = []
@@ -565,11 +640,7 @@ class PrefectBackend:
                     "state": {"type": {"any_": ["CANCELLING", "CANCELLED"]}},
                 }
             )
-            for run in runs:
-                if run.state_type == "CANCELLING":
-                    with contextlib.suppress(Conflict):
-                        await self._propose(run, "CANCELLED", "cancelled by user")
-                found.append(run.id)
+            found.extend(run.id for run in runs)
         return found
 
     async def claimed_runs(self, agent_id: UUID) -> list[FlowRun]:
@@ -604,12 +675,15 @@ class PrefectBackend:
         location = split_infrastructure_pid(run.infrastructure_pid)
         if location is not None and location[0] != self.hostname:
             return None  # launched on another host: not ours, no need to read its history
+        return claimer_of(await self._last_pending(run))
+
+    async def _last_pending(self, run: PRun) -> PState | None:
         response = await self.http.request(
             "GET", "flow_run_states/", params={"flow_run_id": str(run.id)}
         )
         states = TypeAdapter(list[PState]).validate_python(response.json())
         pending = [s for s in states if s.type == "PENDING"]
-        return claimer_of(max(pending, key=lambda s: s.timestamp)) if pending else None
+        return max(pending, key=lambda s: s.timestamp) if pending else None
 
     def _is_us(self, claimer: Claimer, *, any_life: bool) -> bool:
         """Claimed by this agent: same name and host, and this process or a dead one (a live

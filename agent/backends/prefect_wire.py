@@ -55,6 +55,12 @@ class PRun(_Prefect):
     end_time: datetime | None = None
     state: PState | None = None
     infrastructure_pid: str | None = None
+    run_count: int = 0
+
+    @property
+    def progress(self) -> tuple[int, datetime | None]:
+        """What only running or ending changes: RUNNING counts a run, a final state ends it."""
+        return self.run_count, self.end_time
 
     @property
     def state_type(self) -> str:
