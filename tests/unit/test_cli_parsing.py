@@ -304,3 +304,12 @@ def test_entrypoint_checks(tmp_path: Path) -> None:
 
     (flows / "star.py").write_text("from elsewhere import *\n")
     check_entrypoint("flows/star.py:anything", tmp_path)
+
+
+def test_the_example_deployment_file_is_valid() -> None:
+    path = Path(__file__).parents[2] / "examples" / "deployment.yaml"
+    entries = load_deployment_file(path)
+    assert [e.spec.name for e in entries] == ["hello", "hello-command"]
+    for entry in entries:
+        if entry.spec.entrypoint is not None:
+            check_entrypoint(entry.spec.entrypoint, path.parent / (entry.spec.working_dir or "."))
