@@ -90,8 +90,14 @@ def transition_error(current: StateType, proposed: StateType) -> str | None:
     return f"cannot go from {current.value} to {proposed.value} (allowed: {allowed})"
 
 
+# A year: a bound on every duration, far beyond any real one, well within what datetime and
+# asyncio can represent.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity: they would poison durations and deadlines downstream.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- work queues
@@ -158,7 +164,10 @@ class ScheduleCreate(_Model):
         default=None, description="cron expression (5 fields; 6 with seconds), read in timezone"
     )
     interval_seconds: Annotated[float | None, BeforeValidator(parse_duration)] = Field(
-        default=None, gt=0, description="every this many seconds (also accepts 30s, 15m, 2h, 1d)"
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="every this many seconds (also accepts 30s, 15m, 2h, 1d)",
     )
     anchor: datetime | None = Field(
         default=None,
@@ -235,9 +244,9 @@ class DeploymentCreate(_Model):
     )
     runner_options: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float | None = Field(default=None, gt=0)
-    retries: int = Field(default=0, ge=0)
-    retry_delay_seconds: float = Field(default=0, ge=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    retries: int = Field(default=0, ge=0, le=1000)
+    retry_delay_seconds: float = Field(default=0, ge=0, le=MAX_SECONDS)
     schedules: Sequence[ScheduleCreate] | None = Field(
         default=None,
         description="when given, the deployment's schedules become these (an unchanged one "
@@ -359,7 +368,7 @@ class Heartbeat(_Model):
     pid: int | None = None
     version: str | None = None
     runs_in_flight: int = 0
-    heartbeat_interval_seconds: float = Field(default=5, gt=0)
+    heartbeat_interval_seconds: float = Field(default=5, gt=0, le=3600)
     metrics: HostMetrics | None = None
     run_ids: list[UUID] | None = Field(
         default=None,
