@@ -154,7 +154,7 @@ class PrefectBackend:
             raise NotFound(
                 f"no work queue with id {queue_id}",
                 status_code=404,
-                hint="list the queues with `prefect work-queue ls` (the ID column)",
+                hint="a queue's id: `prefect work-queue inspect QUEUE --pool POOL -o json`",
             ) from exc
         queue = PQueue.model_validate(response.json())
         if not queue.work_pool_name:
