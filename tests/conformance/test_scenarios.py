@@ -233,3 +233,25 @@ def test_an_authenticated_server_serves_runs_and_refuses_bad_credentials(
         assert "refused our credentials (401)" in agents.log(refused), agents.log(refused)
     finally:
         agents.stop_all()
+
+
+def test_an_agent_restarted_after_kill_9_resolves_its_earlier_runs(
+    server: Harness, agents: Agents
+) -> None:
+    """Prefect's worker, SIGKILLed, leaves its runs RUNNING with nobody watching; ours, started
+    again under the same name, finds them: the process it cannot supervise is stopped and the
+    run reported CRASHED."""
+    queue = server.queue()
+    deployment = server.deployment(queue, "flows.py:sleep", seconds=120)
+    first, name = agents.start(queue)
+    run = server.run(deployment)
+    pid = wait_running(server, run)
+
+    first.kill()
+    first.wait(10)
+    assert not pid_gone(pid), "the flow outlives its agent"
+    agents.start(queue, name=name)
+
+    state = server.wait_state(run, timeout=60)
+    assert state["type"] == "CRASHED", state
+    wait_for(lambda: pid_gone(pid), timeout=10, what="the orphaned flow process to be stopped")
