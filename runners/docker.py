@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from agent.errors import RunnerError
 from runners.base import Outcome, OutputSink, RunHandle, Runner, RunResult, RunSpec
 from runners.docker_config import DockerOptions, container_config
+from runners.outcome import completed, ended, failure_message
 
 log = structlog.get_logger(__name__)
 
@@ -282,33 +283,14 @@ class DockerHandle:
             if limit is None:
                 headline = "out of memory"
         elif code == 0:
-            if document and "result_repr" in document:
-                message = (
-                    f"completed; the result is not JSON-serialisable: {document['result_repr']}"
-                )
-                return RunResult(Outcome.COMPLETED, message[:500], 0)
-            return RunResult(Outcome.COMPLETED, "completed", 0, (document or {}).get("result"))
+            return completed(document)
         elif (error := (status.get("Error") or {}).get("Message")) or code < 0:
             outcome, headline = Outcome.CRASHED, f"the container failed: {error or code}"
         elif (name := _signal_name(code)) and not (document and document.get("ok") is False):
             outcome, headline = Outcome.CRASHED, f"killed by signal {name}"
         else:
-            outcome, headline = Outcome.FAILED, _failure(code, document)
-        tail = list(self._stderr_tail)
-        if tail and tail[-1] in (headline, f"flowagent: {headline}"):
-            tail.pop()  # the traceback's last line says what the headline already says
-        if tail:
-            headline += "\nlast lines of stderr:\n" + "\n".join(tail)
-        return RunResult(outcome, headline, code)
-
-
-def _failure(code: int, document: dict[str, Any] | None) -> str:
-    if not document or document.get("ok") is not False:
-        return f"exited with code {code}"
-    kind, text = str(document.get("error_type") or "Error"), str(document.get("error_message"))
-    if kind == "EntrypointError":
-        return text
-    return f"{kind}: {text}" if text else kind
+            outcome, headline = Outcome.FAILED, failure_message(code, document)
+        return ended(outcome, headline, code, self._stderr_tail)
 
 
 def _signal_name(code: int) -> str | None:

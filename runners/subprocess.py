@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import RunnerError
 from runners.base import Outcome, OutputSink, RunHandle, Runner, RunResult, RunSpec
+from runners.outcome import completed, ended, failure_message
 from runners.process_tree import signal_tree, watch_exit
 
 log = structlog.get_logger(__name__)
@@ -259,32 +260,12 @@ class SubprocessHandle:
 
     def _result(self, code: int, document: dict[str, Any] | None) -> RunResult:
         if code == 0:
-            if document and "result_repr" in document:
-                message = (
-                    f"completed; the result is not JSON-serialisable: {document['result_repr']}"
-                )
-                return RunResult(Outcome.COMPLETED, message[:500], 0)
-            result = document.get("result") if document else None
-            return RunResult(Outcome.COMPLETED, "completed", 0, result)
+            return completed(document)
         if code < 0:
             outcome, headline = Outcome.CRASHED, f"killed by signal {_signal_name(-code)}"
         else:
-            outcome, headline = Outcome.FAILED, _failure(code, document)
-        tail = list(self._stderr_tail)
-        if tail and tail[-1] in (headline, f"flowagent: {headline}"):
-            tail.pop()  # the traceback's last line says what the headline already says
-        if tail:
-            headline += "\nlast lines of stderr:\n" + "\n".join(tail)
-        return RunResult(outcome, headline, code)
-
-
-def _failure(code: int, document: dict[str, Any] | None) -> str:
-    if not document or document.get("ok") is not False:
-        return f"exited with code {code}"
-    kind, text = str(document.get("error_type") or "Error"), str(document.get("error_message"))
-    if kind == "EntrypointError":
-        return text
-    return f"{kind}: {text}" if text else kind
+            outcome, headline = Outcome.FAILED, failure_message(code, document)
+        return ended(outcome, headline, code, self._stderr_tail)
 
 
 def _signal_name(number: int) -> str:
