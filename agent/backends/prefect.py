@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import shutil
 import socket
 import sys
@@ -63,7 +64,7 @@ from agent.backends.prefect_wire import (
     work_queue,
     working_directory,
 )
-from agent.errors import ConfigError, Conflict, NotFound
+from agent.errors import ConfigError, Conflict, NotFound, ServerUnavailable
 from agent.models import (
     AgentRecord,
     AgentStatus,
@@ -160,7 +161,7 @@ class PrefectBackend:
         if not queue.work_pool_name:
             raise ConfigError(
                 f"work queue {queue.name} ({queue_id}) belongs to no work pool",
-                hint="Prefect < 2.10 has no work pools; upgrade the server",
+                hint="is --api-url a Prefect server (2.10 or later)? `--backend auto` tells",
             )
         self._queue = queue
         if not self._engine_checked:
@@ -336,46 +337,64 @@ class PrefectBackend:
 
         Prefect accepts PENDING on a final state (COMPLETED when no result was persisted,
         CANCELLED…), and the scheduled list may be seconds old: a run another agent claimed and
-        finished since would run again. So the run is read again just before the proposal
-        (skipped unless still SCHEDULED), and a won claim is checked afterwards: the run must
-        not have run or ended in between (:meth:`_undisturbed`). The check before is not
-        enough: retries under 503s, and a server waiting on SQLite's lock, stretch the gap.
+        finished since would run again. So every attempt reads the run first and proposes only
+        while it is SCHEDULED (a busy server's 503 is answered by reading again, not by sending
+        the same proposal later), and a won claim is checked afterwards: the run must not have
+        run or ended in between (:meth:`_undisturbed`), which closes the gap a server waiting on
+        SQLite's lock leaves open.
         """
-        try:
-            fresh = await self._read(run.id)
-        except NotFound:
-            return False
-        if fresh.state_type != "SCHEDULED":
-            return False
-        held = self._held[run.id] = _Held(uuid4(), fresh.progress)
+        transition = uuid4()
         body = {
             "state": {
                 "type": "PENDING",
                 # The default name: a custom one would be accepted on an already PENDING run.
                 "message": self._claimer().message(),
-                "state_details": {"transition_id": str(held.transition_id)},
+                "state_details": {"transition_id": str(transition)},
             },
             "force": False,
         }
-        # Safe to retry: a repeat of an accepted proposal is REJECTed with our own state.
-        # When even the retries fail the run stays held, unconfirmed; the next claim asks.
-        try:
-            response = await self.http.request("POST", f"flow_runs/{run.id}/set_state", json=body)
-        except NotFound:
-            del self._held[run.id]
-            return False
-        result = PResult.model_validate(response.json())
-        if result.status == "ACCEPT" or _is_ours(result.state, "PENDING", held.transition_id):
-            if not await self._undisturbed(run.id, held):
-                del self._held[run.id]
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.http.retry_for
+        delay = 0.1
+        while True:
+            try:
+                fresh = await self._read(run.id)
+            except NotFound:
+                self._held.pop(run.id, None)
                 return False
-            held.confirmed = True
-            if result.state is not None:
-                run.state = result.state
-            return True
-        del self._held[run.id]
-        log.debug("claim_lost", run_id=str(run.id), status=result.status, reason=result.reason)
-        return False
+            if _is_ours(fresh.state, "PENDING", transition):
+                break  # an earlier attempt landed; its answer was lost
+            if fresh.state_type != "SCHEDULED":
+                self._held.pop(run.id, None)
+                return False
+            held = self._held[run.id] = _Held(transition, fresh.progress)
+            try:
+                response = await self.http.request(
+                    "POST", f"flow_runs/{run.id}/set_state", json=body, retry=False
+                )
+            except NotFound:
+                self._held.pop(run.id, None)
+                return False
+            except ServerUnavailable:
+                if loop.time() + delay > give_up:
+                    return False  # still held, unconfirmed: the next claim asks the server
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 5.0)
+                continue
+            result = PResult.model_validate(response.json())
+            if result.status == "ACCEPT" or _is_ours(result.state, "PENDING", transition):
+                fresh.state = result.state or fresh.state
+                break
+            self._held.pop(run.id, None)
+            log.debug("claim_lost", run_id=str(run.id), status=result.status, reason=result.reason)
+            return False
+        held = self._held[run.id]
+        if not await self._undisturbed(run.id, held):
+            self._held.pop(run.id, None)
+            return False
+        held.confirmed = True
+        run.state = fresh.state
+        return True
 
     async def _undisturbed(self, run_id: UUID, held: _Held) -> bool:
         """Whether our PENDING replaced the SCHEDULED state we read; if the run ran or ended

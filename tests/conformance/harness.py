@@ -448,6 +448,9 @@ class Agents:
         self.started.append((process, log_path))
         return process, name
 
+    def logs(self) -> list[str]:
+        return [path.read_text(errors="replace") for _, path in self.started]
+
     def log(self, process: subprocess.Popen[bytes]) -> str:
         for started, path in self.started:
             if started is process:

@@ -8,11 +8,13 @@ cannot show something, the test says why and checks what it can.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -76,7 +78,17 @@ def test_four_agents_racing_over_100_runs_claim_each_exactly_once(
         assert state["type"] == "COMPLETED", (run, state)
     executed = sorted(path.name[:36] for path in markers.iterdir())  # "<run id>-<pid>"
     assert executed == sorted(runs)
-    assert [server.claims(run) for run in runs] == [1] * 100
+    # Prefect accepts a late PENDING on a run that already ended; the agent that made it puts
+    # the run back at once and logs claim_undone (see test_prefect_protocol.py). Those do not
+    # count: the run was neither started nor left changed.
+    undone = Counter(
+        json.loads(line)["run_id"]
+        for text in agents.logs()
+        for line in text.splitlines()
+        if '"claim_undone"' in line
+    )
+    assert [server.claims(run) - undone[run] for run in runs] == [1] * 100
+    print(f"{server.kind}: {sum(undone.values())} late claims undone")
 
 
 def test_tag_filters_pick_only_matching_runs(server: Harness, agents: Agents) -> None:
