@@ -26,6 +26,9 @@ daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's s
 
 Who claimed a run is written into its PENDING state's message ("claimed by flowagent agent
 NAME on HOST (pid N)"), so a restarted agent finds the runs its earlier life left behind.
+Claiming itself is in :mod:`agent.backends.prefect_claims`, what a claimed run is launched
+with in :mod:`agent.backends.prefect_launch`, and Prefect's payloads in
+:mod:`agent.backends.prefect_wire`.
 """
 
 from __future__ import annotations
@@ -34,42 +37,35 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
-import shutil
 import socket
-import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import structlog
 from pydantic import TypeAdapter
 
 from agent.backends.http import HttpClient
+from agent.backends.prefect_claims import PAGE, Claims, pool_path
+from agent.backends.prefect_launch import Launcher
 from agent.backends.prefect_wire import (
     Claimer,
     PDeployment,
     PQueue,
     PResult,
     PRun,
-    PScheduled,
     PState,
     claimer_of,
-    env_of,
     flow_run,
+    is_ours,
     split_infrastructure_pid,
     work_queue,
-    working_directory,
 )
-from agent.errors import ConfigError, Conflict, NotFound, ServerUnavailable
+from agent.errors import ConfigError, Conflict, NotFound
 from agent.models import (
     AgentRecord,
     AgentStatus,
     ClaimedRun,
-    Deployment,
     FlowRun,
     Heartbeat,
     LogLineCreate,
@@ -92,21 +88,8 @@ API_VERSION = "0.8.4"
 #: against: the daemon's lease guard and fence must not kill a run that the engine will finish
 #: and report by itself (killing it would leave it RUNNING in Prefect forever).
 NO_LEASE_SECONDS = 10 * 365 * 24 * 3600.0
-#: Prefect's page size limit (PREFECT_SERVER_API_DEFAULT_LIMIT; more is a 422).
-PAGE = 200
 LOGGER_NAME = "flowagent.agent"
 _AGENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://flowagent/prefect-worker")
-
-
-@dataclass
-class _Held:
-    """A run this agent proposed PENDING for and has not finished with."""
-
-    transition_id: UUID
-    progress: tuple[int, datetime | None]  # the run's, read just before the proposal
-    confirmed: bool = False  # the server answered: it is ours
-    handed_out: bool = False  # the daemon has it
-    deployment_name: str = ""
 
 
 class PrefectBackend:
@@ -127,20 +110,19 @@ class PrefectBackend:
     ) -> None:
         self.http = http
         self.api_url = api_url.rstrip("/")
-        self.runner_options = dict(runner_options or {})
-        self.python = str(self.runner_options.get("python") or sys.executable)
+        self.launcher = Launcher(
+            http,
+            api_url=self.api_url,
+            api_key=api_key,
+            auth_string=auth_string,
+            runner_options=runner_options,
+        )
         self.poll_seconds = poll_seconds
         self.hostname = hostname or socket.gethostname()
         self.pid = os.getpid()
-        # What the engine in the child needs to reach the server as we do.
-        self.engine_env = {"PREFECT_API_URL": self.api_url}
-        if api_key:
-            self.engine_env["PREFECT_API_KEY"] = api_key
-        if auth_string:
-            self.engine_env["PREFECT_API_AUTH_STRING"] = auth_string
         self._queue: PQueue | None = None
         self._agent_name: str | None = None
-        self._held: dict[UUID, _Held] = {}
+        self.claims = Claims(http)
         self._engine_checked = False
 
     async def aclose(self) -> None:
@@ -165,43 +147,15 @@ class PrefectBackend:
             )
         self._queue = queue
         if not self._engine_checked:
-            await self._check_engine()
+            await self.launcher.check_engine()
             self._engine_checked = True
-        log.info("prefect_queue", pool=queue.work_pool_name, queue=queue.name, python=self.python)
-        return work_queue(queue)
-
-    async def _check_engine(self) -> None:
-        """Fail at start-up, not on every run, when the engine's interpreter lacks prefect."""
-        python = self.python
-        hint = (
-            "point the agent at a Python that has prefect and your flows' dependencies: "
-            "agent start QUEUE --runner-option python=/path/to/venv/bin/python"
+        log.info(
+            "prefect_queue",
+            pool=queue.work_pool_name,
+            queue=queue.name,
+            python=self.launcher.python,
         )
-        if os.sep not in python:
-            found = shutil.which(python)
-            if found is None:
-                raise ConfigError(f"python interpreter {python!r} not found on PATH", hint=hint)
-            python = found
-        elif not os.path.isabs(python):
-            return  # relative to each run's working directory: nothing to check here
-        try:
-            process = await asyncio.create_subprocess_exec(
-                python,
-                "-c",
-                "import importlib.metadata as m; print(m.version('prefect'))",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            raise ConfigError(f"cannot run {python}: {exc.strerror or exc}", hint=hint) from None
-        out, _ = await process.communicate()
-        if process.returncode != 0:
-            raise ConfigError(f"{python} has no prefect installed", hint=hint)
-        log.info("prefect_engine", python=python, prefect_version=out.decode().strip())
-
-    def _pool_path(self, queue: PQueue) -> str:
-        return f"work_pools/{quote(queue.work_pool_name or '', safe='')}"
+        return work_queue(queue)
 
     def _require_queue(self, queue_id: UUID) -> PQueue:
         if self._queue is None or self._queue.id != queue_id:
@@ -215,7 +169,7 @@ class PrefectBackend:
         self._agent_name = beat.name
         await self.http.request(
             "POST",
-            f"{self._pool_path(queue)}/workers/heartbeat",
+            f"{pool_path(queue)}/workers/heartbeat",
             # Prefect takes whole seconds here; 0.5 would be a 422.
             json={
                 "name": beat.name,
@@ -268,220 +222,16 @@ class PrefectBackend:
             await asyncio.sleep(min(self.poll_seconds, left))
 
     async def _claim_once(self, queue: PQueue, tags: Sequence[str], limit: int) -> list[ClaimedRun]:
-        ours = await self._recover(limit)
-        if len(ours) < limit:
-            for run in await self._due_runs(queue, tags, limit - len(ours)):
-                if await self._propose_pending(run):
-                    ours.append(run)
-                    if len(ours) >= limit:
-                        break
+        ours = await self.claims.take(queue, tags, limit, self._claimer().message())
         if not ours:
             return []
         deployments: dict[UUID, PDeployment | None] = {}
-        claimed = [await self._claimed_run(queue, run, deployments) for run in ours]
+        claimed = [await self.launcher.claimed_run(queue, run, deployments) for run in ours]
         for item in claimed:
-            held = self._held[item.flow_run.id]
+            held = self.claims.held[item.flow_run.id]
             held.handed_out = True
             held.deployment_name = item.deployment.name
         return claimed
-
-    async def _recover(self, limit: int) -> list[PRun]:
-        """Runs proposed for by an earlier call whose answer, or hand-out, was lost."""
-        ours: list[PRun] = []
-        for run_id, held in list(self._held.items()):
-            if held.handed_out or len(ours) >= limit:
-                continue
-            try:
-                run = await self._read(run_id)
-            except NotFound:
-                del self._held[run_id]
-                continue
-            if (
-                run.state_type == "PENDING"
-                and run.state
-                and run.state.transition_id == str(held.transition_id)
-                and (held.confirmed or await self._undisturbed(run_id, held))
-            ):
-                held.confirmed = True
-                ours.append(run)
-            else:
-                del self._held[run_id]
-        return ours
-
-    async def _due_runs(self, queue: PQueue, tags: Sequence[str], wanted: int) -> list[PRun]:
-        body = {
-            "work_queue_names": [queue.name],
-            "scheduled_before": utcnow().isoformat(),
-            # Tags are matched here, not by the server: look further down the list for them.
-            "limit": PAGE if tags else min(PAGE, wanted * 4 + 10),
-        }
-        response = await self.http.request(
-            "POST", f"{self._pool_path(queue)}/get_scheduled_flow_runs", json=body
-        )
-        required = set(tags)
-        due = []
-        for item in TypeAdapter(list[PScheduled]).validate_python(response.json()):
-            run = item.flow_run
-            if (
-                item.work_queue_id == queue.id  # never a same-named queue's run
-                and run.state_type == "SCHEDULED"
-                and run.deployment_id is not None
-                and required.issubset(run.tags)
-                and run.id not in self._held
-            ):
-                due.append(run)
-        return due
-
-    async def _propose_pending(self, run: PRun) -> bool:
-        """Claim one run: True when it is ours. ABORT means another agent has it.
-
-        Prefect accepts PENDING on a final state (COMPLETED when no result was persisted,
-        CANCELLED…), and the scheduled list may be seconds old: a run another agent claimed and
-        finished since would run again. So every attempt reads the run first and proposes only
-        while it is SCHEDULED (a busy server's 503 is answered by reading again, not by sending
-        the same proposal later), and a won claim is checked afterwards: the run must not have
-        run or ended in between (:meth:`_undisturbed`), which closes the gap a server waiting on
-        SQLite's lock leaves open.
-        """
-        transition = uuid4()
-        body = {
-            "state": {
-                "type": "PENDING",
-                # The default name: a custom one would be accepted on an already PENDING run.
-                "message": self._claimer().message(),
-                "state_details": {"transition_id": str(transition)},
-            },
-            "force": False,
-        }
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.http.retry_for
-        delay = 0.1
-        while True:
-            try:
-                fresh = await self._read(run.id)
-            except NotFound:
-                self._held.pop(run.id, None)
-                return False
-            if _is_ours(fresh.state, "PENDING", transition):
-                break  # an earlier attempt landed; its answer was lost
-            if fresh.state_type != "SCHEDULED":
-                self._held.pop(run.id, None)
-                return False
-            held = self._held[run.id] = _Held(transition, fresh.progress)
-            try:
-                response = await self.http.request(
-                    "POST", f"flow_runs/{run.id}/set_state", json=body, retry=False
-                )
-            except NotFound:
-                self._held.pop(run.id, None)
-                return False
-            except ServerUnavailable:
-                if loop.time() + delay > give_up:
-                    return False  # still held, unconfirmed: the next claim asks the server
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, 5.0)
-                continue
-            result = PResult.model_validate(response.json())
-            if result.status == "ACCEPT" or _is_ours(result.state, "PENDING", transition):
-                fresh.state = result.state or fresh.state
-                break
-            self._held.pop(run.id, None)
-            log.debug("claim_lost", run_id=str(run.id), status=result.status, reason=result.reason)
-            return False
-        held = self._held[run.id]
-        if not await self._undisturbed(run.id, held):
-            self._held.pop(run.id, None)
-            return False
-        held.confirmed = True
-        run.state = fresh.state
-        return True
-
-    async def _undisturbed(self, run_id: UUID, held: _Held) -> bool:
-        """Whether our PENDING replaced the SCHEDULED state we read; if the run ran or ended
-        in between, put back the state we displaced and give the run up.
-
-        Prefect counts a run when it enters RUNNING and stamps its end on a final state, so an
-        unchanged (run_count, end_time) means nobody ran or ended it before our claim landed.
-        State timestamps cannot tell: a server waiting on SQLite's lock stamps a proposal
-        before it applies it, so ours may predate states that came before it.
-        """
-        run = await self._read(run_id)
-        if run.progress == held.progress:
-            return True
-        if run.state is not None and run.state.transition_id == str(held.transition_id):
-            await self._restore_before(run_id, held.transition_id)
-        return False
-
-    async def _restore_before(self, run_id: UUID, transition: UUID) -> None:
-        """Put back the state our PENDING displaced: the latest of the others by timestamp
-        (ours is still the current state, so all of them were applied before it; one agent's
-        claim and its engine's states are proposed one after the other, in stamp order)."""
-        response = await self.http.request(
-            "GET", "flow_run_states/", params={"flow_run_id": str(run_id)}
-        )
-        others = [
-            s
-            for s in response.json()
-            if str((s.get("state_details") or {}).get("transition_id")) != str(transition)
-        ]
-        if not others:
-            return
-        before = max(others, key=lambda s: datetime.fromisoformat(str(s["timestamp"])))
-        restored = {
-            "type": before["type"],
-            "name": before.get("name"),
-            "message": before.get("message"),
-            "data": before.get("data"),
-            "state_details": (before.get("state_details") or {}) | {"transition_id": str(uuid4())},
-        }
-        await self.http.request(
-            "POST", f"flow_runs/{run_id}/set_state", json={"state": restored, "force": True}
-        )
-        log.warning(
-            "claim_undone",
-            run_id=str(run_id),
-            restored=before["type"],
-            reason="the run ran or ended after it was read as scheduled",
-        )
-
-    async def _claimed_run(
-        self, queue: PQueue, run: PRun, deployments: dict[UUID, PDeployment | None]
-    ) -> ClaimedRun:
-        """The run and a deployment of ours that launches Prefect's engine for it."""
-        assert run.deployment_id is not None
-        if run.deployment_id not in deployments:
-            try:
-                response = await self.http.request("GET", f"deployments/{run.deployment_id}")
-                deployments[run.deployment_id] = PDeployment.model_validate(response.json())
-            except NotFound:
-                deployments[run.deployment_id] = None  # the engine will say so, and crash
-        prefect = deployments[run.deployment_id] or PDeployment(
-            id=run.deployment_id, name=str(run.deployment_id)
-        )
-        now = utcnow()
-        deployment = Deployment(
-            id=prefect.id,
-            name=prefect.name,
-            work_queue_id=queue.id,
-            command=[self.python, "-m", "prefect.engine"],
-            working_dir=working_directory(prefect, run),
-            tags=prefect.tags,
-            runner="subprocess",
-            runner_options=self.runner_options,
-            # The run's job variables go over these (FlowRun.env), as in Prefect's workers.
-            env=self.engine_env | env_of(prefect.variables),
-            created=prefect.created or now,
-            updated=prefect.updated or now,
-        )
-        return ClaimedRun(
-            flow_run=flow_run(
-                run,
-                deployment_name=prefect.name,
-                queue_id=queue.id,
-                extra_env={"PREFECT__FLOW_RUN_ID": str(run.id)},
-            ),
-            deployment=deployment,
-        )
 
     # ------------------------------------------------------------------ states
 
@@ -502,7 +252,7 @@ class PrefectBackend:
         finally:
             # This claim is over whatever the answer: a report retried later (the daemon's
             # spool) is checked against the run's history instead.
-            self._held.pop(run_id, None)
+            self.claims.held.pop(run_id, None)
         return self._flow_run(run)
 
     async def _report(self, run: PRun, proposal: StateProposal) -> None:
@@ -528,14 +278,14 @@ class PrefectBackend:
             await self._propose(run, kind.value, proposal.message)
 
     async def _confirm_start(self, run: PRun) -> FlowRun:
-        held = self._held.get(run.id)
+        held = self.claims.held.get(run.id)
         ours = run.state_type == "PENDING" and (
             held is None
-            or (run.state is not None and _is_ours(run.state, "PENDING", held.transition_id))
+            or (run.state is not None and is_ours(run.state, "PENDING", held.transition_id))
         )
         if ours:
             return self._flow_run(run)
-        self._held.pop(run.id, None)
+        self.claims.held.pop(run.id, None)
         if run.state_type == "CANCELLING" and held is not None:
             # Cancelled while PENDING: nobody else will finish the cancel.
             with contextlib.suppress(Conflict):
@@ -565,7 +315,7 @@ class PrefectBackend:
         """Refuse a report about a claim that is over: the run's last PENDING must be ours (our
         transition id, or for a run of an earlier life, our name and host in its message)."""
         pending = run.state if run.state_type == "PENDING" else await self._last_pending(run)
-        held = self._held.get(run.id)
+        held = self.claims.held.get(run.id)
         if held is not None:
             ours = pending is not None and pending.transition_id == str(held.transition_id)
         else:
@@ -588,7 +338,7 @@ class PrefectBackend:
         }
         response = await self.http.request("POST", f"flow_runs/{run.id}/set_state", json=body)
         result = PResult.model_validate(response.json())
-        if result.status == "ACCEPT" or _is_ours(result.state, kind, transition):
+        if result.status == "ACCEPT" or is_ours(result.state, kind, transition):
             run.state = result.state or run.state
             return
         if result.state is not None:
@@ -601,11 +351,10 @@ class PrefectBackend:
         return self._flow_run(await self._read(run_id))
 
     async def _read(self, run_id: UUID) -> PRun:
-        response = await self.http.request("GET", f"flow_runs/{run_id}")
-        return PRun.model_validate(response.json())
+        return await self.claims.read(run_id)
 
     def _flow_run(self, run: PRun) -> FlowRun:
-        held = self._held.get(run.id)
+        held = self.claims.held.get(run.id)
         return flow_run(
             run,
             deployment_name=held.deployment_name if held else "",
@@ -649,7 +398,7 @@ class PrefectBackend:
         Prefect's engine answers the daemon's SIGTERM with a forced CRASHED ("Execution was
         aborted by a termination signal"); the daemon's CANCELLED then replaces it (set_state).
         """
-        launched = [run_id for run_id, held in self._held.items() if held.handed_out]
+        launched = [run_id for run_id, held in self.claims.held.items() if held.handed_out]
         found: list[UUID] = []
         for start in range(0, len(launched), PAGE):
             page = launched[start : start + PAGE]
@@ -677,7 +426,7 @@ class PrefectBackend:
                 offset=offset,
             )
             for run in runs:
-                held = self._held.get(run.id)
+                held = self.claims.held.get(run.id)
                 if held is not None and held.handed_out:
                     found.append(self._flow_run(run))
                     continue
@@ -719,10 +468,6 @@ class PrefectBackend:
             body["work_queues"] = {"id": {"any_": [str(work_queue_id)]}}
         response = await self.http.request("POST", "flow_runs/filter", json=body)
         return TypeAdapter(list[PRun]).validate_python(response.json())
-
-
-def _is_ours(state: PState | None, kind: str, transition: UUID) -> bool:
-    return state is not None and state.type == kind and state.transition_id == str(transition)
 
 
 def _now() -> str:

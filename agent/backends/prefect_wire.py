@@ -230,3 +230,8 @@ def split_infrastructure_pid(value: str | None) -> tuple[str, int] | None:
     if not sep or not pid.isdigit():
         return None
     return host, int(pid)
+
+
+def is_ours(state: PState | None, kind: str, transition: UUID) -> bool:
+    """Whether ``state`` is the ``kind`` state we proposed under ``transition``."""
+    return state is not None and state.type == kind and state.transition_id == str(transition)

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import pytest
 
 from agent.backends import prefect_backend
-from agent.backends.prefect import PrefectBackend, _Held
+from agent.backends.prefect import PrefectBackend
+from agent.backends.prefect_claims import Held
 from agent.config import Settings
 from agent.errors import Conflict
 from agent.models import Heartbeat, StateProposal, StateType
@@ -86,9 +87,9 @@ def test_a_claim_landing_after_the_run_finished_elsewhere_is_undone(
     run_id = new_run(prefect, queue)
 
     async def body(backend: PrefectBackend) -> bool:
-        fresh = await backend._read(uuid.UUID(run_id))
+        fresh = await backend.claims.read(uuid.UUID(run_id))
         assert fresh.state_type == "SCHEDULED"
-        held = backend._held[fresh.id] = _Held(uuid.uuid4(), fresh.progress)
+        held = backend.claims.held[fresh.id] = Held(uuid.uuid4(), fresh.progress)
         # Meanwhile another agent claims it, and its engine runs it to the end.
         for kind in ("PENDING", "RUNNING", "COMPLETED"):
             assert propose(prefect, run_id, kind)["status"] == "ACCEPT"
@@ -97,7 +98,7 @@ def test_a_claim_landing_after_the_run_finished_elsewhere_is_undone(
             prefect, run_id, "PENDING", state_details={"transition_id": str(held.transition_id)}
         )
         assert late["status"] == "ACCEPT", late
-        return await backend._undisturbed(fresh.id, held)
+        return await backend.claims.undisturbed(fresh.id, held)
 
     assert run_with(body) is False
     assert prefect.state(run_id)["type"] == "COMPLETED"
@@ -110,8 +111,8 @@ def test_a_claim_whose_answer_was_lost_is_picked_up_by_the_next_claim(
     run_id = new_run(prefect, queue)
 
     async def body(backend: PrefectBackend) -> list[str]:
-        fresh = await backend._read(uuid.UUID(run_id))
-        held = backend._held[fresh.id] = _Held(uuid.uuid4(), fresh.progress)
+        fresh = await backend.claims.read(uuid.UUID(run_id))
+        held = backend.claims.held[fresh.id] = Held(uuid.uuid4(), fresh.progress)
         details = {"transition_id": str(held.transition_id)}
         assert propose(prefect, run_id, "PENDING", state_details=details)["status"] == "ACCEPT"
         # Sent again with the same transition id: REJECTed, with our own state.

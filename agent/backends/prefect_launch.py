@@ -1,0 +1,127 @@
+"""How the agent launches a Prefect run: Prefect's own engine, in the flows' interpreter.
+
+The daemon launches what a :class:`~agent.models.Deployment` of ours describes, so each claimed
+Prefect run comes with one made up for it: the command ``<python> -m prefect.engine`` (the
+engine loads the flow, runs the deployment's pull steps, and reports RUNNING and the final
+state itself), the subprocess runner with the agent's ``--runner-option``s, the working
+directory of the deployment's ``set_working_directory`` pull step, and an environment with the
+server's address and credentials under the deployment's job variables (the run's go over it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from agent.backends.http import HttpClient
+from agent.backends.prefect_wire import (
+    PDeployment,
+    PQueue,
+    PRun,
+    env_of,
+    flow_run,
+    working_directory,
+)
+from agent.errors import ConfigError, NotFound
+from agent.models import ClaimedRun, Deployment, utcnow
+
+log = structlog.get_logger("agent.prefect")
+
+
+class Launcher:
+    """Builds the launch of each claimed run; ``python`` is the runner option of that name."""
+
+    def __init__(
+        self,
+        http: HttpClient,
+        *,
+        api_url: str,
+        api_key: str | None = None,
+        auth_string: str | None = None,
+        runner_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.http = http
+        self.runner_options = dict(runner_options or {})
+        self.python = str(self.runner_options.get("python") or sys.executable)
+        # What the engine in the child needs to reach the server as we do.
+        self.engine_env = {"PREFECT_API_URL": api_url}
+        if api_key:
+            self.engine_env["PREFECT_API_KEY"] = api_key
+        if auth_string:
+            self.engine_env["PREFECT_API_AUTH_STRING"] = auth_string
+
+    async def check_engine(self) -> None:
+        """Fail at start-up, not on every run, when the engine's interpreter lacks prefect."""
+        python = self.python
+        hint = (
+            "point the agent at a Python that has prefect and your flows' dependencies: "
+            "agent start QUEUE --runner-option python=/path/to/venv/bin/python"
+        )
+        if os.sep not in python:
+            found = shutil.which(python)
+            if found is None:
+                raise ConfigError(f"python interpreter {python!r} not found on PATH", hint=hint)
+            python = found
+        elif not os.path.isabs(python):
+            return  # relative to each run's working directory: nothing to check here
+        try:
+            process = await asyncio.create_subprocess_exec(
+                python,
+                "-c",
+                "import importlib.metadata as m; print(m.version('prefect'))",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot run {python}: {exc.strerror or exc}", hint=hint) from None
+        out, _ = await process.communicate()
+        if process.returncode != 0:
+            raise ConfigError(f"{python} has no prefect installed", hint=hint)
+        log.info("prefect_engine", python=python, prefect_version=out.decode().strip())
+
+    async def claimed_run(
+        self, queue: PQueue, run: PRun, deployments: dict[UUID, PDeployment | None]
+    ) -> ClaimedRun:
+        """The run and a deployment of ours that launches Prefect's engine for it."""
+        assert run.deployment_id is not None
+        if run.deployment_id not in deployments:
+            try:
+                response = await self.http.request("GET", f"deployments/{run.deployment_id}")
+                deployments[run.deployment_id] = PDeployment.model_validate(response.json())
+            except NotFound:
+                deployments[run.deployment_id] = None  # the engine will say so, and crash
+        prefect = deployments[run.deployment_id] or PDeployment(
+            id=run.deployment_id, name=str(run.deployment_id)
+        )
+        now = utcnow()
+        deployment = Deployment(
+            id=prefect.id,
+            name=prefect.name,
+            work_queue_id=queue.id,
+            command=[self.python, "-m", "prefect.engine"],
+            working_dir=working_directory(prefect, run),
+            tags=prefect.tags,
+            runner="subprocess",
+            runner_options=self.runner_options,
+            # The run's job variables go over these (FlowRun.env), as in Prefect's workers.
+            env=self.engine_env | env_of(prefect.variables),
+            created=prefect.created or now,
+            updated=prefect.updated or now,
+        )
+        return ClaimedRun(
+            flow_run=flow_run(
+                run,
+                deployment_name=prefect.name,
+                queue_id=queue.id,
+                extra_env={"PREFECT__FLOW_RUN_ID": str(run.id)},
+            ),
+            deployment=deployment,
+        )
