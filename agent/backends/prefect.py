@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -480,8 +481,6 @@ def _level(name: str) -> int:
 
 
 def _signal_name(number: int) -> str:
-    import signal
-
     try:
         return signal.Signals(number).name
     except ValueError:

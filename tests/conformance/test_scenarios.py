@@ -205,6 +205,9 @@ def test_an_unknown_queue_is_a_clear_error(server: Harness, tmp_path: Path) -> N
     )
     assert result.returncode == 1, result
     assert f"error: no work queue with id {missing}" in result.stderr, result.stderr
+    # `--backend auto` (the default) told the kinds of server apart by their /health.
+    kind = "native" if server.kind == "native" else "prefect"
+    assert f"backend={kind}" in result.stderr, result.stderr
 
 
 # -------------------------------------------------------------------- authenticated servers
