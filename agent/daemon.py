@@ -260,7 +260,7 @@ class Agent:
         options: dict[str, Any] = {}
         if not isinstance(runner, RunnerError):
             try:
-                options = validate_options(name, deployment.runner_options)
+                options = validate_options(name, deployment.runner_options, type(runner))
             except FlowAgentError as exc:
                 runner = RunnerError(exc.message)
         supervisor = RunSupervisor(

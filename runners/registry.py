@@ -85,12 +85,15 @@ def load_runner(name: str) -> Runner:
         raise RunnerError(f"runner {name!r} failed to initialise: {_describe(exc)}") from exc
 
 
-def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+def validate_options(name: str, options: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
     """Check a deployment's options for runner ``name``; return them normalised (with defaults).
+
+    ``cls`` is the runner's class when the caller holds it already (the daemon, for every run
+    it launches): looking it up reads every installed distribution's metadata.
 
     Raises :class:`InputError` saying what is wrong and which options exist.
     """
-    model = _options_model(runner_class(name))
+    model = _options_model(cls if cls is not None else runner_class(name))
     if model is None:
         if options:
             raise InputError(
