@@ -12,7 +12,18 @@ from rich.text import Text
 from agent.backends.native import NativeBackend
 from agent.cli.context import settings_of
 from agent.cli.lookup import LIST_RUNS, resolve_deployment, resolve_queue, run_id
-from agent.cli.output import call, info, out, print_json, print_table, say, state_text, table, when
+from agent.cli.output import (
+    call,
+    info,
+    out,
+    print_json,
+    print_table,
+    run_state,
+    say,
+    state_text,
+    table,
+    when,
+)
 from agent.errors import InputError, NotFound
 from agent.models import FlowRun, LogLine, LogStream, StateType
 from agent.redaction import mask_env
@@ -71,16 +82,6 @@ async def stream_logs(backend: NativeBackend, ref: UUID, *, follow: bool) -> Flo
         if not follow or run.state.type.is_terminal:
             return run
         await asyncio.sleep(POLL_SECONDS)
-
-
-def run_state(run: FlowRun) -> Text:
-    """The state, with its name when that says more: ``SCHEDULED (Late)``,
-    ``SCHEDULED (AwaitingRetry)``, ``CANCELLED (Skipped)``."""
-    text = state_text(run.state.type)
-    if run.state.name.lower() != run.state.type.value.lower():
-        style = "bold yellow" if run.state.name == "Late" else "dim"
-        text += Text(f" ({run.state.name})", style=style)
-    return text
 
 
 def result_of(run: FlowRun) -> dict[str, Any]:

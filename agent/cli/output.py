@@ -21,7 +21,7 @@ from agent.backends.http import HttpClient
 from agent.backends.native import NativeBackend
 from agent.config import Settings
 from agent.errors import ConfigError, FlowAgentError, InputError, ServerUnavailable
-from agent.models import StateType, utcnow
+from agent.models import FlowRun, StateType, utcnow
 
 T = TypeVar("T")
 
@@ -190,3 +190,13 @@ def call(
             await backend.aclose()
 
     return asyncio.run(run())
+
+
+def run_state(run: FlowRun) -> Text:
+    """The state, with its name when that says more: ``SCHEDULED (Late)``,
+    ``SCHEDULED (AwaitingRetry)``, ``CANCELLED (Skipped)``."""
+    text = state_text(run.state.type)
+    if run.state.name.lower() != run.state.type.value.lower():
+        style = "bold yellow" if run.state.name == "Late" else "dim"
+        text += Text(f" ({run.state.name})", style=style)
+    return text

@@ -15,8 +15,8 @@ from agent.cli.output import (
     info,
     print_json,
     print_table,
+    run_state,
     say,
-    state_text,
     table,
     when,
 )
@@ -113,7 +113,7 @@ def preview(
             str(r.id),
             r.name,
             r.deployment_name,
-            state_text(r.state.type),
+            run_state(r),
             when(r.expected_start_time),
             ", ".join(r.tags),
         )

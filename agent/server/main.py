@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # Held long polls are released at shutdown, so little should be left to wait for.
 GRACEFUL_SHUTDOWN_SECONDS = 3
-_SERVER_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic")
+_SERVER_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter")
 
 
 def serve(settings: ServerSettings) -> None:
