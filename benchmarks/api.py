@@ -19,6 +19,7 @@ import httpx
 from benchmarks.lab import FLOWS
 
 RETRY = frozenset({429, 502, 503, 504})
+UNFINISHED = ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING")
 
 
 def unique(prefix: str) -> str:
@@ -108,8 +109,12 @@ class NativeApi(Api):
             body["expected_start_time"] = iso(at)
         return str(self.call("POST", f"deployments/{deployment_id}/runs", json=body)["id"])
 
-    def runs(self, queue_id: str, *states: str) -> list[dict[str, Any]]:
-        params: list[tuple[str, str | int]] = [("work_queue_id", queue_id), ("limit", 1000)]
+    def any_in(self, queue_id: str, *states: str) -> bool:
+        """Whether the queue holds a run in one of ``states`` (a cheap query: limit 1)."""
+        return bool(self.runs(queue_id, *states, limit=1))
+
+    def runs(self, queue_id: str, *states: str, limit: int = 1000) -> list[dict[str, Any]]:
+        params: list[tuple[str, str | int]] = [("work_queue_id", queue_id), ("limit", limit)]
         params += [("state", s) for s in states]
         runs: list[dict[str, Any]] = self.call("GET", "flow_runs", params=params)
         return runs

@@ -82,6 +82,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=PREFECT_VENV,
         help="the venv with Prefect 3 (default: .prefect-venv, from scripts/prefect-setup.sh)",
     )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="record a py-spy flame graph of every server and agent into DIR (needs py-spy)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return parser.parse_args(argv)
 
@@ -109,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: dict[str, Section] = {}
     failed = False
     t0 = time.monotonic()
-    with Lab(args.keep) as lab:
+    with Lab(args.keep, profile=args.py_spy) as lab:
         ctx = Context(lab, sizes, args.quick, venv, missing, verbose=not args.quiet)
         ctx.say(f"work directory {lab.root}; load average {meta['load_average_before']}")
         for scenario, names in SCENARIOS:

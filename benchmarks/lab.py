@@ -116,12 +116,21 @@ class Proc:
 class Lab:
     """A scratch directory plus the processes started in it; a context manager."""
 
-    def __init__(self, root: Path | None = None, keep: bool = False) -> None:
+    def __init__(
+        self, root: Path | None = None, keep: bool = False, profile: Path | None = None
+    ) -> None:
         self.keep = keep or root is not None
         self.root = root or Path(tempfile.mkdtemp(prefix="flowagent-bench-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
         self._counter = 0
+        # With a directory, py-spy records a flame graph of every server and agent we start.
+        self.profile = profile
+        self._spies: list[subprocess.Popen[bytes]] = []
+        if profile is not None:
+            if shutil.which("py-spy", path=str(BIN)) is None:
+                raise LabError(f"--py-spy needs py-spy in {BIN}: {BIN}/pip install py-spy")
+            profile.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> Lab:
         return self
@@ -172,6 +181,29 @@ class Lab:
         # Agents before servers, so that they can report what they hold.
         for proc in reversed(list(self.procs)):
             self.stop(proc)
+        # py-spy writes its flame graph once the process it records has exited.
+        for spy in self._spies:
+            try:
+                spy.wait(60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+        self._spies.clear()
+
+    def _spy(self, proc: Proc) -> None:
+        if self.profile is None:
+            return
+        out = self.profile / f"{proc.name}-{proc.pid}.svg"
+        argv = [str(BIN / "py-spy"), "record", "--pid", str(proc.pid), "--output", str(out)]
+        with (self.root / f"py-spy-{proc.name}.log").open("ab") as log:
+            self._spies.append(
+                subprocess.Popen(
+                    [*argv, "--rate", "250", "--nonblocking"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
 
     # ------------------------------------------------------------------ our server, our agent
 
@@ -185,6 +217,7 @@ class Lab:
             clean_env(AGENT_HOME=str(home), AGENT_LOG_FORMAT="json"),
         )
         server = NativeServer(f"http://127.0.0.1:{port}/api", home, proc)
+        self._spy(proc)
         try:
             wait_for(lambda: _healthy(server.url, proc), 30, f"{name} at {server.url}")
             yield server
@@ -208,6 +241,7 @@ class Lab:
             clean_env(AGENT_HOME=str(home), AGENT_API_URL=api_url, AGENT_LOG_FORMAT="json")
             | dict(env or {}),
         )
+        self._spy(proc)
         if ready:
             wait_for(lambda: _logged(proc, '"agent_started"'), 60, f"agent {name} to start", 0.02)
             # agent_started comes just before the claim loop's first request.

@@ -13,13 +13,14 @@ harness creates a release file, so all of them are alive at once. Measured:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
 
 import httpx
 
-from benchmarks.api import NativeApi, create_many, parse_ts
+from benchmarks.api import UNFINISHED, NativeApi, create_many, parse_ts
 from benchmarks.core import Context, Section
 from benchmarks.sampling import ProcessWatch, read_stamps, run_counts
 from benchmarks.scenarios.common import wait_until
@@ -96,13 +97,13 @@ def run(ctx: Context, sections: dict[str, Section]) -> None:
             api.pause(queue["id"], False)
             timeout = 120 + n / 2
             all_running = wait_until(
-                lambda: run_counts(http, server.url).get("RUNNING", 0) >= n,
+                lambda: not api.any_in(queue["id"], "SCHEDULED", "PENDING"),
                 timeout,
                 f"{n} runs RUNNING",
                 interval=0.1,
             )
             all_started = wait_until(
-                lambda: len(read_stamps(out)) >= n, timeout, f"{n} flows started", interval=0.2
+                lambda: len(os.listdir(out)) >= n, timeout, f"{n} flows started", interval=0.2
             )
             running = api.runs(queue["id"], "RUNNING")
             ctx.say(f"concurrency: all running; holding {ctx.sizes.hold_seconds:g}s")
@@ -112,7 +113,7 @@ def run(ctx: Context, sections: dict[str, Section]) -> None:
             released = time.time()
             release.touch()
             done = wait_until(
-                lambda: run_counts(http, server.url).get("COMPLETED", 0) >= n,
+                lambda: not api.any_in(queue["id"], *UNFINISHED),
                 timeout,
                 f"{n} runs COMPLETED",
                 interval=0.1,

@@ -2,7 +2,7 @@
 
 Throughput: the runs are created on a paused queue, the agents are started and waiting, and the
 clock starts when the queue is resumed; it stops when the server counts every run terminal
-(polled every 50 ms from its /metrics). In-process runs (deployment runner "inprocess", a
+(asked every 0.1 s). In-process runs (deployment runner "inprocess", a
 trivial sync function) with 1 and with 4 agents on one server; trivial subprocess runs with one.
 Each measurement gets a fresh server. The agents' and the server's CPU time over the window and
 the requests the server answered say where the time went.
@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.api import NativeApi, create_many
+from benchmarks.api import UNFINISHED, NativeApi, create_many
 from benchmarks.core import Context, Section
 from benchmarks.lab import Proc
 from benchmarks.sampling import request_counts, run_counts
@@ -27,6 +27,8 @@ from benchmarks.scenarios.common import wait_until
 from benchmarks.stats import Figure, Target
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+#: How often the harness asks whether runs are left (one indexed query answering at most one run).
+POLL = 0.1
 
 
 def run(ctx: Context, sections: dict[str, Section]) -> None:
@@ -119,9 +121,10 @@ def drain(
             t0 = time.time()
             api.pause(queue["id"], False)
             t1 = wait_until(
-                lambda: sum(run_counts(http, server.url).get(s, 0) for s in TERMINAL) >= n,
+                lambda: not api.any_in(queue["id"], *UNFINISHED),
                 timeout=60 + n / 5,
                 what=f"{n} runs to finish",
+                interval=POLL,
             )
             cpu1 = _cpu([server.proc, *procs])
             counts = run_counts(http, server.url)
@@ -172,9 +175,10 @@ def burst(ctx: Context, n: int) -> dict[str, Any]:
         created = time.time()
         with httpx.Client(timeout=30) as http:
             t1 = wait_until(
-                lambda: sum(run_counts(http, server.url).get(s, 0) for s in TERMINAL) >= n,
+                lambda: not api.any_in(queue["id"], *UNFINISHED),
                 timeout=120 + n / 2,
                 what=f"{n} runs to finish",
+                interval=POLL,
             )
             counts = run_counts(http, server.url)
         api.close()
