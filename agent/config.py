@@ -20,7 +20,7 @@ from typing import Any
 import tomli_w
 
 from agent.errors import ConfigError
-from agent.redaction import DEFAULT_SECRET_PATTERNS
+from agent.redaction import DEFAULT_SECRET_PATTERNS, Redactor
 
 CONFIG_FILE_NAME = "config.toml"
 
@@ -166,6 +166,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server_host", str, "address `agent server start` listens on"),
     Setting("server_port", _port, "port `agent server start` listens on"),
     Setting("lease_seconds", _positive_float, "server: resolve a silent agent's runs after this"),
+    Setting(
+        "schedule_horizon_seconds", _positive_float, "server: make scheduled runs this far ahead"
+    ),
+    Setting(
+        "schedule_max_runs", _positive_int, "server: at most this many runs ahead per schedule"
+    ),
+    Setting("late_after_seconds", _positive_float, "server: a due run not started by then is Late"),
+    Setting("missed_after_seconds", _positive_float, "server: older scheduled times are missed"),
     Setting("health_host", str, "address the agent's /healthz and /metrics listen on"),
     Setting("health_port", _optional(_port), "port of the agent's /healthz and /metrics (off)"),
     Setting("max_cpu_percent", _optional(_percent), "stop claiming while host CPU is above"),
@@ -196,6 +204,10 @@ class Settings:
     server_host: str = "127.0.0.1"
     server_port: int = 4200
     lease_seconds: float = 30.0
+    schedule_horizon_seconds: float = 86400.0
+    schedule_max_runs: int = 100
+    late_after_seconds: float = 15.0
+    missed_after_seconds: float = 300.0
     health_host: str = "127.0.0.1"
     health_port: int | None = None
     max_cpu_percent: float | None = None
@@ -221,6 +233,12 @@ class Settings:
         if isinstance(value, tuple):
             return ",".join(value)
         return str(value)
+
+
+def settings_redactor(settings: Settings, env: Mapping[str, str]) -> Redactor:
+    """Secrets of this process: every secret setting, and secret-looking values of ``env``."""
+    secrets = [getattr(settings, s.key) for s in SETTINGS if s.secret]
+    return Redactor.build(settings.secret_patterns, env, secrets)
 
 
 def mask(secret: str) -> str:

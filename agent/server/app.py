@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio
 import anyio.to_thread
@@ -93,7 +94,13 @@ def create_app(
     )
     db = Database(settings.database_path)
     notifier = Notifier()
-    scheduler = Scheduler(db, notifier, scheduling or SchedulerConfig(), clock)
+    scheduling = scheduling or SchedulerConfig(
+        horizon=timedelta(seconds=settings.schedule_horizon_seconds),
+        max_runs=settings.schedule_max_runs,
+        late_after=timedelta(seconds=settings.late_after_seconds),
+        missed_after=timedelta(seconds=settings.missed_after_seconds),
+    )
+    scheduler = Scheduler(db, notifier, scheduling, clock)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     webhooks = DeliveryWorker(
         db, notifying or NotificationConfig(), f"http://{host}:{settings.port}", clock

@@ -30,6 +30,10 @@ class ServerSettings:
     api_key: str | None = field(default=None, repr=False)
     lease_seconds: float = 30.0
     lease_check_seconds: float = 1.0
+    schedule_horizon_seconds: float = 86400.0
+    schedule_max_runs: int = 100
+    late_after_seconds: float = 15.0
+    missed_after_seconds: float = 300.0
 
     @property
     def database_path(self) -> Path:
@@ -44,6 +48,10 @@ def from_settings(settings: Settings) -> ServerSettings:
         port=settings.server_port,
         api_key=settings.api_key,
         lease_seconds=settings.lease_seconds,
+        schedule_horizon_seconds=settings.schedule_horizon_seconds,
+        schedule_max_runs=settings.schedule_max_runs,
+        late_after_seconds=settings.late_after_seconds,
+        missed_after_seconds=settings.missed_after_seconds,
     )
 
 
