@@ -13,20 +13,15 @@ import os
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
-from agent.config import SETTINGS, Settings
+from agent.config import Settings, settings_redactor
 from agent.health import HealthMonitor, HealthServer, install_test_hook
 from agent.heartbeat import Heartbeater
 from agent.metrics import AgentMetrics
 from agent.models import WorkQueue
 from agent.notify import Notifier
-from agent.redaction import Redactor
 from agent.throttle import ClaimGate, HostSampler, Thresholds
 
-
-def settings_redactor(settings: Settings, env: MutableMapping[str, str]) -> Redactor:
-    """Secrets of the agent itself: every secret setting, and secret-looking env values."""
-    secrets = [getattr(settings, s.key) for s in SETTINGS if s.secret]
-    return Redactor.build(settings.secret_patterns, env, secrets)
+__all__ = ["Operations", "settings_redactor"]
 
 
 class Operations:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -24,6 +25,7 @@ from agent.cli.output import (
     table,
     when,
 )
+from agent.config import settings_redactor
 from agent.errors import InputError, NotFound
 from agent.models import FlowRun, LogLine, LogStream, StateType
 from agent.redaction import mask_env
@@ -178,7 +180,8 @@ def inspect(ctx: typer.Context, ref: RunArg) -> None:
     settings = settings_of(ctx)
     shown = call(settings, run)
     shown["env"] = mask_env(shown.get("env") or {}, settings.secret_patterns)
-    print_json(shown)
+    # And our own API key (or a URL password) wherever it might show up.
+    print_json(settings_redactor(settings, os.environ).redact_value(shown))
 
 
 @app.command("logs")

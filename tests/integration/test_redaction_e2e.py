@@ -32,7 +32,7 @@ def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
     api = server.client()
     queue = api.post("work_queues", json={"name": f"q-{uuid.uuid4().hex[:8]}"}).json()
     script = (
-        'echo "token=$DEPLOY_TOKEN"; echo "key=$AGENT_API_KEY"; '
+        'echo "token=$DEPLOY_TOKEN"; echo "key=$HANDED_OVER"; '
         'echo "url=postgresql://app:$DB_PASSWORD@db/x"; echo "pw=$DB_PASSWORD" >&2; exit 3'
     )
     deployment = api.post(
@@ -41,14 +41,15 @@ def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
             "name": f"d-{uuid.uuid4().hex[:8]}",
             "work_queue_id": queue["id"],
             "command": ["sh", "-c", script],
-            "env": {"DEPLOY_TOKEN": DEPLOY_TOKEN, "GREETING": "hello"},
+            # HANDED_OVER does not look secret: its value is masked for being the API key.
+            "env": {"DEPLOY_TOKEN": DEPLOY_TOKEN, "GREETING": "hello", "HANDED_OVER": API_KEY},
         },
     ).json()
     run = api.post(
         f"deployments/{deployment['id']}/runs", json={"env": {"DB_PASSWORD": DB_PASSWORD}}
     ).json()
     log_path = tmp_path / "agent.log"
-    # The server has no API key, so the agent's is sent and ignored; the flow inherits it.
+    # The server has no API key, so the agent's is sent and ignored.
     agent = start_agent(server, queue["id"], log_path=log_path, AGENT_API_KEY=API_KEY)
     try:
         done = wait_for(
@@ -59,7 +60,8 @@ def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
             what="the run to fail",
         )
         lines = [line["line"] for line in api.get(f"flow_runs/{run['id']}/logs").json()]
-        inspect = json.loads(cli(server, "flow-run", "inspect", run["id"]).stdout)
+        inspect_cli = cli(server, "flow-run", "inspect", run["id"], env={"AGENT_API_KEY": API_KEY})
+        inspect = json.loads(inspect_cli.stdout)
     finally:
         stop(agent)
         api.close()
@@ -70,7 +72,12 @@ def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
     assert f"pw={MASK}" in lines
     # The failure message quotes stderr: masked too.
     assert f"pw={MASK}" in done["state"]["message"]
-    assert inspect["env"] == {"DB_PASSWORD": MASK, "DEPLOY_TOKEN": MASK, "GREETING": "hello"}
+    assert inspect["env"] == {
+        "DB_PASSWORD": MASK,
+        "DEPLOY_TOKEN": MASK,
+        "GREETING": "hello",
+        "HANDED_OVER": MASK,  # not a secret name, but the value is the CLI's API key
+    }
     everything = json.dumps([lines, done["state"], inspect]) + log_path.read_text()
     for secret in (DEPLOY_TOKEN, DB_PASSWORD, API_KEY):
         where = everything.find(secret)
