@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the venv with Prefect 3 (default: .prefect-venv, from scripts/prefect-setup.sh)",
     )
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SIZE=VALUE",
+        help=f"override one size, e.g. --set concurrent_runs=300 (sizes: {', '.join(f.name for f in fields(Sizes))})",
+    )
+    parser.add_argument(
         "--py-spy",
         type=Path,
         metavar="DIR",
@@ -102,13 +109,30 @@ def prefect_venv(venv: Path) -> tuple[Path | None, str | None]:
     return None, reason
 
 
+def override(sizes: Sizes, pairs: list[str]) -> Sizes:
+    """``--set name=value`` pairs applied to ``sizes`` (each value of the field's own type)."""
+    types = {f.name: type(getattr(sizes, f.name)) for f in fields(Sizes)}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in types:
+            raise SystemExit(
+                f"error: --set {pair!r}: expected SIZE=VALUE, SIZE one of {sorted(types)}"
+            )
+        try:
+            changes[name] = types[name](value)
+        except ValueError:
+            raise SystemExit(f"error: --set {pair!r}: not a {types[name].__name__}") from None
+    return replace(sizes, **changes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     selected = set(args.only or NAMES)
     venv, missing = (None, None)
     if "prefect" in selected:
         venv, missing = prefect_venv(args.prefect_venv.resolve())
-    sizes = Sizes.quick() if args.quick else Sizes()
+    sizes = override(Sizes.quick() if args.quick else Sizes(), args.set)
     started = dt.datetime.now(dt.UTC)
     meta = machine(args.quick, sizes, venv)
     meta["load_average_before"] = load_average()

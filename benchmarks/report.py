@@ -16,6 +16,8 @@ def number(value: float | None) -> str:
     if value is None:
         return ""
     size = abs(value)
+    if size >= 10 and float(value).is_integer():
+        return f"{value:,.0f}"
     if size >= 100:
         return f"{value:,.0f}"
     if size >= 10:
@@ -46,7 +48,10 @@ def render_table(sections: Iterable[Section], meta: dict[str, Any]) -> str:
             rows.append(f"  skipped: {section.skipped}")
         if section.error:
             rows.append(f"  ERROR: {section.error}")
-        rows.extend(row(f) for f in section.figures)
+        for figure in section.figures:
+            rows.append(row(figure))
+            if figure.note:
+                rows.append(f"      ({figure.note})")
     widths = [len(c) for c in COLUMNS]
     for r in rows:
         if isinstance(r, list):

@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -128,3 +129,30 @@ def read_stamps(directory: Path) -> dict[str, float]:
         with contextlib.suppress(OSError, ValueError):
             stamps[path.name] = float(path.read_text())
     return stamps
+
+
+_DURATIONS = re.compile(
+    r"^flowagent_server_request_duration_seconds_(bucket|sum|count)\{([^}]*)\} ([0-9.e+-]+|\+Inf)$",
+    re.M,
+)
+
+
+def request_durations(http: httpx.Client, server_url: str, route: str) -> dict[str, Any]:
+    """The server's own latency histogram of one route ("POST /api/agents/heartbeat"):
+    count, mean seconds and the cumulative bucket counts."""
+    method, _, path = route.partition(" ")
+    base = server_url.removesuffix("/api")
+    text = http.get(f"{base}/metrics").text
+    found: dict[str, Any] = {"buckets": {}}
+    for kind, labels, value in _DURATIONS.findall(text):
+        if f'method="{method}"' not in labels or f'route="{path}"' not in labels:
+            continue
+        if kind == "bucket":
+            le = re.search(r'le="([^"]+)"', labels)
+            if le:
+                found["buckets"][le.group(1)] = int(float(value))
+        else:
+            found[kind] = float(value)
+    if found.get("count"):
+        found["mean_seconds"] = found["sum"] / found["count"]
+    return found
