@@ -80,7 +80,7 @@ from agent.models import (
 log = structlog.get_logger("agent.prefect")
 
 #: How often a claim asks for due runs while it waits. A run is claimed ~0.3 s (median) after
-#: it is due; Prefect's engine then takes 2–3 s (idle machine) to start it.
+#: it is due; Prefect's engine then takes 2-3 s (idle machine) to start it.
 POLL_SECONDS = 0.5
 #: Sent as X-PREFECT-API-VERSION: the API version of the servers this was tested against
 #: (Prefect 3.9.1 and 2.20.27 both report 0.8.4; below 0.8.0 the server answers 400).
