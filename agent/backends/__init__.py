@@ -121,9 +121,9 @@ async def make_backend(
 ) -> Backend:
     """The daemon's client for the server at ``settings.api_url``.
 
-    ``runner_options`` are the agent's own (``agent start --runner-option``): a Prefect run has
-    no deployment of ours to carry them, so they become its runner options, and ``python``
-    names the interpreter that runs Prefect's engine.
+    ``runner_options`` are the agent's own (``agent start --runner-option``): for a Prefect
+    server, ``python`` names the interpreter that runs Prefect's engine (the daemon applies
+    them all as defaults of the runs' subprocess runner, whichever the server).
     """
     kind = settings.backend
     if kind == "auto":
@@ -131,10 +131,4 @@ async def make_backend(
         log.info("backend_detected", backend=kind, api_url=settings.api_url)
     if kind == "prefect":
         return prefect_backend(settings, runner_options=runner_options)
-    if runner_options:
-        log.warning(
-            "runner_options_ignored",
-            reason="--runner-option applies to runs of a Prefect server; a deployment of this "
-            "server carries its own (agent deployment create --runner-option)",
-        )
     return native_backend(settings)

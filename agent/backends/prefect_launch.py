@@ -3,7 +3,7 @@
 The daemon launches what a :class:`~agent.models.Deployment` of ours describes, so each claimed
 Prefect run comes with one made up for it: the command ``<python> -m prefect.engine`` (the
 engine loads the flow, runs the deployment's pull steps, and reports RUNNING and the final
-state itself), the subprocess runner with the agent's ``--runner-option``s, the working
+state itself), run by the subprocess runner (``python`` is the runner option), the working
 directory of the deployment's ``set_working_directory`` pull step, and an environment with the
 server's address and credentials under the deployment's job variables (the run's go over it).
 """
@@ -48,8 +48,7 @@ class Launcher:
         runner_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.http = http
-        self.runner_options = dict(runner_options or {})
-        self.python = str(self.runner_options.get("python") or sys.executable)
+        self.python = str((runner_options or {}).get("python") or sys.executable)
         # What the engine in the child needs to reach the server as we do.
         self.engine_env = {"PREFECT_API_URL": api_url}
         if api_key:
@@ -109,8 +108,9 @@ class Launcher:
             command=[self.python, "-m", "prefect.engine"],
             working_dir=working_directory(prefect, run),
             tags=prefect.tags,
+            # The daemon adds the agent's --runner-option defaults for subprocess runs; the
+            # only one that matters here, python, is already in the command.
             runner="subprocess",
-            runner_options=self.runner_options,
             # The run's job variables go over these (FlowRun.env), as in Prefect's workers.
             env=self.engine_env | env_of(prefect.variables),
             created=prefect.created or now,
