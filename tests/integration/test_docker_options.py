@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,12 +53,18 @@ def test_env_layers_and_the_agent_environment_stays_out(
     dockerd: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ONLY_THE_AGENT_HAS_THIS", "secret")
-    # As the supervisor builds it: the agent's environment, then the deployment's and run's.
-    env = {**dict(__import__("os").environ), "CONTRACT_VAR": "from the run", "LAYER": "run"}
+    # As the supervisor builds it: the agent's environment, then the deployment's and run's,
+    # with the keys that came from the agent alone marked as inherited.
+    agent_env = dict(os.environ)
+    env = {**agent_env, "CONTRACT_VAR": "from the run", "LAYER": "run"}
+    inherited = frozenset(agent_env) - {"CONTRACT_VAR", "LAYER"}
     command = ["sh", "-c", "echo $CONTRACT_VAR/$LAYER/$OPTION_ONLY/${ONLY_THE_AGENT_HAS_THIS:-unset}; echo $PATH"]  # fmt: skip
 
     result, lines, _ = run(
-        {"env": {"LAYER": "option", "OPTION_ONLY": "option"}}, command=command, env=env
+        {"env": {"LAYER": "option", "OPTION_ONLY": "option"}},
+        command=command,
+        env=env,
+        inherited_env=inherited,
     )
 
     assert result.outcome is Outcome.COMPLETED, result

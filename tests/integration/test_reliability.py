@@ -273,15 +273,18 @@ def test_a_signal_while_starting_stops_the_agent_at_once(tmp_path) -> None:
         "AGENT_HOME": str(tmp_path),
         "AGENT_API_URL": f"http://127.0.0.1:{free_port()}/api",  # nobody listens there
         "AGENT_STARTUP_TIMEOUT_SECONDS": "60",
+        "AGENT_LOG_FORMAT": "json",
     }
-    agent = subprocess.Popen(
-        [AGENT, "start", "00000000-0000-4000-8000-000000000000"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    time.sleep(1.5)  # retrying the unreachable server by now
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log:
+        agent = subprocess.Popen(
+            [AGENT, "start", "00000000-0000-4000-8000-000000000000"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    # Retrying the unreachable server: its handlers are in place by then.
+    wait_for(lambda: b"api_retry" in log_path.read_bytes(), timeout=30, what="a retry")
     agent.send_signal(signal.SIGTERM)
-    _, stderr = agent.communicate(timeout=5)
-    assert agent.returncode == 0
-    assert b"agent_stopped" in stderr
+    assert agent.wait(5) == 0
+    assert b"agent_stopped" in log_path.read_bytes()
