@@ -35,7 +35,9 @@ def ls(
     if as_json:
         print_json([a.model_dump(mode="json") for a in agents])
         return
-    rows = table("name", "id", "status", "queue", "runs in flight", "last heartbeat", "cpu", "mem")
+    rows = table(
+        "name", "id", "status", "queue", "runs in flight", "last heartbeat", "cpu", "mem", "load"
+    )
     for a in agents:
         online = a.status is AgentStatus.ONLINE
         rows.add_row(
@@ -47,5 +49,10 @@ def ls(
             age(a.last_heartbeat),
             _percent(a.metrics.cpu_percent if a.metrics else None),
             _percent(a.metrics.memory_percent if a.metrics else None),
+            _load(a.metrics.load_1m if a.metrics else None),
         )
     print_table(rows, "no agents yet; start one with agent start QUEUE_ID")
+
+
+def _load(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
