@@ -131,6 +131,8 @@ def test_chaos(chaos_home: Path) -> None:
         ).json()
         proxies = [stack.enter_context(FaultProxy(port, seed=SEED + i)) for i in range(AGENTS)]
         fleet = Fleet(base_env(home), queue["id"], chaos_home, proxies)
+        # A failed assertion must not leave agents behind: stop them on the way out, whatever.
+        stack.callback(fleet.stop_all)
         for index in range(AGENTS):
             fleet.start(index)
 
