@@ -7,10 +7,14 @@ bootstrap or the in-process runner (no prefect) it is a plain function. Timestam
 
 import os
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+# Only for type checkers: a flow's imports count in every pickup, and typing costs milliseconds.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 try:
     from prefect import flow as _prefect_flow  # type: ignore[import-not-found, unused-ignore]
@@ -18,7 +22,7 @@ except ImportError:  # our runners: plain functions
     _prefect_flow = None
 
 
-def flow(fn: _F) -> _F:
+def flow(fn: "_F") -> "_F":
     """Prefect's ``@flow`` where prefect is installed, else the function as it is."""
     return fn if _prefect_flow is None else _prefect_flow(fn)  # type: ignore[no-any-return, unused-ignore]
 
