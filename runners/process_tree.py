@@ -13,15 +13,20 @@ Both are built to scale to a thousand concurrent runs in one event loop:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    # Imported where used: the fence process (agent/fence.py) needs signal_tree only, and
+    # asyncio would cost it 7 MiB.
+    import asyncio
 
 
 def watch_exit(proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
@@ -29,6 +34,8 @@ def watch_exit(proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
 
     Must be called from the event loop; nothing else may wait for ``proc``.
     """
+    import asyncio
+
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[int] = loop.create_future()
     try:
@@ -48,6 +55,8 @@ def watch_exit(proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
 
 
 def _reap(proc: subprocess.Popen[bytes], pidfd: int, exited: asyncio.Future[int]) -> None:
+    import asyncio
+
     asyncio.get_running_loop().remove_reader(pidfd)
     os.close(pidfd)
     # A readable pidfd means the process has exited, so this collects it without blocking.
