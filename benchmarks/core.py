@@ -29,7 +29,7 @@ class Sizes:
     hold_seconds: float = 30.0
     heartbeat_seconds: float = 5.0  # the concurrency scenario's agent (5 s is the default)
     idle_seconds: float = 60.0
-    prefect_runs: int = 20
+    prefect_runs: int = 12
 
     @classmethod
     def quick(cls) -> Sizes:

@@ -23,6 +23,7 @@ class Usage:
 
     seconds: float
     cpu_seconds: float  # user + system of the process itself, children excluded
+    children_cpu_seconds: float = 0.0  # of its descendants alive at the end, over the window
     rss: list[float] = field(default_factory=list)  # MiB, the process alone
     rss_with_children: list[float] = field(default_factory=list)  # MiB, plus its descendants
     children: list[int] = field(default_factory=list)
@@ -31,6 +32,11 @@ class Usage:
     def cpu_percent(self) -> float:
         """Of one core."""
         return 100 * self.cpu_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_percent_with_children(self) -> float:
+        total = self.cpu_seconds + self.children_cpu_seconds
+        return 100 * total / self.seconds if self.seconds > 0 else 0.0
 
 
 class ProcessWatch:
@@ -46,10 +52,13 @@ class ProcessWatch:
         self._usage = Usage(0.0, 0.0)
         self._t0 = 0.0
         self._cpu0 = 0.0
+        self._children_cpu0: dict[int, float] = {}
 
     def __enter__(self) -> ProcessWatch:
         self._t0 = time.monotonic()
         self._cpu0 = _cpu(self.process)
+        if self.children:
+            self._children_cpu0 = _children_cpu(self.process)
         self._sample()
         self._thread.start()
         return self
@@ -65,6 +74,11 @@ class ProcessWatch:
             self._usage.seconds = time.monotonic() - self._t0
             with contextlib.suppress(psutil.Error):
                 self._usage.cpu_seconds = _cpu(self.process) - self._cpu0
+                if self.children:
+                    now = _children_cpu(self.process)
+                    self._usage.children_cpu_seconds = sum(
+                        cpu - self._children_cpu0.get(pid, 0.0) for pid, cpu in now.items()
+                    )
         return self._usage
 
     @property
@@ -92,6 +106,14 @@ class ProcessWatch:
 def _cpu(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
+
+
+def _children_cpu(process: psutil.Process) -> dict[int, float]:
+    used: dict[int, float] = {}
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            used[child.pid] = _cpu(child)
+    return used
 
 
 _RUNS = re.compile(r'^flowagent_server_flow_runs\{state="(\w+)"\} ([0-9.e+]+)$', re.M)
