@@ -177,6 +177,14 @@ class Lab:
             self.procs.remove(proc)
         return code
 
+    def stop_after(self, proc: Proc) -> None:
+        """Stop what was started after ``proc`` (its agents), newest first, then ``proc``: an
+        agent stopped after its server would spend its drain retrying the server."""
+        if proc in self.procs:
+            for later in reversed(self.procs[self.procs.index(proc) + 1 :]):
+                self.stop(later)
+        self.stop(proc)
+
     def stop_all(self) -> None:
         # Agents before servers, so that they can report what they hold.
         for proc in reversed(list(self.procs)):
@@ -222,7 +230,7 @@ class Lab:
             wait_for(lambda: _healthy(server.url, proc), 30, f"{name} at {server.url}")
             yield server
         finally:
-            self.stop(proc)
+            self.stop_after(proc)
 
     def agent(
         self,
@@ -280,7 +288,7 @@ class Lab:
             )
             yield server
         finally:
-            self.stop(proc)
+            self.stop_after(proc)
 
 
 @dataclass
