@@ -6,6 +6,7 @@ types, so nothing above this module knows httpx exists.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -28,6 +29,11 @@ from agent.models import utcnow
 log = structlog.get_logger("agent.http")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Requests one client has in flight on its shared pool at most (heartbeats have their own).
+#: Eight keep the embedded server busy (a request there takes a few milliseconds and writes are
+#: serialised); with more, httpcore's per-request bookkeeping, which polls every kept-alive
+#: connection, costs the agent more CPU than the extra concurrency gains.
+MAX_IN_FLIGHT = 8
 
 
 class RetryableError(ServerUnavailable):
@@ -125,14 +131,26 @@ class HttpClient:
             all_headers["Authorization"] = f"Bearer {api_key}"
         self.base_url = base_url.rstrip("/")
         self.retry_for = retry_for
+        self._config: dict[str, Any] = {
+            "base_url": self.base_url + "/",
+            "headers": all_headers,
+            "auth": httpx.BasicAuth(*auth) if auth else None,
+            "timeout": httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            "transport": transport,
+        }
         self._client = httpx.AsyncClient(
-            base_url=self.base_url + "/",
-            headers=all_headers,
-            auth=httpx.BasicAuth(*auth) if auth else None,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            **self._config,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=MAX_IN_FLIGHT),
         )
+        # Requests wait for a slot here (FIFO, O(1)) rather than in httpcore's pool: its queue
+        # costs O(queued x connections) on every change, and once it holds more connections
+        # than it keeps alive it closes idle ones straight away. With a thousand runs reporting
+        # at once, that held the agent's event loop for seconds and made it reconnect endlessly.
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # Heartbeats travel on a connection of their own (opened on first use): queued in the
+        # shared pool behind a thousand runs' final reports, they arrived so late that the server
+        # expired the agent's lease and crashed runs that had completed.
+        self._priority: httpx.AsyncClient | None = None
 
     async def request(
         self,
@@ -145,11 +163,13 @@ class HttpClient:
         retry: bool = True,
         retry_for: float | None = None,
         on_retry: Callable[[Exception, float], None] | None = None,
+        priority: bool = False,
     ) -> httpx.Response:
         """Send one request; retry connection failures and 429/5xx when ``retry`` is set.
 
         Non-idempotent calls must either carry an idempotency key or pass ``retry=False``
         (then only failures where the request never left — connection refused — are retried).
+        ``priority`` requests (heartbeats) bypass the queue of the shared connection pool.
         """
         kwargs: dict[str, Any] = {"json": json, "params": params}
         if timeout is not None:
@@ -180,17 +200,35 @@ class HttpClient:
             before_sleep=before_sleep,
             reraise=True,
         )
+        client = self._priority_client() if priority else self._client
         async for attempt in retrying:
             with attempt:
-                return await self._send_once(method, path, kwargs, retry)
+                return await self._send_once(client, method, path, kwargs, retry)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
+    def _priority_client(self) -> httpx.AsyncClient:
+        if self._priority is None:
+            self._priority = httpx.AsyncClient(
+                **self._config,
+                limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+            )
+        return self._priority
+
     async def _send_once(
-        self, method: str, path: str, kwargs: dict[str, Any], retry: bool
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        kwargs: dict[str, Any],
+        retry: bool,
     ) -> httpx.Response:
         url = path.lstrip("/")
         try:
-            response = await self._client.request(method, url, **kwargs)
+            if client is self._client:
+                async with self._slots:
+                    response = await client.request(method, url, **kwargs)
+            else:
+                response = await client.request(method, url, **kwargs)
         except httpx.ConnectError as exc:
             raise _NotSent(self._unreachable(exc)) from exc
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
@@ -211,6 +249,8 @@ class HttpClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._priority is not None:
+            await self._priority.aclose()
 
 
 class _NotSent(RetryableError):

@@ -194,7 +194,11 @@ class NativeBackend:
 
     async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
         response = await self.http.request(
-            "POST", "agents/heartbeat", json=_body(beat), retry_for=LOOP_RETRY_SECONDS
+            "POST",
+            "agents/heartbeat",
+            json=_body(beat),
+            retry_for=LOOP_RETRY_SECONDS,
+            priority=True,
         )
         return _parse(AgentRecord, response)
 
