@@ -30,6 +30,7 @@ class Sizes:
     heartbeat_seconds: float = 5.0  # the concurrency scenario's agent (5 s is the default)
     idle_seconds: float = 60.0
     prefect_runs: int = 12
+    prefect_gap: float = 4.0  # mean seconds between two Prefect runs' creation (+-25 %)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -47,6 +48,7 @@ class Sizes:
             heartbeat_seconds=1.0,
             idle_seconds=5.0,
             prefect_runs=3,
+            prefect_gap=1.5,
         )
 
 

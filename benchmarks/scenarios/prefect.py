@@ -28,9 +28,6 @@ from benchmarks.sampling import ProcessWatch
 from benchmarks.scenarios.common import collect_stamps, late_ms, stream
 from benchmarks.stats import Figure, percentile
 
-#: Runs arrive every 3-5 s: each one's engine (`python -m prefect.engine`) takes 1.3 s of CPU just
-#: to import Prefect, so closer arrivals would measure a saturated 2-core machine, not the worker.
-GAP = (3.0, 5.0)
 LEAD = (1.0, 2.0)
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -127,13 +124,17 @@ def measure(ctx: Context, server: PrefectServer, contender: Contender) -> dict[s
     out = ctx.lab.path(f"prefect-{contender.key}-stamps")
     home = ctx.lab.path(f"prefect-{contender.key}-home")
     deployment = api.deployment(pool, queue["name"], "bench.py:first_act", out=str(out))
+    # Runs arrive every 3-5 s (--quick: 1.1-1.9 s): each one's engine (`python -m prefect.engine`)
+    # takes 1.3 s of CPU just to import Prefect, so closer arrivals would measure a saturated
+    # 2-core machine rather than the worker.
+    gap = (0.75 * ctx.sizes.prefect_gap, 1.25 * ctx.sizes.prefect_gap)
     proc = contender.start(ctx.lab, server, pool, queue, home)
     try:
-        warm = stream(lambda due: api.run(deployment, at=due), 1, GAP)
+        warm = stream(lambda due: api.run(deployment, at=due), 1, gap)
         if collect_stamps(out, warm, timeout=120):
             raise LabError(f"{contender.label}: the warm-up run never started")
-        pickup = stream(lambda due: api.run(deployment, at=due), n, GAP)
-        ontime = stream(lambda due: api.run(deployment, at=due), n, GAP, LEAD)
+        pickup = stream(lambda due: api.run(deployment, at=due), n, gap)
+        ontime = stream(lambda due: api.run(deployment, at=due), n, gap, LEAD)
         missing = collect_stamps(out, pickup + ontime, timeout=120)
         ids = [s["run_id"] for s in warm + pickup + ontime]
         states = _wait_terminal(api, ids, timeout=120)
