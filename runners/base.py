@@ -73,3 +73,22 @@ class Runner(Protocol):
         Raises :class:`agent.errors.RunnerError` when the run cannot be started at all.
         """
         ...
+
+
+@runtime_checkable
+class AdoptingRunner(Runner, Protocol):
+    """A runner whose runs outlive the agent, so a restarted agent can supervise them again.
+
+    ``info`` is the started handle's :attr:`RunHandle.info`, kept on disk by the agent. A runner
+    that cannot adopt (in-process runs die with the agent) simply does not implement this.
+    """
+
+    async def adopt(self, spec: RunSpec, info: dict[str, Any], sink: OutputSink) -> RunHandle:
+        """Take over a run an earlier life of the agent started, from ``info``.
+
+        Output printed from now on goes to ``sink``. If the run has ended meanwhile, the handle's
+        ``wait()`` says how, when the runner can still tell. Raises
+        :class:`agent.errors.RunnerError` when the run is gone without a trace of its outcome.
+        """
+        ...
+
