@@ -79,8 +79,11 @@ class Runner(Protocol):
 class AdoptingRunner(Runner, Protocol):
     """A runner whose runs outlive the agent, so a restarted agent can supervise them again.
 
-    ``info`` is the started handle's :attr:`RunHandle.info`, kept on disk by the agent. A runner
-    that cannot adopt (in-process runs die with the agent) simply does not implement this.
+    ``info`` is the started handle's :attr:`RunHandle.info`, kept on disk by the agent, plus
+    ``output_since``: the Unix time before which the earlier life had surely shipped the run's
+    output. A runner that replays output (Docker logs) replays from there: a line may be shipped
+    twice, none is lost. A runner that cannot adopt (in-process runs die with the agent) simply
+    does not implement this.
     """
 
     async def adopt(self, spec: RunSpec, info: dict[str, Any], sink: OutputSink) -> RunHandle:
