@@ -24,6 +24,7 @@ from uuid import UUID, uuid4
 
 import structlog
 
+from agent.adoption import Leftover, find_leftovers, still_ours
 from agent.backends.base import Backend
 from agent.config import Settings
 from agent.errors import AuthError, FlowAgentError, NotFound, RunnerError, ServerUnavailable
@@ -73,6 +74,7 @@ class Agent:
         self._runners: dict[str, Runner | RunnerError] = {}
         self._signals = 0
         self._startup: asyncio.Task[Heartbeater] | None = None
+        self._adopted: list[RunSupervisor] = []  # taken over at start-up, not yet supervised
         self.agent_id: UUID | None = None
         self.queue: WorkQueue | None = None
         # systemd notifications, /healthz and /metrics, the resource gate, secret redaction.
@@ -118,7 +120,8 @@ class Agent:
             host=self.ops.sampler.latest,
             held_runs=lambda: [*self.runs, *self.outbox.spool.run_ids()],
         )
-        self._stop_leftovers()
+        # Read before this life renews the lease: its age dates what was left behind.
+        leftovers = find_leftovers(self.fence)
         self.agent_id = await heartbeater.register()
         self.fence.prepare(fence_after=heartbeater.lease_seconds / 2)
         heartbeater.on_renewed = self.fence.touch_lease
@@ -134,6 +137,7 @@ class Agent:
         )
         # Reports an earlier life of this agent could not deliver go first, in order.
         await self.outbox.drain()
+        await self._take_over(leftovers)
         await self._release_orphans()
         self.ops.ready(self.queue, heartbeater)
         return heartbeater
@@ -169,6 +173,9 @@ class Agent:
                 self.ops.supervise(side_tasks)
                 try:
                     async with asyncio.TaskGroup() as runs:
+                        for supervisor in self._adopted:
+                            self._supervise(runs, supervisor)
+                        self._adopted.clear()
                         await self._claim_loop(runs)
                         await self._drain()
                     # A long poll cancelled at shutdown may have claimed runs we never saw.
@@ -245,9 +252,16 @@ class Agent:
         return None
 
     def _launch(self, runs: asyncio.TaskGroup, claimed: ClaimedRun) -> None:
+        supervisor = self._prepare(claimed)
+        self.ops.metrics.runs_claimed.inc()
+        log.info("run_claimed", run_id=str(claimed.flow_run.id), deployment=claimed.deployment.name)
+        self._supervise(runs, supervisor)
+
+    def _prepare(self, claimed: ClaimedRun, adopted: Leftover | None = None) -> RunSupervisor:
+        """A supervisor for ``claimed``, counted among this agent's runs from now on."""
         assert self.agent_id is not None
         run_id = claimed.flow_run.id
-        ctx = RunContext(claimed)
+        ctx = RunContext(claimed, adopted=adopted)
         self.runs[run_id] = ctx
         name = claimed.deployment.runner or self.options.runner
         defaults = self.options.runner_options if name == self.options.runner else {}
@@ -263,7 +277,7 @@ class Agent:
                 options = validate_options(name, deployment.runner_options, type(runner))
             except FlowAgentError as exc:
                 runner = RunnerError(exc.message)
-        supervisor = RunSupervisor(
+        return RunSupervisor(
             ctx,
             self.backend,
             runner,
@@ -280,8 +294,9 @@ class Agent:
                 metrics=self.ops.metrics,
             ),
         )
-        self.ops.metrics.runs_claimed.inc()
-        log.info("run_claimed", run_id=str(run_id), deployment=deployment.name)
+
+    def _supervise(self, runs: asyncio.TaskGroup, supervisor: RunSupervisor) -> None:
+        run_id = supervisor.ctx.run_id
 
         async def supervise() -> None:
             try:
@@ -351,16 +366,32 @@ class Agent:
                 for ctx in list(self.runs.values()):
                     ctx.request_stop(StopReason.LEASE_LOST)
 
-    def _stop_leftovers(self) -> None:
-        """Kill what an earlier life of this agent left running, before anything else.
+    async def _take_over(self, leftovers: list[Leftover]) -> None:
+        """Adopt what an earlier life of this agent left executing, or stop it (agent/adoption.py).
 
-        Its output pipes died with it, so it cannot be supervised again; and once this life
-        heartbeats, the server resolves those runs (and may retry them elsewhere), so they
-        must be dead first. This needs no server: it works from the fence's local list.
+        Runs taken over count as this agent's before its next heartbeat, which lists what it
+        holds: the server resolves whatever is not listed.
         """
-        for run_id, info in self.fence.registered().items():
-            killed = self.fence.kill(run_id, info)
-            log.warning("leftover_stopped" if killed else "leftover_gone", run_id=str(run_id))
+        if not leftovers:
+            return
+        assert self.agent_id is not None
+        try:
+            held = {run.id: run for run in await self.backend.claimed_runs(self.agent_id)}
+        except FlowAgentError as exc:
+            log.warning("leftovers_not_checked", error=str(exc))
+            held = {}  # cannot tell whether they are still ours: stop them, never run twice
+        for leftover in leftovers:
+            why_not = still_ours(leftover, held)
+            if why_not is None and leftover.claimed is not None:
+                self._adopted.append(self._prepare(leftover.claimed, leftover))
+                log.info("leftover_adopting", run_id=str(leftover.run_id))
+                continue
+            killed = self.fence.kill(leftover.run_id, leftover.listed)
+            log.warning(
+                "leftover_stopped" if killed else "leftover_gone",
+                run_id=str(leftover.run_id),
+                reason=why_not,
+            )
 
     async def _release_orphans(self) -> None:
         """Runs the server says we hold but we do not (a previous life of this agent)."""

@@ -12,6 +12,10 @@ seconds pass without a heartbeat. Before that can happen, the old execution must
   kills every listed run's process tree. One fence per agent, not per run: it costs the same for
   one run as for a thousand.
 
+The same list lets a restarted agent adopt its runs: each entry also keeps what the agent needs
+to supervise the run again (the claimed run, the runner's handle info), so an agent back within
+the lease takes its runs over instead of losing them (``agent/adoption.py``).
+
 The fence exits by itself once its agent is gone and no run is left to watch.
 """
 
@@ -72,21 +76,40 @@ class FenceDir:
         except (OSError, ValueError, KeyError):
             return 15.0
 
-    def register(self, run_id: UUID, info: dict[str, Any]) -> None:
+    def register(
+        self, run_id: UUID, info: dict[str, Any], adoption: dict[str, Any] | None = None
+    ) -> None:
         """List a run's process (or container) so the fence can kill it.
 
-        In-process runs are not listed: they die with the agent.
+        ``adoption`` is what a restarted agent needs to supervise the run again. In-process runs
+        are not listed: they die with the agent.
         """
-        listed = {k: info[k] for k in ("pid", "pgid", "create_time", "container_id") if k in info}
+        keys = ("pid", "pgid", "create_time", "container_id")
+        listed: dict[str, Any] = {k: info[k] for k in keys if k in info}
         if "container_id" not in listed and not {"pid", "create_time"} <= listed.keys():
             return
+        if adoption is not None:
+            listed["adoption"] = adoption
         path = self.runs / f"{run_id}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(listed))
+        # Private: the claimed run carries the deployment's environment.
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(json.dumps(listed))
         tmp.replace(path)
 
     def unregister(self, run_id: UUID) -> None:
         (self.runs / f"{run_id}.json").unlink(missing_ok=True)
+
+    def any_registered(self) -> bool:
+        return any(self.runs.glob("*.json"))
+
+    def lease_renewed_at(self) -> float | None:
+        """The Unix time the lease was last renewed, if ever."""
+        try:
+            return self.lease.stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def registered(self) -> dict[UUID, dict[str, Any]]:
         found: dict[UUID, dict[str, Any]] = {}
@@ -180,13 +203,14 @@ def watch(fence: FenceDir) -> None:
 
     log(f"watching (fence after {fence.fence_after():g}s without a renewed lease)")
     while True:
-        runs = fence.registered()
-        if not runs and not _agent_alive(fence):
+        # Listing, not reading: a thousand runs' entries are only parsed when they must die.
+        listed = fence.any_registered()
+        if not listed and not _agent_alive(fence):
             log("agent gone and no runs left: exiting")
             return
         age = fence.lease_age()
-        if runs and age > fence.fence_after():
-            for run_id, info in runs.items():
+        if listed and age > fence.fence_after():
+            for run_id, info in fence.registered().items():
                 killed = fence.kill(run_id, info)
                 log(
                     f"lease not renewed for {age:.1f}s: run {run_id} {'killed' if killed else 'already gone'}"

@@ -16,6 +16,7 @@ from uuid import UUID
 
 import structlog
 
+from agent.adoption import Leftover, adoption_record
 from agent.backends.base import Backend
 from agent.errors import AuthError, Conflict, FlowAgentError, RunnerError, ServerUnavailable
 from agent.fence import FenceDir
@@ -24,7 +25,7 @@ from agent.metrics import AgentMetrics
 from agent.models import ClaimedRun, Deployment, FlowRun, StateProposal, StateType
 from agent.outbox import Outbox
 from agent.redaction import Redactor
-from runners.base import Outcome, RunHandle, Runner, RunResult, RunSpec
+from runners.base import AdoptingRunner, Outcome, RunHandle, Runner, RunResult, RunSpec
 
 log = structlog.get_logger("agent.supervisor")
 
@@ -41,6 +42,8 @@ class RunContext:
     """The daemon's handle on one supervised run."""
 
     claimed: ClaimedRun
+    # Set when this life takes over a run an earlier life of the agent started.
+    adopted: Leftover | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: StopReason | None = None
     claimed_at: float = field(default_factory=time.monotonic)
@@ -159,12 +162,61 @@ class RunSupervisor:
             structlog.contextvars.unbind_contextvars("run_id")
 
     async def _supervise(self) -> None:
+        adopted = self.ctx.adopted
+        handle = await (self._start() if adopted is None else self._adopt(adopted))
+        if handle is None:
+            return
+        started_at = time.time() if adopted is None else adopted.started_at
+        if adopted is None:
+            record = adoption_record(self.ctx.claimed, handle.info, started_at)
+            self.fence.register(self._run.id, handle.info, record)
+        try:
+            if adopted is None:
+                log.info("run_started", runner=self._runner_name, **handle.info)
+                if self.policy.metrics is not None:
+                    latency = time.monotonic() - self.ctx.claimed_at
+                    self.policy.metrics.run_started(self._runner_name, latency)
+                await self._update_info(handle.info)
+            result, stopped = await self._wait(handle, started_at)
+        finally:
+            self.fence.unregister(self._run.id)
+        await self._finish(result, stopped)
+
+    async def _adopt(self, leftover: Leftover) -> RunHandle | None:
+        """Take over a run an earlier life started; None once it is reported CRASHED."""
+        assert leftover.info is not None
+        name = self.policy.agent_name
+        runner = self.runner
+        if isinstance(runner, RunnerError):
+            reason = runner.message
+        elif not isinstance(runner, AdoptingRunner):
+            reason = f"the {runner.name} runner cannot take over runs"
+        else:
+            sink = self.redactor.wrap_sink(self.shipper.sink_for(self._run.id))
+            try:
+                handle = await runner.adopt(self._spec(), leftover.info, sink)
+            except RunnerError as exc:
+                reason = exc.message
+            else:
+                self._agent_line(f"agent {name} restarted and took the run over")
+                log.info("run_adopted", runner=runner.name, **handle.info)
+                return handle
+        # Whatever is left of it must be dead before the run can be retried elsewhere.
+        self.fence.kill(self._run.id, leftover.listed)
+        log.warning("run_not_adopted", reason=self.redactor.redact(reason))
+        await self._report(
+            StateType.CRASHED, f"agent {name} restarted and could not take the run over: {reason}"
+        )
+        return None
+
+    async def _start(self) -> RunHandle | None:
+        """Launch the run; None when it was not started (and its state says why)."""
         if self.ctx.stop_requested.is_set():
             await self._report(StateType.CANCELLED, self._stop_message())
-            return
+            return None
         if isinstance(self.runner, RunnerError):
             await self._report(StateType.FAILED, self.runner.message)
-            return
+            return None
         # RUNNING is proposed before the process exists: if the run was cancelled while PENDING
         # the server refuses, and we never start it.
         try:
@@ -179,34 +231,27 @@ class RunSupervisor:
             )
         except Conflict as exc:
             log.info("run_not_started", reason=exc.message)
-            return
+            return None
         except ServerUnavailable as exc:
             # Not started, and the server cannot hear it now: hand the run back (spooled if
             # need be) rather than leave it PENDING under a live agent's lease forever.
             log.warning("run_not_started", reason=exc.message)
             await self._report(StateType.SCHEDULED, "agent could not reach the server to start it")
-            return
+            return None
         try:
             sink = self.redactor.wrap_sink(self.shipper.sink_for(self._run.id))
-            handle = await self.runner.start(self._spec(), sink)
+            return await self.runner.start(self._spec(), sink)
         except RunnerError as exc:
             log.warning("run_start_failed", error=self.redactor.redact(exc.message))
             await self._report(StateType.FAILED, exc.message)
-            return
-        self.fence.register(self._run.id, handle.info)
-        try:
-            log.info("run_started", runner=self.runner.name, **handle.info)
-            if self.policy.metrics is not None:
-                latency = time.monotonic() - self.ctx.claimed_at
-                self.policy.metrics.run_started(self._runner_name, latency)
-            await self._update_info(handle.info)
-            result, stopped = await self._wait(handle)
-        finally:
-            self.fence.unregister(self._run.id)
-        await self._finish(result, stopped)
+            return None
 
-    async def _wait(self, handle: RunHandle) -> tuple[RunResult, StopReason | None]:
+    async def _wait(
+        self, handle: RunHandle, started_at: float
+    ) -> tuple[RunResult, StopReason | None]:
         timeout = self._deployment.timeout_seconds
+        if timeout is not None:  # an adopted run has used part of it already
+            timeout = max(0.0, timeout - (time.time() - started_at))
         waiting = asyncio.create_task(handle.wait(), name=f"wait-{self._run.id}")
         stopping = asyncio.create_task(self.ctx.stop_requested.wait(), name=f"stop-{self._run.id}")
         try:

@@ -94,4 +94,3 @@ class AdoptingRunner(Runner, Protocol):
         :class:`agent.errors.RunnerError` when the run is gone without a trace of its outcome.
         """
         ...
-

@@ -10,7 +10,10 @@ Environment:
     FLOWAGENT_PARAMETERS   a JSON object, passed as keyword arguments (absent: no arguments)
     FLOWAGENT_RESULT_FILE  where to write the outcome as JSON (absent: not written):
                            {"ok": true, "result": ...} or {"ok": true, "result_repr": "..."}
-                           or {"ok": false, "error_type": "ValueError", "error_message": "..."}
+                           or {"ok": false, "error_type": "ValueError", "error_message": "..."},
+                           each with "exit_code"; after sys.exit(), {"exit_code": N} only.
+                           An agent that is not this process's parent learns its exit status
+                           from here (a restarted agent adopting the run).
 
 Exit codes: 0 the flow returned; 1 the flow raised (traceback on stderr); 2 the entrypoint could
 not be loaded or called (one ``flowagent: ...`` line on stderr, error_type "EntrypointError").
@@ -161,18 +164,20 @@ def call(func: Callable[..., Any], parameters: dict[str, Any]) -> Any:
     return result
 
 
-def write_result(document: dict[str, Any]) -> None:
+def write_result(document: dict[str, Any], exit_code: int) -> None:
     path = os.environ.get("FLOWAGENT_RESULT_FILE")
     if not path:
         return
+    document = {**document, "exit_code": exit_code}
     try:
         text = json.dumps(document)
     except (TypeError, ValueError, RecursionError):
         # Not JSON-serialisable (or circular): say what it was rather than lose it.
         try:
-            text = json.dumps({"ok": True, "result_repr": repr(document["result"])})
+            shown = repr(document["result"])
         except Exception as exc:
-            text = json.dumps({"ok": True, "result_repr": f"<unrepresentable: {_describe(exc)}>"})
+            shown = f"<unrepresentable: {_describe(exc)}>"
+        text = json.dumps({"ok": True, "result_repr": shown, "exit_code": exit_code})
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
@@ -215,18 +220,35 @@ def main(argv: list[str]) -> int:
         check_parameters(func, parameters)
     except EntrypointError as exc:
         print(f"flowagent: {exc}", file=sys.stderr)
-        write_result({"ok": False, "error_type": "EntrypointError", "error_message": str(exc)})
+        write_result(
+            {"ok": False, "error_type": "EntrypointError", "error_message": str(exc)},
+            EXIT_ENTRYPOINT_ERROR,
+        )
         return EXIT_ENTRYPOINT_ERROR
     try:
         result = call(func, parameters)
+    except SystemExit as exc:
+        # The flow's own exit status stands; it is recorded, and the exit goes on.
+        write_result({}, _exit_status(exc.code))
+        raise
     except Exception as exc:
-        # SystemExit and KeyboardInterrupt are not caught: the flow's own exit status stands.
+        # KeyboardInterrupt is not caught: Python then dies of SIGINT, as a signal should.
         message = str(exc)
-        write_result({"ok": False, "error_type": type(exc).__name__, "error_message": message})
+        document = {"ok": False, "error_type": type(exc).__name__, "error_message": message}
+        write_result(document, EXIT_FLOW_FAILED)
         _print_traceback(exc)
         return EXIT_FLOW_FAILED
-    write_result({"ok": True, "result": result})
+    write_result({"ok": True, "result": result}, 0)
     return 0
+
+
+def _exit_status(code: object) -> int:
+    """The status ``sys.exit(code)`` makes the interpreter exit with."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    return 1  # a message: printed to stderr, status 1
 
 
 if __name__ == "__main__":

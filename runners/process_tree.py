@@ -54,6 +54,27 @@ def watch_exit(proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
     return exited
 
 
+def watch_foreign_exit(pidfd: int) -> asyncio.Future[int | None]:
+    """Resolve to None once the process behind ``pidfd`` exits; the future owns ``pidfd``.
+
+    For a process that is not our child (adopted from an earlier life of the agent): its parent
+    reaps it, so its exit status is not ours to learn here.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[int | None] = loop.create_future()
+
+    def gone() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, gone)
+    return exited
+
+
 def _reap(proc: subprocess.Popen[bytes], pidfd: int, exited: asyncio.Future[int]) -> None:
     import asyncio
 

@@ -3,8 +3,19 @@
 A Python entrypoint runs as ``<python> runners/bootstrap.py <entrypoint>``: the interpreter is
 the deployment's (option ``python``) and needs nothing of ours installed; parameters go in as
 ``FLOWAGENT_PARAMETERS`` and the outcome comes back through ``FLOWAGENT_RESULT_FILE``. A command
-deployment runs its argv as is. The child's environment is exactly ``spec.env`` plus those
-variables and ``PYTHONUNBUFFERED=1``.
+deployment runs its argv under a small ``sh`` wrapper that records its exit status in the same
+kind of file. The child's environment is exactly ``spec.env`` plus those variables and
+``PYTHONUNBUFFERED=1``.
+
+Runs outlive the agent, so a restarted agent can adopt them (:meth:`SubprocessRunner.adopt`):
+
+* The run's process holds the read ends of its own output pipes, so its writes never meet a
+  closed pipe (SIGPIPE) while no agent reads; they block once the pipe is full, until an agent
+  adopts the run (or the fence kills it). The adopting agent opens those pipes again through
+  ``/proc/<pid>/fd/<n>``.
+* A process that is not our child cannot be waited for, so its exit status comes from the result
+  file (the bootstrap writes ``exit_code``; the wrapper writes it for commands), and its end is
+  seen through a pidfd.
 
 How a run ends (``wait()``):
 
@@ -30,12 +41,13 @@ import errno
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -46,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.errors import RunnerError
 from runners.base import Outcome, OutputSink, RunHandle, Runner, RunResult, RunSpec
 from runners.outcome import completed, ended, failure_message
-from runners.process_tree import signal_tree, watch_exit
+from runners.process_tree import signal_tree, watch_exit, watch_foreign_exit
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +69,28 @@ MAX_LINE_BYTES = 64 * 1024
 STDERR_CONTEXT_LINES = 5
 #: The bootstrap's exit code when the entrypoint could not be loaded.
 EXIT_ENTRYPOINT_ERROR = 2
+#: How an adopted run's end is told when its process left no result file (not our child, so
+#: its exit status cannot be read).
+UNRECORDED = "its process ended without recording how"
+#: Runs a command deployment's argv (``sh -c STATUS_WRAPPER flowagent-run RESULT_FILE ARGV…``)
+#: and records its exit status, so an agent that is not its parent can still learn it. The
+#: traps keep the wrapper alive while the command handles SIGTERM (handlers, unlike an ignored
+#: signal, reset at exec). A command killed by a signal (status 128+N, N ≤ 15) is recorded as
+#: -N and the wrapper then dies of the same signal, so its parent sees what it would have seen.
+STATUS_WRAPPER = """trap : HUP INT TERM
+result=$1
+shift
+"$@"
+code=$?
+if [ "$code" -gt 128 ] && [ "$code" -le 143 ]; then
+    printf '{"exit_code": -%d}' "$((code - 128))" >"$result"
+    trap - HUP INT TERM
+    ulimit -c 0
+    kill -"$((code - 128))" "$$"
+fi
+printf '{"exit_code": %d}' "$code" >"$result"
+exit "$code"
+"""
 
 
 class SubprocessOptions(BaseModel):
@@ -91,41 +125,130 @@ class SubprocessRunner:
             parameters = json.dumps(spec.parameters)
         except (TypeError, ValueError) as exc:
             raise RunnerError(f"the run's parameters are not JSON-serialisable: {exc}") from None
+        if (spec.entrypoint is None) == (spec.command is None):
+            raise RunnerError("a run needs exactly one of an entrypoint or a command")
 
         env = {**spec.env, "FLOWAGENT_PARAMETERS": parameters}
         env.setdefault("PYTHONUNBUFFERED", "1")
-        result_file: Path | None = None
-        if spec.entrypoint is not None and spec.command is None:
-            fd, name = tempfile.mkstemp(prefix="flowagent-result-", suffix=".json")
-            os.close(fd)
-            result_file = Path(name)
+        if spec.command is not None:
+            program = _resolve(spec.command[0], env, spec.working_dir)
+        fd, name = tempfile.mkstemp(prefix="flowagent-result-", suffix=".json")
+        os.close(fd)
+        result_file = Path(name)
+        if spec.command is not None:
+            argv = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, program]
+            argv += spec.command[1:]
+        else:
+            assert spec.entrypoint is not None
             env["FLOWAGENT_RESULT_FILE"] = name
             argv = [options.python or sys.executable, str(BOOTSTRAP), spec.entrypoint]
-        elif spec.command and spec.entrypoint is None:
-            argv = list(spec.command)
-        else:
-            raise RunnerError("a run needs exactly one of an entrypoint or a command")
 
+        pipes: list[int] = []
         try:
-            proc = _spawn(argv, env, spec.working_dir)
-            handle = SubprocessHandle(proc, sink, result_file, self.drain_timeout)
-            await handle._attach(name=f"run-{spec.run_id}")
+            out_read, out_write = os.pipe()
+            pipes += (out_read, out_write)
+            err_read, err_write = os.pipe()
+            pipes += (err_read, err_write)
+            proc = _spawn(argv, env, spec.working_dir, (out_read, out_write, err_read, err_write))
+            for end in (out_write, err_write):  # the child has its own copies
+                pipes.remove(end)
+                os.close(end)
+            outputs = {"stdout": out_read, "stderr": err_read}
+            handle = SubprocessHandle(proc.pid, sink, result_file, self.drain_timeout, outputs)
+            pipes.clear()  # the handle owns the read ends now
+            await handle._attach(watch_exit(proc), name=f"run-{spec.run_id}")
         except BaseException:
-            if result_file is not None:
-                result_file.unlink(missing_ok=True)
+            for end in pipes:
+                os.close(end)
+            _discard(result_file)
+            raise
+        return handle
+
+    async def adopt(
+        self, spec: RunSpec, info: dict[str, Any], sink: OutputSink
+    ) -> SubprocessHandle:
+        """Supervise again a run an earlier life of the agent started (see the module doc)."""
+        try:
+            pid, created = int(info["pid"]), float(info["create_time"])
+            result_file = Path(str(info["result_file"]))
+            outputs = [int(info["stdout_fd"]), int(info["stderr_fd"])]
+            inodes = [int(i) for i in info["pipe_inodes"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunnerError(f"cannot adopt the run: its record lacks {exc}") from None
+        try:
+            pidfd: int | None = os.pidfd_open(pid)
+            if abs(psutil.Process(pid).create_time() - created) > 0.01:
+                os.close(pidfd)  # type: ignore[arg-type]
+                pidfd = None  # the pid now names another process
+        except (OSError, psutil.Error):
+            pidfd = None
+        if pidfd is None:
+            # It ended while no agent watched it: only its result file can say how.
+            document = _read_json(result_file)
+            _discard(result_file)
+            if document is None or not isinstance(document.get("exit_code"), int):
+                raise RunnerError(f"{UNRECORDED} while no agent watched it (pid {pid})")
+            result = SubprocessHandle.outcome(document["exit_code"], document, ())
+            return SubprocessHandle.already_over(info, sink, result)
+        reopened: dict[str, int] = {}
+        for stream, fd, inode in zip(("stdout", "stderr"), outputs, inodes, strict=True):
+            with contextlib.suppress(OSError):
+                mine = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                if os.fstat(mine).st_ino == inode:
+                    reopened[stream] = mine
+                else:  # the flow closed it and reused the number
+                    os.close(mine)
+        handle = SubprocessHandle(pid, sink, result_file, self.drain_timeout, reopened, info)
+        if len(reopened) < len(outputs):
+            log.warning("adopted_run_output_lost", pid=pid)
+            handle._emit("stderr", b"flowagent: this run's output could not be followed again")
+        try:
+            await handle._attach(watch_foreign_exit(pidfd), name=f"run-{spec.run_id}")
+        except BaseException:
+            os.close(pidfd)
             raise
         return handle
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+def _resolve(program: str, env: dict[str, str], cwd: Path) -> str:
+    """The command's executable, found as exec would; a clear error if it cannot be run."""
+    if "/" in program:
+        path = cwd / program
+        if not path.is_file():
+            raise RunnerError(f"command not found: {program}")
+    else:
+        search = env.get("PATH", os.defpath)
+        found = shutil.which(
+            program,
+            path=os.pathsep.join(
+                p if os.path.isabs(p) else os.fspath(cwd / p) for p in search.split(os.pathsep)
+            ),
+        )
+        if found is None:
+            raise RunnerError(
+                f"command not found: {program}", hint=f"looked up on the run's PATH: {search}"
+            )
+        path = Path(found)
+    if not os.access(path, os.X_OK):
+        raise RunnerError(f"cannot execute {program}: permission denied")
+    return program if "/" in program else os.fspath(path)
+
+
+def _spawn(
+    argv: list[str], env: dict[str, str], cwd: Path, pipes: tuple[int, int, int, int]
+) -> subprocess.Popen[bytes]:
+    out_read, out_write, err_read, err_write = pipes
     try:
         return subprocess.Popen(
             argv,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=out_write,
+            stderr=err_write,
+            # The run holds the read ends of its own output: if the agent dies, its writes
+            # block instead of killing it with SIGPIPE, and a restarted agent can reopen them.
+            pass_fds=(out_read, err_read),
             # Its own session and process group: signals to the agent's terminal do not reach
             # the run, and interrupt/terminate reach the whole run through the group.
             start_new_session=True,
@@ -152,51 +275,83 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[
 
 
 class SubprocessHandle:
-    """One running child process. Created by :meth:`SubprocessRunner.start`."""
+    """One run's process: a child of ours, or one adopted from an earlier life of the agent."""
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        pid: int,
         sink: OutputSink,
         result_file: Path | None,
         drain_timeout: float,
+        outputs: dict[str, int],
+        adopted: dict[str, Any] | None = None,
     ) -> None:
-        self._proc = proc
+        self._pid = pid
         self._sink = sink
         self._result_file = result_file
         self._drain_timeout = drain_timeout
-        # Not reaped yet, so the pid is still this process; psutil keeps its start time so a
-        # later signal cannot reach a process that reused the pid.
-        self._ps = psutil.Process(proc.pid)
-        self._info: dict[str, Any] = {
-            "pid": proc.pid,
-            "pgid": proc.pid,  # start_new_session: the child leads its own group
-            "create_time": self._ps.create_time(),
-        }
+        self._outputs = outputs  # stream name -> read end of its pipe
+        self._ps: psutil.Process | None = None
+        if adopted is not None:
+            self._info = {k: v for k, v in adopted.items() if k != "output_since"}
+        else:
+            # Not reaped yet, so the pid is still this process; psutil keeps its start time so
+            # a later signal cannot reach a process that reused the pid.
+            self._ps = psutil.Process(pid)
+            self._info = {
+                "pid": pid,
+                "pgid": pid,  # start_new_session: the run leads its own group
+                "create_time": self._ps.create_time(),
+                "result_file": None if result_file is None else os.fspath(result_file),
+                # What an adopting agent needs to read the output again (see the module doc).
+                "stdout_fd": outputs["stdout"],
+                "stderr_fd": outputs["stderr"],
+                "pipe_inodes": [os.fstat(outputs[s]).st_ino for s in ("stdout", "stderr")],
+            }
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
         self._sink_failed = False
         self._pipes: list[_LinePipe] = []
-        self._done: asyncio.Task[RunResult] | None = None
+        self._exited = False
+        self._done: asyncio.Future[RunResult] | None = None
 
-    async def _attach(self, name: str) -> None:
+    @classmethod
+    def already_over(
+        cls, info: dict[str, Any], sink: OutputSink, result: RunResult
+    ) -> SubprocessHandle:
+        """A handle on an adopted run that ended while no agent watched it."""
+        handle = cls(int(info["pid"]), sink, None, 0.0, {}, info)
+        handle._exited = True
+        handle._done = asyncio.get_running_loop().create_future()
+        handle._done.set_result(result)
+        return handle
+
+    async def _attach(self, exited: Awaitable[int | None], name: str) -> None:
         loop = asyncio.get_running_loop()
-        exited = watch_exit(self._proc)
+        if self._ps is None:
+            with contextlib.suppress(psutil.Error):
+                self._ps = psutil.Process(self._pid)
+        pending = dict(self._outputs)
         try:
-            for stream, pipe in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
-                _, protocol = await loop.connect_read_pipe(
-                    functools.partial(_LinePipe, stream, self._emit), pipe
-                )
+            for stream in self._outputs:
+                pipe = os.fdopen(pending.pop(stream), "rb", buffering=0)
+                try:
+                    _, protocol = await loop.connect_read_pipe(
+                        functools.partial(_LinePipe, stream, self._emit), pipe
+                    )
+                except BaseException:
+                    pipe.close()
+                    raise
                 self._pipes.append(protocol)
         except BaseException:
             # Cannot supervise it: do not leave it running unwatched.
             with contextlib.suppress(OSError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            await asyncio.shield(exited)
+                os.killpg(self._pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(exited)
             for p in self._pipes:
-                p.close()  # stops watching the pipe now; the file is closed just below
-            for pipe in (self._proc.stdout, self._proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+                p.close()
+            for fd in pending.values():
+                os.close(fd)
             raise
         self._done = loop.create_task(self._supervise(exited), name=f"{name}-supervise")
 
@@ -205,7 +360,7 @@ class SubprocessHandle:
         return dict(self._info)
 
     async def wait(self) -> RunResult:
-        assert self._done is not None, "SubprocessHandle is created by SubprocessRunner.start"
+        assert self._done is not None, "SubprocessHandle is created by SubprocessRunner"
         # Shielded: a caller giving up on waiting must not stop the supervision.
         return await asyncio.shield(self._done)
 
@@ -218,21 +373,29 @@ class SubprocessHandle:
     def _signal(self, sig: signal.Signals) -> None:
         if self._done is None or self._done.done():
             return  # the run is over: its pid and group may belong to someone else by now
-        # Once the main process is reaped only its group is left to reach (output draining).
-        root = self._ps if self._proc.returncode is None else None
-        signal_tree(root, self._proc.pid, sig)
+        # Once the main process is gone only its group is left to reach (output draining).
+        root = None if self._exited else self._ps
+        signal_tree(root, self._pid, sig)
 
-    async def _supervise(self, exited: asyncio.Future[int]) -> RunResult:
+    async def _supervise(self, exited: Awaitable[int | None]) -> RunResult:
         try:
             code = await exited
+            self._exited = True
             closed = [p.closed for p in self._pipes]
-            _, still_open = await asyncio.wait(closed, timeout=self._drain_timeout)
-            if still_open:
-                log.warning("run_output_abandoned", pid=self._proc.pid, reason="pipes held open")
-                for p in self._pipes:
-                    p.close()
-                await asyncio.wait(closed)
-            return self._result(code, self._read_result_file())
+            if closed:
+                _, still_open = await asyncio.wait(closed, timeout=self._drain_timeout)
+                if still_open:
+                    log.warning("run_output_abandoned", pid=self._pid, reason="pipes held open")
+                    for p in self._pipes:
+                        p.close()
+                    await asyncio.wait(closed)
+            document = None if self._result_file is None else _read_json(self._result_file)
+            if code is None:  # adopted: not our child, so its status is in the result file
+                recorded = (document or {}).get("exit_code")
+                if not isinstance(recorded, int):
+                    return RunResult(Outcome.CRASHED, f"{UNRECORDED} (killed by a signal?)")
+                code = recorded
+            return self.outcome(code, document, self._stderr_tail)
         finally:
             if self._result_file is not None:
                 self._result_file.unlink(missing_ok=True)
@@ -247,25 +410,32 @@ class SubprocessHandle:
             # Keep draining whatever the sink does: a full pipe would block the run.
             if not self._sink_failed:
                 self._sink_failed = True
-                log.exception("run_output_sink_failed", pid=self._proc.pid)
+                log.exception("run_output_sink_failed", pid=self._pid)
 
-    def _read_result_file(self) -> dict[str, Any] | None:
-        if self._result_file is None:
-            return None
-        try:
-            document = json.loads(self._result_file.read_text(encoding="utf-8") or "null")
-        except (OSError, ValueError):
-            return None  # killed while writing it, or never written (os._exit, a signal)
-        return document if isinstance(document, dict) else None
-
-    def _result(self, code: int, document: dict[str, Any] | None) -> RunResult:
+    @staticmethod
+    def outcome(
+        code: int, document: dict[str, Any] | None, stderr_tail: Iterable[str]
+    ) -> RunResult:
+        """``code`` is a return code: negative for a signal, as subprocess reports it."""
         if code == 0:
             return completed(document)
         if code < 0:
             outcome, headline = Outcome.CRASHED, f"killed by signal {_signal_name(-code)}"
         else:
             outcome, headline = Outcome.FAILED, failure_message(code, document)
-        return ended(outcome, headline, code, self._stderr_tail)
+        return ended(outcome, headline, code, stderr_tail)
+
+
+def _discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8") or "null")
+    except (OSError, ValueError):
+        return None  # killed while writing it, or never written (os._exit, a signal)
+    return document if isinstance(document, dict) else None
 
 
 def _signal_name(number: int) -> str:

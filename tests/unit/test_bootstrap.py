@@ -77,24 +77,24 @@ def flows(tmp_path: Path) -> Path:
 def test_json_result_and_parameters(flows: Path) -> None:
     proc, document = bootstrap(flows, "flows/etl.py:add", {"a": 1, "b": 5})
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "adding 1 5\n", "")
-    assert document == {"ok": True, "result": {"sum": 6}}
+    assert document == {"ok": True, "result": {"sum": 6}, "exit_code": 0}
 
 
 def test_no_parameters_means_no_arguments(flows: Path) -> None:
     proc, document = bootstrap(flows, "flows/etl.py:nothing")
-    assert (proc.returncode, document) == (0, {"ok": True, "result": None})
+    assert (proc.returncode, document) == (0, {"ok": True, "result": None, "exit_code": 0})
 
 
 def test_result_that_is_not_json_is_described(flows: Path) -> None:
     proc, document = bootstrap(flows, "flows/etl.py:opaque")
     assert proc.returncode == 0
-    assert document is not None and set(document) == {"ok", "result_repr"}
+    assert document is not None and set(document) == {"ok", "result_repr", "exit_code"}
     assert document["result_repr"].startswith("<object object at 0x")
 
 
 def test_coroutine_functions_run_to_completion(flows: Path) -> None:
     _, document = bootstrap(flows, "flows.etl:later", {"x": "y"})
-    assert document == {"ok": True, "result": ["y"]}
+    assert document == {"ok": True, "result": ["y"], "exit_code": 0}
 
 
 def test_the_runners_package_does_not_shadow_the_standard_library(flows: Path) -> None:
@@ -107,7 +107,12 @@ def test_the_runners_package_does_not_shadow_the_standard_library(flows: Path) -
 def test_exception_exits_1_with_traceback_and_error(flows: Path) -> None:
     proc, document = bootstrap(flows, "flows/etl.py:fails")
     assert proc.returncode == 1
-    assert document == {"ok": False, "error_type": "KeyError", "error_message": "'missing'"}
+    assert document == {
+        "ok": False,
+        "error_type": "KeyError",
+        "error_message": "'missing'",
+        "exit_code": 1,
+    }
     assert proc.stderr.startswith("Traceback (most recent call last):")
     assert proc.stderr.endswith("KeyError: 'missing'\n")
     assert "bootstrap.py" not in proc.stderr  # the user's frames only
@@ -115,7 +120,7 @@ def test_exception_exits_1_with_traceback_and_error(flows: Path) -> None:
 
 def test_system_exit_keeps_the_flows_exit_code(flows: Path) -> None:
     proc, document = bootstrap(flows, "flows/etl.py:exits")
-    assert (proc.returncode, document) == (5, None)
+    assert (proc.returncode, document) == (5, {"exit_code": 5})
 
 
 def test_runs_without_a_result_file(flows: Path) -> None:
@@ -155,7 +160,12 @@ def test_entrypoint_errors_exit_2_with_one_clear_line(
     expected = message.format(cwd=flows)
     assert proc.returncode == 2
     assert proc.stderr == f"flowagent: {expected}\n"
-    assert document == {"ok": False, "error_type": "EntrypointError", "error_message": expected}
+    assert document == {
+        "ok": False,
+        "error_type": "EntrypointError",
+        "error_message": expected,
+        "exit_code": 2,
+    }
 
 
 def test_a_flow_file_that_fails_to_import_shows_its_traceback(tmp_path: Path) -> None:

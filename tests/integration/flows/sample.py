@@ -84,3 +84,21 @@ def record(
     mark["end"] = time.time()
     write()
     return run_id
+
+
+def phases(marker_dir: str, during: int = 3, result: str = "done") -> dict[str, object]:
+    """Print in three phases, each after the test lets it go on by creating a file.
+
+    ``marker_dir/go-1`` and ``go-2`` gate the phases; a marker per execution counts executions.
+    """
+    marker = Path(marker_dir) / f"exec-{os.getpid()}.json"
+    marker.write_text(json.dumps({"pid": os.getpid(), "run": os.environ["FLOWAGENT_RUN_ID"]}))
+    print("before", flush=True)
+    for gate in ("go-1", "go-2"):
+        while not (Path(marker_dir) / gate).exists():
+            time.sleep(0.02)
+        if gate == "go-1":
+            for i in range(during):
+                print(f"during {i}", flush=True)
+    print("after", flush=True)
+    return {"result": result, "pid": os.getpid()}

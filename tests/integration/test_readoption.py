@@ -1,0 +1,247 @@
+"""Re-adoption: an agent SIGKILLed and restarted with the same name within its lease takes over
+the runs its earlier life left executing, instead of crashing them.
+
+Real server, real agents, real flows. The flows print in phases gated by files the test creates,
+so what is printed while no agent runs is known exactly. The lease is long enough (10 s, fenced
+after 5 s of silence) for an agent to start again in between.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.support import (
+    Server,
+    get_run,
+    make_deployment,
+    make_queue,
+    make_run,
+    running_server,
+    start_agent,
+    stop,
+    wait_for,
+    wait_state,
+)
+
+pytestmark = pytest.mark.integration
+
+LEASE = 10.0
+FAST = {"AGENT_HEARTBEAT_SECONDS": "0.3", "AGENT_CANCEL_POLL_SECONDS": "0.3"}
+# The `phases` flow in a shell: before, (go-1) during x3, (go-2) after, then exit 3.
+PHASES_COMMAND = [
+    "sh",
+    "-c",
+    'echo "$$" > "$1/exec-$$.pid"; echo before; '
+    'while [ ! -e "$1/go-1" ]; do sleep 0.02; done; '
+    "echo during 0; echo during 1; echo during 2; "
+    'while [ ! -e "$1/go-2" ]; do sleep 0.02; done; echo after; exit 3',
+    "phases",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"AGENT_LEASE_SECONDS": str(LEASE)}
+    with running_server(tmp_path_factory.mktemp("readoption"), env) as srv:
+        yield srv
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture
+def agents(server: Server) -> Iterator[Any]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(queue: dict[str, Any], name: str) -> subprocess.Popen[bytes]:
+        process = start_agent(server, queue["id"], "--name", name, **FAST)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            stop(process, timeout=30)
+
+
+def flow_lines(api: httpx.Client, run_id: str) -> list[str]:
+    logs = api.get(f"flow_runs/{run_id}/logs").json()
+    return [entry["line"] for entry in logs if entry["stream"] in ("stdout", "stderr")]
+
+
+def agent_lines(api: httpx.Client, run_id: str) -> list[str]:
+    logs = api.get(f"flow_runs/{run_id}/logs").json()
+    return [entry["line"] for entry in logs if entry["stream"] == "agent"]
+
+
+def executions(marker_dir: Path) -> list[int]:
+    pids = [json.loads(p.read_text())["pid"] for p in marker_dir.glob("exec-*.json")]
+    return pids + [int(p.read_text()) for p in marker_dir.glob("exec-*.pid")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill(agent: subprocess.Popen[bytes]) -> None:
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+
+
+def started_run(api: httpx.Client, deployment: dict[str, Any], marker_dir: Path) -> str:
+    """Create a run and wait until its flow has printed its first phase to the server."""
+    run_id = str(make_run(api, deployment)["id"])
+    wait_for(lambda: "before" in flow_lines(api, run_id), what="the first phase's output")
+    assert len(executions(marker_dir)) == 1
+    return run_id
+
+
+def test_a_restarted_agent_takes_over_its_running_flow(api, agents, tmp_path) -> None:
+    queue = make_queue(api)
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:phases", parameters={"marker_dir": str(tmp_path)}
+    )
+    first = agents(queue, "phoenix")
+    run_id = started_run(api, deployment, tmp_path)
+    [pid] = executions(tmp_path)
+    kill(first)
+
+    # Printed while no agent runs: it waits in the pipe, and the flow is not killed by SIGPIPE.
+    (tmp_path / "go-1").touch()
+    agents(queue, "phoenix")
+    wait_for(lambda: "during 2" in flow_lines(api, run_id), what="output printed meanwhile")
+    assert alive(pid)
+    (tmp_path / "go-2").touch()
+
+    done = wait_state(api, run_id)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["runner_info"]["result"] == {"result": "done", "pid": pid}
+    assert flow_lines(api, run_id) == ["before", "during 0", "during 1", "during 2", "after"]
+    assert any(
+        "phoenix restarted and took the run over" in line for line in agent_lines(api, run_id)
+    )
+    assert executions(tmp_path) == [pid]  # one execution, never a second
+    assert done["attempt"] == 1
+
+
+def test_a_command_run_taken_over_keeps_its_exit_status(api, agents, tmp_path) -> None:
+    queue = make_queue(api)
+    deployment = make_deployment(api, queue, command=[*PHASES_COMMAND, str(tmp_path)])
+    first = agents(queue, "phoenix-cmd")
+    run_id = started_run(api, deployment, tmp_path)
+    kill(first)
+
+    agents(queue, "phoenix-cmd")
+    wait_for(
+        lambda: any("took the run over" in line for line in agent_lines(api, run_id)),
+        what="the restarted agent to take the run over",
+    )
+    (tmp_path / "go-1").touch()
+    (tmp_path / "go-2").touch()
+
+    done = wait_state(api, run_id)
+    assert done["state"]["type"] == "FAILED", done["state"]
+    assert done["state"]["message"].startswith("exited with code 3")
+    assert done["runner_info"]["exit_code"] == 3
+    assert flow_lines(api, run_id) == ["before", "during 0", "during 1", "during 2", "after"]
+    assert len(executions(tmp_path)) == 1
+
+
+def test_a_run_that_ended_while_no_agent_ran_keeps_its_outcome(api, agents, tmp_path) -> None:
+    queue = make_queue(api)
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:phases", parameters={"marker_dir": str(tmp_path)}
+    )
+    first = agents(queue, "phoenix-late")
+    run_id = started_run(api, deployment, tmp_path)
+    [pid] = executions(tmp_path)
+    kill(first)
+    (tmp_path / "go-1").touch()
+    (tmp_path / "go-2").touch()
+    wait_for(lambda: not alive(pid), what="the flow to end unwatched")
+
+    agents(queue, "phoenix-late")
+    done = wait_state(api, run_id)
+    # Its result file says how it ended; what it printed after the agent died went with its pipe.
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["runner_info"]["result"] == {"result": "done", "pid": pid}
+    assert done["attempt"] == 1
+    assert executions(tmp_path) == [pid]
+
+
+def test_a_run_killed_while_no_agent_ran_is_crashed_and_retried(api, agents, tmp_path) -> None:
+    queue = make_queue(api)
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:phases", retries=1,
+        parameters={"marker_dir": str(tmp_path)},
+    )  # fmt: skip
+    first = agents(queue, "phoenix-dead")
+    run_id = started_run(api, deployment, tmp_path)
+    [pid] = executions(tmp_path)
+    kill(first)
+    psutil.Process(pid).kill()
+    wait_for(lambda: not alive(pid), what="the flow to die")
+
+    agents(queue, "phoenix-dead")
+    wait_for(lambda: get_run(api, run_id)["attempt"] == 2, what="attempt 2")
+    states = api.get(f"flow_runs/{run_id}/states").json()
+    crashed = [s for s in states if s["type"] == "CRASHED"]
+    assert len(crashed) == 1
+    assert "ended without recording how" in crashed[0]["message"]
+    (tmp_path / "go-1").touch()
+    (tmp_path / "go-2").touch()
+    assert wait_state(api, run_id)["state"]["type"] == "COMPLETED"
+
+
+def test_a_run_taken_over_can_still_be_cancelled(api, agents, tmp_path) -> None:
+    queue = make_queue(api)
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:phases", parameters={"marker_dir": str(tmp_path)}
+    )
+    first = agents(queue, "phoenix-cancel")
+    run_id = started_run(api, deployment, tmp_path)
+    [pid] = executions(tmp_path)
+    kill(first)
+    agents(queue, "phoenix-cancel")
+    wait_for(
+        lambda: any("took the run over" in line for line in agent_lines(api, run_id)),
+        what="the restarted agent to take the run over",
+    )
+
+    assert api.post(f"flow_runs/{run_id}/cancel").status_code in (200, 202)
+    done = wait_state(api, run_id)
+    assert done["state"]["type"] == "CANCELLED", done["state"]
+    wait_for(lambda: not alive(pid), what="the flow to be stopped")
+
+
+def test_a_run_taken_over_keeps_its_timeout(api, agents, tmp_path) -> None:
+    queue = make_queue(api)
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:phases", timeout_seconds=4,
+        parameters={"marker_dir": str(tmp_path)},
+    )  # fmt: skip
+    first = agents(queue, "phoenix-timeout")
+    run_id = started_run(api, deployment, tmp_path)
+    [pid] = executions(tmp_path)
+    kill(first)
+    agents(queue, "phoenix-timeout")
+
+    done = wait_state(api, run_id)
+    assert done["state"]["type"] == "FAILED", done["state"]
+    assert done["state"]["message"].startswith("timed out after 4s")
+    wait_for(lambda: not alive(pid), what="the flow to be stopped")
