@@ -8,6 +8,13 @@ ignores it) and an exit status of 128+N means "killed by signal N". The agent's 
 stays out (its PATH, HOME and API key mean nothing inside, or too much): the container's env is
 the ``env`` option < the deployment's and the run's env.
 
+Containers outlive the agent. A restarted agent takes its runs over with :meth:`DockerRunner.adopt`:
+the container is found by the id in the run's ``info`` (by its ``flowagent.run-id`` label when that
+id is unknown), its logs are replayed from ``output_since``, and from then on it is supervised as a
+started one is; one that exited meanwhile still reports its exit status and result file. So an
+agent whose event loop goes away without ending a run (killed, or its loop torn down) leaves the
+container, and the files it needs, in place.
+
 ``wait()`` ends after the logs are drained and before the container is removed: OOMKilled →
 CRASHED "out of memory (limit 64m)"; exit 0 → COMPLETED with the result file's result; 128+N →
 CRASHED "killed by signal SIGKILL"; other non-zero → FAILED with the result file's error or
@@ -43,8 +50,23 @@ import structlog
 from pydantic import ValidationError
 
 from agent.errors import RunnerError
-from runners.base import Outcome, OutputSink, RunHandle, Runner, RunResult, RunSpec
-from runners.docker_config import DockerOptions, container_config
+from runners.base import (
+    AdoptingRunner,
+    Outcome,
+    OutputSink,
+    RunHandle,
+    Runner,
+    RunResult,
+    RunSpec,
+)
+from runners.docker_config import (
+    FILES_PREFIX,
+    RUN_LABEL,
+    DockerOptions,
+    container_config,
+    files_dir,
+    our_files,
+)
 from runners.outcome import completed, ended, failure_message
 
 log = structlog.get_logger(__name__)
@@ -67,10 +89,7 @@ class DockerRunner:
         self._client_lock = threading.Lock()
 
     async def start(self, spec: RunSpec, sink: OutputSink) -> DockerHandle:
-        try:
-            options = DockerOptions.model_validate(spec.options)
-        except ValidationError as exc:
-            raise RunnerError(f"invalid docker runner options: {exc}") from None
+        options = _options(spec)
         if options.mount_working_dir and not spec.working_dir.is_dir():
             raise RunnerError(f"working directory not found: {spec.working_dir}")
         if (spec.entrypoint is None) == (spec.command is None):
@@ -80,7 +99,7 @@ class DockerRunner:
         except (TypeError, ValueError) as exc:
             raise RunnerError(f"the run's parameters are not JSON-serialisable: {exc}") from None
         client = await _blocking(self._connect, "docker-connect")
-        files = Path(tempfile.mkdtemp(prefix="flowagent-docker-"))
+        files = Path(tempfile.mkdtemp(prefix=FILES_PREFIX))
         try:
             # A file, not a directory, is mounted: the container's user may be anyone, and only
             # this file (mode 0666) becomes writable to it; the 0700 directory keeps others out.
@@ -101,6 +120,35 @@ class DockerRunner:
         await handle._begin(f"run-{spec.run_id}")
         return handle
 
+    async def adopt(self, spec: RunSpec, info: dict[str, Any], sink: OutputSink) -> DockerHandle:
+        """Supervise again the container an earlier life of the agent started for ``spec``."""
+        options = _options(spec)
+        since = info.get("output_since")
+        since = float(since) if isinstance(since, int | float) and since > 0 else None
+        recorded = info.get("files")
+        client = await _blocking(self._connect, "docker-connect")
+        container_id = str(info.get("container_id") or "") or None
+        find = functools.partial(_find, client, spec, container_id)
+        container = await _blocking(find, "docker-find")
+        if container is None:
+            # Nothing will ever read its result file now; the record says where it is.
+            if (files := our_files(recorded)) is not None:
+                shutil.rmtree(files, ignore_errors=True)
+            known = f"container {container_id[:12]} is gone and no" if container_id else "no"
+            raise RunnerError(f"{known} container carries the label {RUN_LABEL}={spec.run_id}")
+        files = files_dir(container.attrs) or our_files(recorded)
+        if files is None:
+            raise RunnerError(
+                f"container {container.name} has no result file of flowagent's: cannot adopt it"
+            )
+        handle = DockerHandle(client, container, sink, options, files, since=since)
+        if container.status == "created":  # never started: it has no outcome to report
+            await handle._cleanup(remove=True)
+            raise RunnerError(f"container {container.name} was created but never started")
+        log.info("docker_run_adopted", container=container.name, status=container.status)
+        handle._watch(f"run-{spec.run_id}")
+        return handle
+
     def _connect(self) -> Any:
         docker = _import_sdk()
         with self._client_lock:
@@ -113,6 +161,47 @@ class DockerRunner:
                 # Runners have no close(): the pooled connections go when the runner does.
                 weakref.finalize(self, self._client.close)
             return self._client
+
+
+def _options(spec: RunSpec) -> DockerOptions:
+    try:
+        return DockerOptions.model_validate(spec.options)
+    except ValidationError as exc:
+        raise RunnerError(f"invalid docker runner options: {exc}") from None
+
+
+def _find(client: Any, spec: RunSpec, container_id: str | None) -> Any:
+    """The run's container: by id, else by its run-id label; None when it is gone.
+
+    Raises :class:`RunnerError` when the id names another run's container.
+    """
+    docker = _import_sdk()
+    run_id = str(spec.run_id)
+    try:
+        if container_id is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                container = client.containers.get(container_id)
+                owner = container.labels.get(RUN_LABEL)
+                if owner != run_id:
+                    raise RunnerError(
+                        f"container {container_id[:12]} is not this run's"
+                        f" (its {RUN_LABEL} label is {owner!r}, not {run_id!r})"
+                    )
+                return container
+        found = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+    except Exception as exc:
+        raise _translate(exc, "find the run's container") from None
+    if not found:
+        return None
+
+    # A retried run's earlier attempts may have left containers (auto_remove=false): prefer the
+    # one carrying all of this attempt's labels, then a running one, then the newest.
+    def rank(container: Any) -> tuple[bool, bool, str]:
+        labels = container.labels
+        same = all(labels.get(k) == v for k, v in spec.labels.items())
+        return same, container.status == "running", str(container.attrs.get("Created", ""))
+
+    return max(found, key=rank)
 
 
 def _remove_if_created(creating: asyncio.Future[Any]) -> None:
@@ -147,16 +236,24 @@ def _create(client: Any, options: DockerOptions, config: dict[str, Any]) -> Any:
 
 
 class DockerHandle:
-    """One container. Created by :meth:`DockerRunner.start`."""
+    """One container, started by :meth:`DockerRunner.start` or adopted by :meth:`~.adopt`."""
 
     def __init__(
-        self, client: Any, container: Any, sink: OutputSink, options: DockerOptions, files: Path
+        self,
+        client: Any,
+        container: Any,
+        sink: OutputSink,
+        options: DockerOptions,
+        files: Path,
+        *,
+        since: float | None = None,
     ) -> None:
         self._client = client
         self._container = container
         self._sink = sink
         self._options = options
         self._files = files
+        self._since = since  # replay the logs from this Unix time (an adopted run), else all
         self._loop = asyncio.get_running_loop()
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
         self._streams: list[Any] = []  # the SDK's log streams, closed if they outlive the run
@@ -170,6 +267,9 @@ class DockerHandle:
             "container_id": self._container.id,
             "container_name": self._container.name,
             "image": self._options.image,
+            "files": str(self._files),  # its result file, for adopt()
+            # Whoever stops a run nobody will adopt (the fence) should remove it as we would.
+            "auto_remove": self._options.auto_remove,
         }
 
     async def _begin(self, name: str) -> None:
@@ -180,13 +280,17 @@ class DockerHandle:
             if isinstance(exc, RunnerError | asyncio.CancelledError):
                 raise
             raise _translate(exc, "start the container") from None
+        self._watch(name)
+
+    def _watch(self, name: str) -> None:
+        """Follow the container's output and supervise it until it ends."""
         for stream in ("stdout", "stderr"):
             follow = functools.partial(self._follow, stream)
             self._followers.append(_blocking(follow, f"{name}-{stream}"))
         self._done = self._loop.create_task(self._supervise(), name=f"{name}-supervise")
 
     async def wait(self) -> RunResult:
-        assert self._done is not None, "DockerHandle is created by DockerRunner.start"
+        assert self._done is not None, "DockerHandle is made by DockerRunner.start or adopt"
         # Shielded: a caller giving up on waiting must not stop the supervision.
         return await asyncio.shield(self._done)
 
@@ -208,19 +312,28 @@ class DockerHandle:
             _, late = await asyncio.wait(self._followers, timeout=DRAIN_TIMEOUT)
             if late:
                 log.warning("run_output_abandoned", container=self._container.name)
-                for stream in self._streams:
-                    with contextlib.suppress(Exception):
-                        stream.close()
+                self._close_streams()
                 await asyncio.wait(self._followers)
             await _blocking(self._container.reload, "docker-inspect")
             state = self._container.attrs.get("State", {})
-            return self._result(status, state, self._read_result_file())
+            result = self._result(status, state, self._read_result_file())
+        except asyncio.CancelledError:
+            # The agent's loop is going away without ending the run (asyncio.run cancels what
+            # is left): the container runs on, with its files, for a later life to adopt.
+            log.info("docker_run_left", container=self._container.name)
+            self._close_streams()
+            raise
         except Exception as exc:
             error = exc if isinstance(exc, RunnerError) else _translate(exc, "watch the container")
             log.warning("docker_run_lost", container=self._container.name, error=error.message)
-            return RunResult(Outcome.CRASHED, f"lost track of the container: {error.message}")
-        finally:
-            await self._cleanup(remove=self._options.auto_remove)
+            result = RunResult(Outcome.CRASHED, f"lost track of the container: {error.message}")
+        await self._cleanup(remove=self._options.auto_remove)
+        return result
+
+    def _close_streams(self) -> None:
+        for stream in self._streams:
+            with contextlib.suppress(Exception):
+                stream.close()
 
     async def _cleanup(self, *, remove: bool) -> None:
         if remove:
@@ -239,6 +352,7 @@ class DockerHandle:
                 stderr=stream == "stderr",
                 stream=True,
                 follow=True,
+                since=self._since,
             )
         except Exception as exc:  # e.g. a log driver that cannot be read back
             self._emit("stderr", f"flowagent: cannot read the container's {stream}: {exc}")
@@ -400,4 +514,5 @@ def _root_cause(exc: BaseException) -> str:
 
 if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement
     _runner: Runner = DockerRunner()
+    _adopting: AdoptingRunner = DockerRunner()
     _handle: type[RunHandle] = DockerHandle

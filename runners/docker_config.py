@@ -5,6 +5,7 @@ Pure data, no docker SDK: :mod:`runners.docker` hands the config to ``containers
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shlex
@@ -18,6 +19,9 @@ from runners.base import RunSpec
 BOOTSTRAP = Path(__file__).resolve().with_name("bootstrap.py")
 IN_CONTAINER_BOOTSTRAP = "/flowagent/bootstrap.py"
 IN_CONTAINER_RESULT = "/flowagent/result.json"
+RUN_LABEL = "flowagent.run-id"
+#: The name of each run's files directory (its result file) starts so: only those are removed.
+FILES_PREFIX = "flowagent-docker-"
 #: Mounting the code at these (or under them) would hide the image's own files.
 SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/flowagent", "/lib", "/lib32", "/lib64",
                "/proc", "/run", "/sbin", "/sys", "/usr", "/var")  # fmt: skip
@@ -101,7 +105,7 @@ def container_config(
         "image": options.image,
         "command": options.command or argv,
         "name": f"flowagent-{spec.run_id.hex[:12]}-{secrets.token_hex(3)}",
-        "labels": {"flowagent.run-id": str(spec.run_id), **spec.labels},
+        "labels": {RUN_LABEL: str(spec.run_id), **spec.labels},
         "environment": env,
         "working_dir": workdir,
         "mounts": mounts,
@@ -116,6 +120,22 @@ def container_config(
         # The same limit for memory+swap: out of memory means OOM-killed, not swapping slowly.
         config["mem_limit"] = config["memswap_limit"] = options.memory
     return {k: v for k, v in config.items() if v is not None}
+
+
+def files_dir(attrs: dict[str, Any]) -> Path | None:
+    """A run's files directory, from its container's inspect data: its result file's mount."""
+    for mount in attrs.get("Mounts") or []:
+        if mount.get("Destination") == IN_CONTAINER_RESULT and mount.get("Source"):
+            return our_files(str(Path(mount["Source"]).parent))
+    return None
+
+
+def our_files(path: Any) -> Path | None:
+    """``path`` if it names a run's files directory (so it is safe to remove), else None."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return None
+    files = Path(path)
+    return files if files.name.startswith(FILES_PREFIX) else None
 
 
 def _bind(source: Path, target: str, read_only: bool = True) -> dict[str, Any]:
