@@ -84,7 +84,7 @@ class FenceDir:
         ``adoption`` is what a restarted agent needs to supervise the run again. In-process runs
         are not listed: they die with the agent.
         """
-        keys = ("pid", "pgid", "create_time", "container_id")
+        keys = ("pid", "pgid", "create_time", "container_id", "auto_remove")
         listed: dict[str, Any] = {k: info[k] for k in keys if k in info}
         if "container_id" not in listed and not {"pid", "create_time"} <= listed.keys():
             return
@@ -145,7 +145,7 @@ class FenceDir:
 
 def kill_process_tree(info: dict[str, Any]) -> bool:
     if "container_id" in info:
-        return kill_container(str(info["container_id"]))
+        return kill_container(str(info["container_id"]), remove=bool(info.get("auto_remove")))
     try:
         root = psutil.Process(int(info["pid"]))
         if abs(root.create_time() - float(info["create_time"])) > 0.01:
@@ -156,8 +156,12 @@ def kill_process_tree(info: dict[str, Any]) -> bool:
     return True
 
 
-def kill_container(container_id: str) -> bool:
-    """SIGKILL a Docker run's container; False if it is gone or Docker cannot be reached."""
+def kill_container(container_id: str, *, remove: bool = False) -> bool:
+    """SIGKILL a Docker run's container; False if it is gone or Docker cannot be reached.
+
+    ``remove``: the run asked for its container to go (auto_remove) and no agent will collect
+    it now, so it is removed here, or it would stay on the host for ever.
+    """
     try:
         # The `docker` extra: only agents that run Docker flows list containers.
         import docker  # type: ignore[import-untyped]
@@ -167,7 +171,11 @@ def kill_container(container_id: str) -> bool:
     except Exception:  # no SDK, no daemon: nothing we can do from here
         return False
     try:
-        client.containers.get(container_id).kill()
+        container = client.containers.get(container_id)
+        if remove:
+            container.remove(force=True)  # kills it first
+        else:
+            container.kill()
         return True
     except DockerException:
         return False

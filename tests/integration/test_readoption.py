@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.contract.dockerd import BASE_IMAGE, require_dockerd
 from tests.support import (
     Server,
     get_run,
@@ -245,3 +246,33 @@ def test_a_run_taken_over_keeps_its_timeout(api, agents, tmp_path) -> None:
     assert done["state"]["type"] == "FAILED", done["state"]
     assert done["state"]["message"].startswith("timed out after 4s")
     wait_for(lambda: not alive(pid), what="the flow to be stopped")
+
+
+def test_a_restarted_agent_takes_over_its_docker_run(api, agents, tmp_path) -> None:
+    require_dockerd()
+    queue = make_queue(api)
+    deployment = make_deployment(
+        api, queue, entrypoint="sample.py:phases", runner="docker",
+        runner_options={"image": BASE_IMAGE, "volumes": [f"{tmp_path}:{tmp_path}"]},
+        parameters={"marker_dir": str(tmp_path)},
+    )  # fmt: skip
+    first = agents(queue, "phoenix-docker")
+    run_id = started_run(api, deployment, tmp_path)
+    container = get_run(api, run_id)["runner_info"]["container_id"]
+    kill(first)
+    (tmp_path / "go-1").touch()  # printed while no agent runs: kept in the container's log
+
+    agents(queue, "phoenix-docker")
+    wait_for(lambda: "during 2" in flow_lines(api, run_id), what="output printed meanwhile")
+    (tmp_path / "go-2").touch()
+
+    done = wait_state(api, run_id)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["runner_info"]["container_id"] == container
+    assert done["runner_info"]["result"]["result"] == "done"
+    lines = flow_lines(api, run_id)
+    # The log is replayed from shortly before the earlier life's last lease renewal: a line
+    # may come twice, none is missing.
+    assert list(dict.fromkeys(lines)) == ["before", "during 0", "during 1", "during 2", "after"]
+    assert all(lines.count(line) <= 2 for line in lines)
+    assert len(executions(tmp_path)) == 1
