@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import re
 import signal
@@ -22,7 +23,12 @@ import pytest
 
 from agent.errors import RunnerError
 from runners.base import Outcome, RunResult, RunSpec
-from runners.subprocess import MAX_LINE_BYTES, SubprocessHandle, SubprocessRunner
+from runners.subprocess import (
+    MAX_LINE_BYTES,
+    STATUS_WRAPPER,
+    SubprocessHandle,
+    SubprocessRunner,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -289,6 +295,53 @@ def test_killed_by_a_signal_crashes(tmp_path: Path) -> None:
     )
     result, _ = run(spec_for(tmp_path, entrypoint="flow.py:main"))
     assert result == RunResult(Outcome.CRASHED, "killed by signal SIGKILL", -signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("script", "returncode"),
+    [("exit 0", 0), ("exit 4", 4), ("kill -TERM $$", -signal.SIGTERM), ("kill -9 $$", -9)],
+)
+def test_the_command_wrapper_records_how_the_command_ended(
+    tmp_path: Path, script: str, returncode: int
+) -> None:
+    # Command runs go through this wrapper, so an agent that is not their parent (one that
+    # took the run over after a restart) can learn how they ended. Its parent must see what it
+    # would have seen without it: the same exit code, or death by the same signal.
+    status = tmp_path / "status.json"
+    wrapped = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", str(status), "sh", "-c", script]
+    assert subprocess.run(wrapped, check=False).returncode == returncode
+    assert json.loads(status.read_text()) == {"exit_code": returncode}
+
+
+def test_a_command_that_handles_sigterm_finishes_its_clean_up(tmp_path: Path) -> None:
+    script = 'trap "echo cleaning up; exit 0" TERM; echo ready; while :; do sleep 0.05; done'
+
+    async def go() -> tuple[RunResult, Sink]:
+        handle, sink = await start(spec_for(tmp_path, command=["sh", "-c", script]))
+        await sink.line_starting("ready")
+        await handle.interrupt()
+        return await handle.wait(), sink
+
+    result, sink = arun(go())
+    assert result == RunResult(Outcome.COMPLETED, "completed", 0)
+    assert sink.of("stdout") == ["ready", "cleaning up"]
+
+
+def test_a_run_holds_its_own_output_pipes_open(tmp_path: Path) -> None:
+    # What lets a run outlive its agent: its writes never meet a pipe without a reader.
+    async def go() -> tuple[dict[str, Any], set[int]]:
+        handle, sink = await start(spec_for(tmp_path, command=["sh", "-c", "echo ready; sleep 5"]))
+        await sink.line_starting("ready")
+        info = handle.info
+        held = {
+            os.stat(f"/proc/{info['pid']}/fd/{info[k]}").st_ino for k in ("stdout_fd", "stderr_fd")
+        }
+        await handle.terminate()
+        await handle.wait()
+        return info, held
+
+    info, held = arun(go())
+    assert held == set(info["pipe_inodes"])
 
 
 @pytest.mark.parametrize(
