@@ -7,10 +7,13 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
+import structlog
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from agent.backends.base import RunReport, RunReportResult
+from agent.backends.batching import Coalescer
 from agent.backends.http import HttpClient
-from agent.errors import ApiError, NotFound
+from agent.errors import ApiError, Conflict, NotFound
 from agent.models import (
     AgentRecord,
     ClaimedRun,
@@ -34,6 +37,8 @@ from agent.models import (
 
 M = TypeVar("M")
 
+log = structlog.get_logger("agent.backends.native")
+
 
 def _parse(model: type[M] | Any, response: httpx.Response) -> M:
     """The answer as ``model``; anything else means this is not the server we think it is."""
@@ -54,6 +59,18 @@ def _body(model: BaseModel) -> Any:
     return model.model_dump(mode="json", exclude_unset=False)
 
 
+def _outcome(result: RunReportResult) -> FlowRun | BaseException:
+    """One batched report's result as the single-run route's answer (or its error) would be."""
+    if result.status == 200 and result.flow_run is not None:
+        return result.flow_run
+    detail = result.detail or f"report refused ({result.status})"
+    if result.status == 404:
+        return NotFound(detail, status_code=404)
+    if result.status == 409:
+        return Conflict(detail, status_code=409)
+    return ApiError(f"report failed ({result.status}): {detail}", status_code=result.status)
+
+
 # The daemon's own calls (reports, heartbeats, cancellation checks) give up after this and let
 # their loop, or the spool, take over: one stuck call must not hold a run's slot for long.
 LOOP_RETRY_SECONDS = 5.0
@@ -66,8 +83,13 @@ class NativeBackend:
 
     def __init__(self, http: HttpClient) -> None:
         self.http = http
+        # State reports and runner-info merges made while others are in flight go out together
+        # (POST flow_runs/reports): one request and one transaction for many runs.
+        self.reports: Coalescer[RunReport, FlowRun] = Coalescer(self._report_one, self._report_many)
+        self._batches_supported = True
 
     async def aclose(self) -> None:
+        await self.reports.aclose()
         await self.http.aclose()
 
     # ------------------------------------------------------------------ health
@@ -237,21 +259,50 @@ class NativeBackend:
     http_timeout_margin = 10.0
 
     async def set_state(self, run_id: UUID, proposal: StateProposal) -> FlowRun:
+        return await self.reports.submit(RunReport(run_id=run_id, state=proposal))
+
+    async def update_runner_info(self, run_id: UUID, info: dict[str, Any]) -> None:
+        await self.reports.submit(RunReport(run_id=run_id, runner_info=info))
+
+    async def _report_one(self, report: RunReport) -> FlowRun:
+        body: BaseModel
+        if report.state is not None:
+            path, method, body = f"flow_runs/{report.run_id}/set_state", "POST", report.state
+        else:
+            assert report.runner_info is not None
+            path, method = f"flow_runs/{report.run_id}", "PATCH"
+            body = RunnerInfoUpdate(runner_info=report.runner_info)
         response = await self.http.request(
-            "POST",
-            f"flow_runs/{run_id}/set_state",
-            json=_body(proposal),
-            retry_for=LOOP_RETRY_SECONDS,
+            method, path, json=_body(body), retry_for=LOOP_RETRY_SECONDS
         )
         return _parse(FlowRun, response)
 
-    async def update_runner_info(self, run_id: UUID, info: dict[str, Any]) -> None:
-        await self.http.request(
-            "PATCH",
-            f"flow_runs/{run_id}",
-            json=_body(RunnerInfoUpdate(runner_info=info)),
-            retry_for=LOOP_RETRY_SECONDS,
-        )
+    async def _report_many(self, reports: Sequence[RunReport]) -> list[FlowRun | BaseException]:
+        if self._batches_supported:
+            try:
+                response = await self.http.request(
+                    "POST",
+                    "flow_runs/reports",
+                    json=[_body(report) for report in reports],
+                    retry_for=LOOP_RETRY_SECONDS,
+                )
+            except ApiError as exc:
+                # A server from before the batch route answers 404 or 405 (the path reads as
+                # a run id there): fall back to one request per report, for good.
+                if exc.status_code not in (404, 405):
+                    raise
+                self._batches_supported = False
+                log.info("report_batches_unsupported", status=exc.status_code)
+            else:
+                results: list[RunReportResult] = _parse(list[RunReportResult], response)
+                return [_outcome(result) for result in results]
+        outcomes: list[FlowRun | BaseException] = []
+        for report in reports:
+            try:
+                outcomes.append(await self._report_one(report))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def send_logs(
         self, run_id: UUID, lines: Sequence[LogLineCreate], *, batch_id: UUID | None = None

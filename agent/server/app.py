@@ -121,6 +121,7 @@ def create_app(
 
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(OverflowError, _out_of_range)
     return app
 
 
@@ -138,6 +139,14 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
         {"detail": detail},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": "1"},
+    )
+
+
+async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    """A number too large for SQLite's 64-bit INTEGER (the write was rolled back): a 422."""
+    return JSONResponse(
+        {"detail": f"invalid request: a number is out of range ({exc})"},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 
 

@@ -173,6 +173,13 @@ def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> O
     )
 
 
+def update_runner_info(session: Session, run_id: uuid.UUID, info: dict[str, Any]) -> FlowRunRow:
+    """Merge ``info`` into the run's runner_info (pid, exit code, container id…)."""
+    run = get_run(session, run_id)
+    run.runner_info = {**run.runner_info, **info}
+    return run
+
+
 # A flow's return value is kept in runner_info["result"] up to this size (as JSON); a larger
 # one is cut there, with a marker, so that no result can break a run or bloat the database.
 MAX_RESULT_BYTES = 64 * 1024

@@ -118,6 +118,12 @@ def test_queue_errors(api: Api) -> None:
     assert not_uuid.status_code == 422
     assert "queue_id" in not_uuid.json()["detail"]
 
+    queue = api.queue()
+    huge = api.http.patch(f"work_queues/{queue['id']}", json={"concurrency_limit": 2**80})
+    assert huge.status_code == 422, huge.text  # too large for SQLite: refused, not a 500
+    assert "out of range" in huge.json()["detail"]
+    assert api.http.get(f"work_queues/{queue['id']}").json()["concurrency_limit"] is None
+
 
 def test_queue_in_use_cannot_be_deleted(api: Api) -> None:
     queue = api.queue()

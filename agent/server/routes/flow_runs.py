@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, status
 from sqlalchemy import select
 
+from agent.backends.base import MAX_REPORTS, RunReport, RunReportResult
 from agent.models import (
     FlowRun,
     LogLine,
@@ -17,7 +18,7 @@ from agent.models import (
     StateProposal,
     StateType,
 )
-from agent.server import lifecycle
+from agent.server import lifecycle, reports
 from agent.server.db import Database
 from agent.server.deps import DB, Wakeups
 from agent.server.orm import FlowRunRow, FlowRunStateRow, LogRow
@@ -76,9 +77,7 @@ def _cancel(db: Database, run_id: uuid.UUID) -> lifecycle.Outcome:
 
 def _update_runner_info(db: Database, run_id: uuid.UUID, body: RunnerInfoUpdate) -> FlowRun:
     with db.write() as session:
-        run = get_run(session, run_id)
-        run.runner_info = {**run.runner_info, **body.runner_info}
-        return run_model(run)
+        return run_model(lifecycle.update_runner_info(session, run_id, body.runner_info))
 
 
 def _add_logs(
@@ -126,6 +125,15 @@ async def list_flow_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[FlowRun]:
     return await db.run(_list, db, work_queue_id, deployment_id, agent_id, list(state or []), limit)
+
+
+@router.post("/reports", summary="Apply many runs' state and runner-info reports at once")
+async def apply_reports(
+    body: Annotated[list[RunReport], Body(max_length=MAX_REPORTS)], db: DB, wakeups: Wakeups
+) -> list[RunReportResult]:
+    applied = await db.run(reports.apply_batch, db, body)
+    wakeups.notify(applied.wake_queues)
+    return applied.results
 
 
 @router.get("/{run_id}", summary="Read a run")
