@@ -77,6 +77,10 @@ UNRECORDED = "its process ended without recording how"
 #: traps keep the wrapper alive while the command handles SIGTERM (handlers, unlike an ignored
 #: signal, reset at exec). A command killed by a signal (status 128+N, N ≤ 15) is recorded as
 #: -N and the wrapper then dies of the same signal, so its parent sees what it would have seen.
+#: The command dies with its wrapper (SIGKILL on the parent's death, kept across exec), so
+#: killing the run's process (the pid it reports) kills the command too. util-linux's setpriv
+#: does this; without it the command could outlive a killed wrapper.
+TIED = [setpriv, "--pdeathsig", "KILL", "--"] if (setpriv := shutil.which("setpriv")) else []
 STATUS_WRAPPER = """trap : HUP INT TERM
 result=$1
 shift
@@ -136,7 +140,7 @@ class SubprocessRunner:
         os.close(fd)
         result_file = Path(name)
         if spec.command is not None:
-            argv = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, program]
+            argv = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, *TIED, program]
             argv += spec.command[1:]
         else:
             assert spec.entrypoint is not None

@@ -313,6 +313,25 @@ def test_the_command_wrapper_records_how_the_command_ended(
     assert json.loads(status.read_text()) == {"exit_code": returncode}
 
 
+def test_killing_a_command_runs_reported_pid_kills_the_command(tmp_path: Path) -> None:
+    # The reported pid is the wrapper's: whoever kills it (a user, kill -9) must not leave the
+    # command running unsupervised.
+    script = 'echo "$$" > command.pid; echo ready; exec sleep 30'
+
+    async def go() -> RunResult:
+        handle, sink = await start(spec_for(tmp_path, command=["sh", "-c", script]))
+        await sink.line_starting("ready")
+        os.kill(handle.info["pid"], signal.SIGKILL)
+        return await handle.wait()
+
+    assert arun(go()) == RunResult(Outcome.CRASHED, "killed by signal SIGKILL", -signal.SIGKILL)
+    command = int((tmp_path / "command.pid").read_text())
+    deadline = time.monotonic() + 5
+    while not is_dead(command) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert is_dead(command)
+
+
 def test_a_command_that_handles_sigterm_finishes_its_clean_up(tmp_path: Path) -> None:
     script = 'trap "echo cleaning up; exit 0" TERM; echo ready; while :; do sleep 0.05; done'
 
