@@ -17,10 +17,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
 
 import anyio
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from agent.models import ClaimedRun, ClaimRequest, StateType, utcnow
@@ -145,23 +144,12 @@ def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> Clai
 
         required = set(queue.tags) | set(request.tags)
         claimed: list[ClaimedRun] = []
-        for run, deployment in _due_matching(session, queue_id, required, now, wanted):
-            # The write lock already keeps other claimers out; the compare-and-set is the
-            # guarantee that does not depend on every writer of the file taking it.
-            taken = cast(
-                "CursorResult[Any]",
-                session.execute(
-                    update(FlowRunRow)
-                    .where(
-                        FlowRunRow.id == run.id,
-                        FlowRunRow.state_type == StateType.SCHEDULED.value,
-                    )
-                    .values(state_type=StateType.PENDING.value, agent_id=agent.id)
-                    .execution_options(synchronize_session="evaluate")
-                ),
-            )
-            if taken.rowcount != 1:
+        candidates = _due_matching(session, queue_id, required, now, wanted)
+        taken = _take(session, [run.id for run, _ in candidates], agent.id)
+        for run, deployment in candidates:
+            if run.id not in taken:
                 continue
+            run.agent_id = agent.id
             record_state(session, run, StateType.PENDING, now=now)
             claimed.append(
                 ClaimedRun(flow_run=run_model(run), deployment=deployment_model(deployment))
@@ -170,6 +158,32 @@ def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> Clai
             agent.last_claim_id = request.claim_id
             agent.last_claim_run_ids = [str(c.flow_run.id) for c in claimed]
         return ClaimAttempt(claimed, next_due)
+
+
+def _take(session: Session, run_ids: list[uuid.UUID], agent_id: uuid.UUID) -> set[uuid.UUID]:
+    """Move the runs that are still SCHEDULED to PENDING for the agent; their ids.
+
+    The write lock already keeps other claimers out; this compare-and-set (one UPDATE for the
+    whole claim) is the guarantee that does not depend on every writer of the file taking it.
+    The ORM objects are updated by the caller, so the session is not synchronised here.
+    """
+    if not run_ids:
+        return set()
+    session.execute(
+        update(FlowRunRow)
+        .where(FlowRunRow.id.in_(run_ids), FlowRunRow.state_type == StateType.SCHEDULED.value)
+        .values(state_type=StateType.PENDING.value, agent_id=agent_id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(
+        session.scalars(
+            select(FlowRunRow.id).where(
+                FlowRunRow.id.in_(run_ids),
+                FlowRunRow.agent_id == agent_id,
+                FlowRunRow.state_type == StateType.PENDING.value,
+            )
+        )
+    )
 
 
 def _replay(session: Session, agent: AgentRow) -> list[ClaimedRun]:

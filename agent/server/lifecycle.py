@@ -124,6 +124,15 @@ def new_run(
 
 def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> Outcome:
     """Apply an agent's (or a user's) proposed state, or raise 404/409 saying why not."""
+    return apply_state(session, check_state(session, run_id, proposal), proposal)
+
+
+def check_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> FlowRunRow:
+    """The run, if ``proposal`` may be applied to it; else raise 404/409 saying why not.
+
+    Changes nothing: every refusal is decided here, so a batch of reports (server/reports.py)
+    can refuse one without undoing anything.
+    """
     run = get_run(session, run_id)
     current = StateType(run.state_type)
     if proposal.attempt is not None and proposal.attempt != run.attempt:
@@ -149,19 +158,27 @@ def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> O
     reason = transition_error(current, proposal.type)
     if reason is not None:
         raise conflict(reason)
+    if _takes_ownership(run, proposal) and session.get(AgentRow, proposal.agent_id) is None:
+        raise not_found("agent", proposal.agent_id)
+    return run
 
+
+def _takes_ownership(run: FlowRunRow, proposal: StateProposal) -> bool:
+    """An agent taking a run without a claim (e.g. `set_state PENDING`) becomes its owner."""
+    return (
+        proposal.agent_id is not None
+        and run.agent_id is None
+        and proposal.type in (StateType.PENDING, StateType.RUNNING)
+    )
+
+
+def apply_state(session: Session, run: FlowRunRow, proposal: StateProposal) -> Outcome:
+    """Apply a proposal :func:`check_state` has accepted; refuses nothing."""
     now = utcnow()
     if proposal.type is StateType.SCHEDULED:
         # A handed-back run is free for any agent to claim again.
         run.agent_id = None
-    elif (
-        proposal.agent_id is not None
-        and run.agent_id is None
-        and proposal.type in (StateType.PENDING, StateType.RUNNING)
-    ):
-        # An agent taking a run without a claim (e.g. `set_state PENDING`) becomes its owner.
-        if session.get(AgentRow, proposal.agent_id) is None:
-            raise not_found("agent", proposal.agent_id)
+    elif _takes_ownership(run, proposal):
         run.agent_id = proposal.agent_id
     info = dict(proposal.runner_info or {})
     if proposal.type is StateType.COMPLETED and "result" not in info:
