@@ -37,8 +37,8 @@ if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == _HERE:
 
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
-import inspect  # noqa: E402
 import json  # noqa: E402
+import types  # noqa: E402
 
 # Only for type checkers: importing typing costs every run a few milliseconds of start-up.
 TYPE_CHECKING = False
@@ -144,6 +144,8 @@ def read_parameters() -> dict[str, Any]:
 
 def check_parameters(func: Callable[..., Any], parameters: dict[str, Any]) -> None:
     """Refuse parameters the function cannot take, before running any of it."""
+    import inspect  # only when needed: it costs every run's start-up a few milliseconds
+
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
@@ -156,8 +158,15 @@ def check_parameters(func: Callable[..., Any], parameters: dict[str, Any]) -> No
 
 
 def call(func: Callable[..., Any], parameters: dict[str, Any]) -> Any:
-    result = func(**parameters)
-    if inspect.iscoroutine(result):
+    """Run the flow; EntrypointError if the parameters do not fit it (then none of it ran)."""
+    try:
+        result = func(**parameters)
+    except TypeError:
+        # Python binds the arguments before it runs any of the function, so checking them only
+        # after a TypeError is as good as before the call, and spares the others the check.
+        check_parameters(func, parameters)
+        raise
+    if isinstance(result, types.CoroutineType):
         import asyncio  # imported only for async flows: it costs startup time
 
         result = asyncio.run(result)
@@ -217,16 +226,12 @@ def main(argv: list[str]) -> int:
             )
         parameters = read_parameters()
         func = load_function(argv[1])
-        check_parameters(func, parameters)
     except EntrypointError as exc:
-        print(f"flowagent: {exc}", file=sys.stderr)
-        write_result(
-            {"ok": False, "error_type": "EntrypointError", "error_message": str(exc)},
-            EXIT_ENTRYPOINT_ERROR,
-        )
-        return EXIT_ENTRYPOINT_ERROR
+        return _entrypoint_error(exc)
     try:
         result = call(func, parameters)
+    except EntrypointError as exc:
+        return _entrypoint_error(exc)
     except SystemExit as exc:
         # The flow's own exit status stands; it is recorded, and the exit goes on.
         write_result({}, _exit_status(exc.code))
@@ -240,6 +245,13 @@ def main(argv: list[str]) -> int:
         return EXIT_FLOW_FAILED
     write_result({"ok": True, "result": result}, 0)
     return 0
+
+
+def _entrypoint_error(exc: EntrypointError) -> int:
+    print(f"flowagent: {exc}", file=sys.stderr)
+    document = {"ok": False, "error_type": "EntrypointError", "error_message": str(exc)}
+    write_result(document, EXIT_ENTRYPOINT_ERROR)
+    return EXIT_ENTRYPOINT_ERROR
 
 
 def _exit_status(code: object) -> int:
