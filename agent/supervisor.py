@@ -6,6 +6,7 @@ The daemon owns the policies; runners only know start / wait / interrupt / termi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,9 @@ class SupervisionPolicy:
     # Masks secrets in shipped output and state messages; counts runs (agent/ops.py).
     redactor: Redactor = field(default_factory=Redactor)
     metrics: AgentMetrics | None = None
+    # How long before a scheduled run is due a runner that starts on time gets it, so its
+    # interpreter or container is up when the flow is due (runners/base.py, RunSpec.start_at).
+    start_lead_seconds: float = 0.5
 
 
 class RunSupervisor:
@@ -117,7 +121,7 @@ class RunSupervisor:
         # The daemon has put the agent's default in place when the deployment named none.
         return self._deployment.runner or "subprocess"
 
-    def _spec(self) -> RunSpec:
+    def _spec(self, start_at: float | None = None) -> RunSpec:
         run, deployment = self._run, self._deployment
         env = self.policy.base_env | deployment.env | run.env
         inherited = frozenset(self.policy.base_env) - deployment.env.keys() - run.env.keys()
@@ -138,6 +142,7 @@ class RunSupervisor:
                 "flowagent.deployment": deployment.name,
             },
             inherited_env=inherited,
+            start_at=start_at,
         )
 
     def _agent_line(self, message: str) -> None:
@@ -211,6 +216,17 @@ class RunSupervisor:
 
     async def _start(self) -> RunHandle | None:
         """Launch the run; None when it was not started (and its state says why)."""
+        start_at = self._run.expected_start_time.timestamp()
+        if start_at <= time.time():
+            start_at_for_runner = None  # due already: start it now
+        else:
+            early = getattr(self.runner, "starts_on_time", False)
+            start_at_for_runner = start_at if early else None
+            lead = self.policy.start_lead_seconds if early else 0.0
+            delay = start_at - lead - time.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ctx.stop_requested.wait(), delay)
         if self.ctx.stop_requested.is_set():
             await self._report(StateType.CANCELLED, self._stop_message())
             return None
@@ -240,7 +256,7 @@ class RunSupervisor:
             return None
         try:
             sink = self.redactor.wrap_sink(self.shipper.sink_for(self._run.id))
-            return await self.runner.start(self._spec(), sink)
+            return await self.runner.start(self._spec(start_at_for_runner), sink)
         except RunnerError as exc:
             log.warning("run_start_failed", error=self.redactor.redact(exc.message))
             await self._report(StateType.FAILED, exc.message)

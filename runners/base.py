@@ -28,6 +28,11 @@ class RunSpec:
     # Keys of ``env`` that came only from the agent's own environment (not the deployment's or
     # the run's): a runner that starts the flow on another host or image may leave them out.
     inherited_env: frozenset[str] = frozenset()
+    # Unix time the flow itself is due to begin, for a scheduled run handed over early. Only
+    # runners whose class sets ``starts_on_time = True`` get it: they start the run now (an
+    # interpreter, a container) and make the flow's first line wait for it. Others are simply
+    # started at that time.
+    start_at: float | None = None
 
 
 class Outcome(StrEnum):

@@ -8,6 +8,8 @@ nothing of flowagent installed, so it uses the standard library only. ``<entrypo
 
 Environment:
     FLOWAGENT_PARAMETERS   a JSON object, passed as keyword arguments (absent: no arguments)
+    FLOWAGENT_START_AT     Unix time: the flow is loaded at once but called no earlier (a
+                           scheduled run started ahead of its time, so it begins on the dot)
     FLOWAGENT_RESULT_FILE  where to write the outcome as JSON (absent: not written):
                            {"ok": true, "result": ...} or {"ok": true, "result_repr": "..."}
                            or {"ok": false, "error_type": "ValueError", "error_message": "..."},
@@ -157,6 +159,21 @@ def check_parameters(func: Callable[..., Any], parameters: dict[str, Any]) -> No
         raise EntrypointError(f"parameters do not match {name}{signature}: {exc}") from None
 
 
+def wait_for_start() -> None:
+    raw = os.environ.get("FLOWAGENT_START_AT")
+    if not raw:
+        return
+    try:
+        start_at = float(raw)
+    except ValueError:
+        return
+    import time
+
+    delay = start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
 def call(func: Callable[..., Any], parameters: dict[str, Any]) -> Any:
     """Run the flow; EntrypointError if the parameters do not fit it (then none of it ran)."""
     try:
@@ -228,6 +245,7 @@ def main(argv: list[str]) -> int:
         func = load_function(argv[1])
     except EntrypointError as exc:
         return _entrypoint_error(exc)
+    wait_for_start()
     try:
         result = call(func, parameters)
     except EntrypointError as exc:

@@ -38,6 +38,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import traceback
 import warnings
 import weakref
@@ -63,6 +64,7 @@ from runners.docker_config import (
     FILES_PREFIX,
     RUN_LABEL,
     DockerOptions,
+    bootstrapped,
     container_config,
     files_dir,
     our_files,
@@ -82,6 +84,9 @@ class DockerRunner:
     """Runs each flow run in a container, removed once its logs and status are collected."""
 
     name: ClassVar[str] = "docker"
+    # The container is created (and, for an entrypoint, started) ahead; the flow begins at
+    # spec.start_at.
+    starts_on_time: ClassVar[bool] = True
     Options: ClassVar[type[DockerOptions]] = DockerOptions
 
     def __init__(self) -> None:
@@ -117,6 +122,11 @@ class DockerRunner:
             shutil.rmtree(files, ignore_errors=True)
             raise
         handle = DockerHandle(client, container, sink, options, files)
+        if spec.start_at is not None and not bootstrapped(spec, options):
+            # Created ahead, started on time (the bootstrap would wait for it by itself).
+            delay = spec.start_at - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
         await handle._begin(f"run-{spec.run_id}")
         return handle
 

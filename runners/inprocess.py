@@ -38,6 +38,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -68,6 +69,8 @@ class InProcessRunner:
     """Runs flow functions inside the agent: async ones as tasks, sync ones in threads."""
 
     name: ClassVar[str] = "inprocess"
+    # The flow is loaded at once and called at spec.start_at.
+    starts_on_time: ClassVar[bool] = True
 
     async def start(self, spec: RunSpec, sink: OutputSink) -> InProcessHandle:
         if spec.entrypoint is None or spec.command is not None:
@@ -155,6 +158,9 @@ class InProcessHandle:
         spec = self._spec
         try:
             func = await _in_thread(self._load, f"load-{spec.run_id}")
+            if spec.start_at is not None and (delay := spec.start_at - time.time()) > 0:
+                self._mode = "async"  # waiting on the loop: an interrupt can stop it
+                await asyncio.sleep(delay)
             if _is_async(func):
                 self._mode = "async"
                 result = await func(**spec.parameters)

@@ -46,6 +46,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -112,6 +113,9 @@ class SubprocessRunner:
 
     name: ClassVar[str] = "subprocess"
     Options: ClassVar[type[SubprocessOptions]] = SubprocessOptions
+    # An entrypoint's bootstrap loads the flow, then waits for spec.start_at; a command is
+    # spawned at that time.
+    starts_on_time: ClassVar[bool] = True
 
     def __init__(self, *, drain_timeout: float = 5.0) -> None:
         # After the run's main process exits, how long its output pipes may stay open: a
@@ -134,8 +138,11 @@ class SubprocessRunner:
 
         env = {**spec.env, "FLOWAGENT_PARAMETERS": parameters}
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if spec.start_at is not None:
+            env["FLOWAGENT_START_AT"] = repr(spec.start_at)
         if spec.command is not None:
             program = _resolve(spec.command[0], env, spec.working_dir)
+            await _sleep_until(spec.start_at)
         fd, name = tempfile.mkstemp(prefix="flowagent-result-", suffix=".json")
         os.close(fd)
         result_file = Path(name)
@@ -212,6 +219,11 @@ class SubprocessRunner:
             os.close(pidfd)
             raise
         return handle
+
+
+async def _sleep_until(start_at: float | None) -> None:
+    if start_at is not None and (delay := start_at - time.time()) > 0:
+        await asyncio.sleep(delay)
 
 
 def _resolve(program: str, env: dict[str, str], cwd: Path) -> str:

@@ -129,6 +129,28 @@ def test_a_non_zero_exit_fails_the_run(harness: Harness) -> None:
     arun(scenario())
 
 
+def test_a_run_handed_over_early_begins_at_its_start_time(harness: Harness) -> None:
+    # A scheduled run reaches a runner that starts on time ahead of its due time: the flow's
+    # first line must wait for it (and not much longer).
+    assert harness.runner.starts_on_time  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        start_at = time.time() + 1.5
+        handle, _ = await harness.start("stamp", start_at=start_at)
+        result = await handle.wait()
+        assert result.outcome is Outcome.COMPLETED, result
+        assert result.result >= start_at
+
+        if "command" in harness.limits:
+            return
+        start_at = time.time() + 1.5
+        handle, sink = await harness.start(command=["date", "+%s.%N"], start_at=start_at)
+        assert (await handle.wait()).outcome is Outcome.COMPLETED
+        assert float(sink.of("stdout")[0]) >= start_at
+
+    arun(scenario())
+
+
 def test_a_command_runs_and_its_exit_status_counts(harness: Harness) -> None:
     harness.needs("command")
 

@@ -111,3 +111,10 @@ def configure_logging(name: str) -> str:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger(f"flows.{name}").info("%s informs", name)
     return name
+
+
+def stamp() -> float:
+    """The flow's first act: when it began (the host's clock; containers share it)."""
+    began = time.time()
+    print("began")
+    return began
