@@ -6,12 +6,11 @@ from typing import Annotated
 from uuid import UUID
 
 import typer
-from rich.text import Text
 
 from agent.backends.native import NativeBackend
 from agent.cli.context import settings_of
 from agent.cli.lookup import queue_names
-from agent.cli.output import age, call, print_json, print_table, table
+from agent.cli.output import age, call, print_json, print_table, table, text
 from agent.models import AgentRecord, AgentStatus
 
 app = typer.Typer(help="Agents: the daemons polling work queues.", no_args_is_help=True)
@@ -43,7 +42,7 @@ def ls(
         rows.add_row(
             a.name,
             str(a.id),
-            Text(a.status.value, style="green" if online else "red"),
+            text(a.status.value, style="green" if online else "red"),
             queues.get(a.work_queue_id, str(a.work_queue_id)),
             str(a.runs_in_flight),
             age(a.last_heartbeat),

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from agent.cli.context import CliState, state_of
-from agent.cli.output import info, out, say, table, warn
+from agent.cli.output import info, out, say, table, text, warn
 from agent.config import (
     SETTINGS,
     SETTINGS_BY_KEY,
@@ -54,7 +53,7 @@ def view(
     for key, value, source in entries:
         cells = [key, value]
         if show_sources:
-            rows.add_row(*cells, Text(source.value, style=SOURCE_STYLES[source]))
+            rows.add_row(*cells, text(source.value, style=SOURCE_STYLES[source]))
         else:
             rows.add_row(*cells)
     out().print(rows)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
-from rich.text import Text
 
 from agent.backends.native import NativeBackend
 from agent.cli.context import settings_of
@@ -23,12 +22,16 @@ from agent.cli.output import (
     say,
     state_text,
     table,
+    text,
     when,
 )
 from agent.config import settings_redactor
 from agent.errors import InputError, NotFound
 from agent.models import FlowRun, LogLine, LogStream, StateType
 from agent.redaction import mask_env
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 app = typer.Typer(help="Flow runs: one execution of a deployment each.", no_args_is_help=True)
 
@@ -74,8 +77,8 @@ async def stream_logs(backend: NativeBackend, ref: UUID, *, follow: bool) -> Flo
             lines: list[LogLine] = await backend.get_logs(ref, after=last, limit=LOG_PAGE)
             for line in lines:
                 console.print(
-                    Text(f"{line.stream.value} ", style=STREAM_STYLES.get(line.stream, ""))
-                    + Text(line.line),
+                    text(f"{line.stream.value} ", style=STREAM_STYLES.get(line.stream, ""))
+                    + text(line.line),
                     soft_wrap=True,
                 )
                 last = line.id
@@ -93,10 +96,10 @@ def result_of(run: FlowRun) -> dict[str, Any]:
 
 
 def final_line(run: FlowRun) -> Text:
-    text = Text(f"flow run {run.name} ({run.id}) finished: ") + state_text(run.state.type)
+    line = text(f"flow run {run.name} ({run.id}) finished: ") + state_text(run.state.type)
     if run.state.message and run.state.message.lower() != run.state.type.value.lower():
-        text += Text(f": {run.state.message}")
-    return text
+        line += text(f": {run.state.message}")
+    return line
 
 
 def follow_run(ctx: typer.Context, ref: UUID) -> FlowRun:
@@ -214,6 +217,6 @@ def cancel(ctx: typer.Context, ref: RunArg) -> None:
         return await backend.cancel_run(rid)
 
     cancelled = call(settings_of(ctx), run)
-    say(Text(f"flow run {cancelled.name} ({cancelled.id}): ") + state_text(cancelled.state.type))
+    say(text(f"flow run {cancelled.name} ({cancelled.id}): ") + state_text(cancelled.state.type))
     if cancelled.state.type is StateType.CANCELLING:
         info("its agent will interrupt it and report CANCELLED")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
 import typer
 from pydantic import TypeAdapter
-from rich.text import Text
 
 from agent.backends.native import NativeBackend
 from agent.cli.context import settings_of
 from agent.cli.lookup import resolve_deployment, resolve_queue
-from agent.cli.output import age, call, confirm, info, print_json, print_table, say, table
+from agent.cli.output import age, call, confirm, info, print_json, print_table, say, table, text
 from agent.cli.parsing import looks_like_uuid
 from agent.errors import InputError, NotFound
 from agent.models import (
@@ -28,6 +27,9 @@ app = typer.Typer(
     help="Notifications: webhooks called when runs reach chosen states or agents go OFFLINE.",
     no_args_is_help=True,
 )
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 RefArg = Annotated[str, typer.Argument(help="The notification's name or UUID.", show_default=False)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -70,14 +72,14 @@ async def _resolve(backend: NativeBackend, ref: str) -> Notification:
 def last_result(delivery: NotificationDelivery | None) -> Text:
     """``DELIVERED (HTTP 200, 3 attempts) 2m ago`` and the like."""
     if delivery is None:
-        return Text("-")
-    text = Text(delivery.status.value, style=STATUS_STYLES.get(delivery.status, ""))
+        return text("-")
+    result = text(delivery.status.value, style=STATUS_STYLES.get(delivery.status, ""))
     detail = [f"HTTP {delivery.last_status_code}"] if delivery.last_status_code else []
     detail.append(f"{delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}")
-    text += Text(f" {delivery.event} ({', '.join(detail)}) {age(delivery.created)}")
+    result += text(f" {delivery.event} ({', '.join(detail)}) {age(delivery.created)}")
     if delivery.status is not DeliveryStatus.DELIVERED and delivery.last_error:
-        text += Text(f": {delivery.last_error}", style="dim")
-    return text
+        result += text(f": {delivery.last_error}", style="dim")
+    return result
 
 
 def _scope(n: Notification, queues: dict[UUID, str], deployments: dict[UUID, str]) -> str:
@@ -205,7 +207,7 @@ def deliveries(
         rows.add_row(
             str(d.id),
             d.event,
-            Text(d.status.value, style=STATUS_STYLES.get(d.status, "")),
+            text(d.status.value, style=STATUS_STYLES.get(d.status, "")),
             tries or "-",
             age(d.created),
         )

@@ -9,19 +9,23 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from agent.backends.http import HttpClient
 from agent.backends.native import NativeBackend
 from agent.config import Settings
 from agent.errors import ConfigError, FlowAgentError, InputError, ServerUnavailable
 from agent.models import FlowRun, StateType, utcnow
+
+if TYPE_CHECKING:
+    # rich is imported when something is printed, not with the CLI: the daemon (`agent start`)
+    # prints nothing with it, and its import costs a long-running agent ~5 MiB of RSS.
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
 T = TypeVar("T")
 
@@ -52,16 +56,27 @@ def _width(stream: Any) -> int | None:
 
 
 def out() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, width=_width(sys.stdout))
 
 
 def err() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, width=_width(sys.stderr))
+
+
+def text(content: str = "", style: str = "") -> Text:
+    """A styled piece of text (rich's ``Text``, imported on first use)."""
+    from rich.text import Text
+
+    return Text(content, style=style)
 
 
 def info(message: str) -> None:
     """A human note on stderr, so stdout stays the value a script wants."""
-    err().print(Text(message, style="dim"), soft_wrap=True)
+    err().print(text(message, style="dim"), soft_wrap=True)
 
 
 def say(message: str | Text) -> None:
@@ -71,25 +86,27 @@ def say(message: str | Text) -> None:
 def print_error(exc: FlowAgentError) -> None:
     console = err()
     console.print(
-        Text("error: ", style="bold red") + Text(exc.message, style="red"), soft_wrap=True
+        text("error: ", style="bold red") + text(exc.message, style="red"), soft_wrap=True
     )
     if exc.hint:
-        console.print(Text("hint: ", style="yellow") + Text(exc.hint), soft_wrap=True)
+        console.print(text("hint: ", style="yellow") + text(exc.hint), soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err().print(Text("warning: ", style="bold yellow") + Text(message), soft_wrap=True)
+    err().print(text("warning: ", style="bold yellow") + text(message), soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
-    text = json.dumps(data, indent=2, default=str)
+    body = json.dumps(data, indent=2, default=str)
     if sys.stdout.isatty():
-        out().print_json(text)
+        out().print_json(body)
     else:
-        typer.echo(text)
+        typer.echo(body)
 
 
 def table(*columns: str, title: str | None = None) -> Table:
+    from rich.table import Table
+
     result = Table(title=title, header_style="bold", box=None, pad_edge=False)
     for column in columns:
         result.add_column(column, no_wrap=column in ("id", "name", "expected start"))
@@ -104,7 +121,7 @@ def print_table(data: Table, empty: str) -> None:
 
 
 def state_text(state: StateType) -> Text:
-    return Text(state.value, style=STATE_STYLES.get(state, ""))
+    return text(state.value, style=STATE_STYLES.get(state, ""))
 
 
 def when(moment: datetime | None) -> str:
@@ -195,8 +212,8 @@ def call(
 def run_state(run: FlowRun) -> Text:
     """The state, with its name when that says more: ``SCHEDULED (Late)``,
     ``SCHEDULED (AwaitingRetry)``, ``CANCELLED (Skipped)``."""
-    text = state_text(run.state.type)
+    shown = state_text(run.state.type)
     if run.state.name.lower() != run.state.type.value.lower():
         style = "bold yellow" if run.state.name == "Late" else "dim"
-        text += Text(f" ({run.state.name})", style=style)
-    return text
+        shown += text(f" ({run.state.name})", style=style)
+    return shown

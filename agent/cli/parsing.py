@@ -11,14 +11,17 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import InputError
 from agent.models import ScheduleCreate
+
+if TYPE_CHECKING:
+    # PyYAML is imported for deployment files only: `agent start` never reads one.
+    import yaml
 
 JSON_LOOKING = ("{", "[", '"')
 
@@ -203,6 +206,8 @@ class FileDeployment:
 
 def _node_at(node: yaml.Node | None, loc: Sequence[int | str]) -> yaml.Node | None:
     """The YAML node a pydantic error location points at, as deep as it can be followed."""
+    import yaml
+
     for depth, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
@@ -226,6 +231,8 @@ def _line(node: yaml.Node | None) -> int | None:
 
 def load_deployment_file(path: Path) -> list[FileDeployment]:
     """Read one deployment, a list, or a mapping with ``deployments:`` from a YAML file."""
+    import yaml
+
     try:
         text = path.read_text()
     except OSError as exc:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
-from agent.cli.output import info, out, print_json, table
+from agent.cli.output import info, out, print_json, table, text
 from agent.errors import UnknownRunner
 
 app = typer.Typer(help="Flow runners: how an agent launches a run.", no_args_is_help=True)
@@ -41,7 +40,7 @@ def ls(
         return
     rows = table("name", "status", "package", "entry point")
     for e in entries:
-        status = Text("ok", style="green") if e.error is None else Text(e.error, style="red")
+        status = text("ok", style="green") if e.error is None else text(e.error, style="red")
         rows.add_row(e.name, status, e.package or "-", e.target)
     console = out()
     console.print(rows)
@@ -53,7 +52,7 @@ def ls(
             option_rows.add_row(o.option, o.type, o.default, o.description)
         console.print()
         console.print(
-            Text(f"options of runner {name!r} (--runner-option KEY=VALUE):", style="bold")
+            text(f"options of runner {name!r} (--runner-option KEY=VALUE):", style="bold")
         )
         console.print(option_rows)
 

@@ -14,12 +14,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from pydantic import TypeAdapter, ValidationError
-from rich.text import Text
 
 from agent.backends.native import NativeBackend
 from agent.cli.context import settings_of
 from agent.cli.lookup import resolve_deployment
-from agent.cli.output import call, confirm, print_json, print_table, say, table, when
+from agent.cli.output import call, confirm, print_json, print_table, say, table, text, when
 from agent.cli.parsing import invalid_input, looks_like_uuid
 from agent.errors import InputError, NotFound
 from agent.models import Catchup, Schedule, ScheduleCreate, ScheduleKind, ScheduleUpdate
@@ -159,7 +158,7 @@ def _print(schedules: list[Schedule], as_json: bool) -> None:
         return
     rows = table("id", "deployment", "schedule", "state", "catchup", "next run")
     for s in schedules:
-        state = Text("active", style="green") if s.active else Text("paused", style="yellow")
+        state = text("active", style="green") if s.active else text("paused", style="yellow")
         rows.add_row(
             str(s.id), s.deployment_name, describe(s), state, s.catchup.value, when(s.next_run_time)
         )
