@@ -99,28 +99,34 @@ def alive(pid: int) -> bool:
         return False
 
 
-def kill(agent: subprocess.Popen[bytes]) -> None:
-    agent.send_signal(signal.SIGKILL)
-    agent.wait()
-
-
-def started_run(api: httpx.Client, deployment: dict[str, Any], marker_dir: Path) -> str:
-    """Create a run and wait until its flow has printed its first phase to the server."""
+def orphan_a_run(
+    api: httpx.Client, agents: Any, marker_dir: Path, name: str, **fields: Any
+) -> tuple[dict[str, Any], str, int]:
+    """Deploy ``phases`` (or the command in ``fields``), run it under agent ``name``, SIGKILL
+    the agent once the flow's first phase has reached the server: the queue, run id, flow pid."""
+    if "command" not in fields:
+        phases = {"entrypoint": "sample.py:phases", "parameters": {"marker_dir": str(marker_dir)}}
+        fields = phases | fields
+    queue = make_queue(api)
+    deployment = make_deployment(api, queue, **fields)
+    first = agents(queue, name)
     run_id = str(make_run(api, deployment)["id"])
     wait_for(lambda: "before" in flow_lines(api, run_id), what="the first phase's output")
-    assert len(executions(marker_dir)) == 1
-    return run_id
+    [pid] = executions(marker_dir)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    return queue, run_id, pid
+
+
+def taken_over(api: httpx.Client, run_id: str) -> None:
+    wait_for(
+        lambda: any("took the run over" in line for line in agent_lines(api, run_id)),
+        what="the restarted agent to take the run over",
+    )
 
 
 def test_a_restarted_agent_takes_over_its_running_flow(api, agents, tmp_path) -> None:
-    queue = make_queue(api)
-    deployment = make_deployment(
-        api, queue, entrypoint="sample.py:phases", parameters={"marker_dir": str(tmp_path)}
-    )
-    first = agents(queue, "phoenix")
-    run_id = started_run(api, deployment, tmp_path)
-    [pid] = executions(tmp_path)
-    kill(first)
+    queue, run_id, pid = orphan_a_run(api, agents, tmp_path, "phoenix")
 
     # Printed while no agent runs: it waits in the pipe, and the flow is not killed by SIGPIPE.
     (tmp_path / "go-1").touch()
@@ -141,17 +147,12 @@ def test_a_restarted_agent_takes_over_its_running_flow(api, agents, tmp_path) ->
 
 
 def test_a_command_run_taken_over_keeps_its_exit_status(api, agents, tmp_path) -> None:
-    queue = make_queue(api)
-    deployment = make_deployment(api, queue, command=[*PHASES_COMMAND, str(tmp_path)])
-    first = agents(queue, "phoenix-cmd")
-    run_id = started_run(api, deployment, tmp_path)
-    kill(first)
+    queue, run_id, _ = orphan_a_run(
+        api, agents, tmp_path, "phoenix-cmd", command=[*PHASES_COMMAND, str(tmp_path)]
+    )
 
     agents(queue, "phoenix-cmd")
-    wait_for(
-        lambda: any("took the run over" in line for line in agent_lines(api, run_id)),
-        what="the restarted agent to take the run over",
-    )
+    taken_over(api, run_id)
     (tmp_path / "go-1").touch()
     (tmp_path / "go-2").touch()
 
@@ -164,14 +165,7 @@ def test_a_command_run_taken_over_keeps_its_exit_status(api, agents, tmp_path) -
 
 
 def test_a_run_that_ended_while_no_agent_ran_keeps_its_outcome(api, agents, tmp_path) -> None:
-    queue = make_queue(api)
-    deployment = make_deployment(
-        api, queue, entrypoint="sample.py:phases", parameters={"marker_dir": str(tmp_path)}
-    )
-    first = agents(queue, "phoenix-late")
-    run_id = started_run(api, deployment, tmp_path)
-    [pid] = executions(tmp_path)
-    kill(first)
+    queue, run_id, pid = orphan_a_run(api, agents, tmp_path, "phoenix-late")
     (tmp_path / "go-1").touch()
     (tmp_path / "go-2").touch()
     wait_for(lambda: not alive(pid), what="the flow to end unwatched")
@@ -186,15 +180,7 @@ def test_a_run_that_ended_while_no_agent_ran_keeps_its_outcome(api, agents, tmp_
 
 
 def test_a_run_killed_while_no_agent_ran_is_crashed_and_retried(api, agents, tmp_path) -> None:
-    queue = make_queue(api)
-    deployment = make_deployment(
-        api, queue, entrypoint="sample.py:phases", retries=1,
-        parameters={"marker_dir": str(tmp_path)},
-    )  # fmt: skip
-    first = agents(queue, "phoenix-dead")
-    run_id = started_run(api, deployment, tmp_path)
-    [pid] = executions(tmp_path)
-    kill(first)
+    queue, run_id, pid = orphan_a_run(api, agents, tmp_path, "phoenix-dead", retries=1)
     psutil.Process(pid).kill()
     wait_for(lambda: not alive(pid), what="the flow to die")
 
@@ -210,19 +196,9 @@ def test_a_run_killed_while_no_agent_ran_is_crashed_and_retried(api, agents, tmp
 
 
 def test_a_run_taken_over_can_still_be_cancelled(api, agents, tmp_path) -> None:
-    queue = make_queue(api)
-    deployment = make_deployment(
-        api, queue, entrypoint="sample.py:phases", parameters={"marker_dir": str(tmp_path)}
-    )
-    first = agents(queue, "phoenix-cancel")
-    run_id = started_run(api, deployment, tmp_path)
-    [pid] = executions(tmp_path)
-    kill(first)
+    queue, run_id, pid = orphan_a_run(api, agents, tmp_path, "phoenix-cancel")
     agents(queue, "phoenix-cancel")
-    wait_for(
-        lambda: any("took the run over" in line for line in agent_lines(api, run_id)),
-        what="the restarted agent to take the run over",
-    )
+    taken_over(api, run_id)
 
     assert api.post(f"flow_runs/{run_id}/cancel").status_code in (200, 202)
     done = wait_state(api, run_id)
@@ -231,15 +207,7 @@ def test_a_run_taken_over_can_still_be_cancelled(api, agents, tmp_path) -> None:
 
 
 def test_a_run_taken_over_keeps_its_timeout(api, agents, tmp_path) -> None:
-    queue = make_queue(api)
-    deployment = make_deployment(
-        api, queue, entrypoint="sample.py:phases", timeout_seconds=4,
-        parameters={"marker_dir": str(tmp_path)},
-    )  # fmt: skip
-    first = agents(queue, "phoenix-timeout")
-    run_id = started_run(api, deployment, tmp_path)
-    [pid] = executions(tmp_path)
-    kill(first)
+    queue, run_id, pid = orphan_a_run(api, agents, tmp_path, "phoenix-timeout", timeout_seconds=4)
     agents(queue, "phoenix-timeout")
 
     done = wait_state(api, run_id)
@@ -250,16 +218,15 @@ def test_a_run_taken_over_keeps_its_timeout(api, agents, tmp_path) -> None:
 
 def test_a_restarted_agent_takes_over_its_docker_run(api, agents, tmp_path) -> None:
     require_dockerd()
-    queue = make_queue(api)
-    deployment = make_deployment(
-        api, queue, entrypoint="sample.py:phases", runner="docker",
+    queue, run_id, _ = orphan_a_run(
+        api,
+        agents,
+        tmp_path,
+        "phoenix-docker",
+        runner="docker",
         runner_options={"image": BASE_IMAGE, "volumes": [f"{tmp_path}:{tmp_path}"]},
-        parameters={"marker_dir": str(tmp_path)},
-    )  # fmt: skip
-    first = agents(queue, "phoenix-docker")
-    run_id = started_run(api, deployment, tmp_path)
+    )
     container = get_run(api, run_id)["runner_info"]["container_id"]
-    kill(first)
     (tmp_path / "go-1").touch()  # printed while no agent runs: kept in the container's log
 
     agents(queue, "phoenix-docker")
