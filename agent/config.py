@@ -155,6 +155,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", _choice("auto", "json", "console"), "auto: JSON unless a TTY"),
     Setting("heartbeat_seconds", _positive_float, "seconds between agent heartbeats"),
     Setting("claim_wait_seconds", _positive_float, "long-poll bound of one claim request"),
+    Setting(
+        "start_lead_seconds",
+        _non_negative_float,
+        "claim scheduled runs this early, so they start on time",
+    ),
     Setting("cancel_grace_seconds", _non_negative_float, "interrupt → terminate grace"),
     Setting("drain_timeout_seconds", _non_negative_float, "on SIGTERM, let runs finish this long"),
     Setting("cancel_poll_seconds", _positive_float, "how often the agent checks for cancels"),
@@ -195,6 +200,7 @@ class Settings:
     log_format: str = "auto"
     heartbeat_seconds: float = 5.0
     claim_wait_seconds: float = 10.0
+    start_lead_seconds: float = 0.5
     cancel_grace_seconds: float = 10.0
     cancel_poll_seconds: float = 1.0
     drain_timeout_seconds: float = 30.0

@@ -336,6 +336,13 @@ class ClaimRequest(_Model):
         description="idempotency key: a retried claim with the same id answers the runs the "
         "first one took instead of taking more",
     )
+    lead_seconds: float = Field(
+        default=0,
+        ge=0,
+        le=60,
+        description="also hand over runs due within this many seconds: the agent gets them "
+        "early and starts them on time",
+    )
 
 
 class ClaimedRun(_Model):

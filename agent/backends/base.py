@@ -67,10 +67,12 @@ class Backend(Protocol):
         limit: int,
         wait_seconds: float,
         claim_id: UUID | None = None,
+        lead_seconds: float = 0.0,
     ) -> list[ClaimedRun]:
         """Atomically take up to ``limit`` due runs; may wait up to ``wait_seconds`` for one.
 
         ``claim_id`` is an idempotency key: the same id again answers what the first call took.
+        ``lead_seconds``: runs due that soon may be handed over early (a backend may ignore it).
         """
         ...
 

@@ -236,6 +236,7 @@ class NativeBackend:
         limit: int,
         wait_seconds: float,
         claim_id: UUID | None = None,
+        lead_seconds: float = 0.0,
     ) -> list[ClaimedRun]:
         body = ClaimRequest(
             agent_id=agent_id,
@@ -243,6 +244,7 @@ class NativeBackend:
             limit=limit,
             wait_seconds=wait_seconds,
             claim_id=claim_id,
+            lead_seconds=lead_seconds,
         )
         # With a claim_id a retry answers what the first request took, so it is safe to retry;
         # without one, only a request that never reached the server may be sent again.

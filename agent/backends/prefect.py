@@ -206,8 +206,11 @@ class PrefectBackend:
         limit: int,
         wait_seconds: float,
         claim_id: UUID | None = None,
+        lead_seconds: float = 0.0,
     ) -> list[ClaimedRun]:
         """Poll for due runs until one is ours or ``wait_seconds`` pass.
+
+        ``lead_seconds`` is ignored: a Prefect run is claimed once due, as Prefect's worker does.
 
         Runs taken by a call that failed on the way (``claim_id`` or not) are answered by the
         next call: every claim starts with the runs we proposed for and never handed out.

@@ -16,7 +16,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import anyio
 from sqlalchemy import func, select, update
@@ -85,7 +85,7 @@ def _free_slots(session: Session, queue: WorkQueueRow) -> int | None:
 
 
 def _due_matching(
-    session: Session, queue_id: uuid.UUID, required: set[str], now: datetime, wanted: int
+    session: Session, queue_id: uuid.UUID, required: set[str], due_by: datetime, wanted: int
 ) -> list[tuple[FlowRunRow, DeploymentRow]]:
     """Up to ``wanted`` due runs of the queue carrying every ``required`` tag, soonest first.
 
@@ -100,7 +100,7 @@ def _due_matching(
             .where(
                 FlowRunRow.work_queue_id == queue_id,
                 FlowRunRow.state_type == StateType.SCHEDULED.value,
-                FlowRunRow.expected_start_time <= now,
+                FlowRunRow.expected_start_time <= due_by,
             )
             .order_by(FlowRunRow.expected_start_time)
             .limit(_SCAN_PAGE)
@@ -122,12 +122,14 @@ def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> Clai
     with db.write() as session:
         queue = get_queue(session, queue_id)
         agent = get_agent(session, request.agent_id)
+        # Runs due within the agent's lead are handed over early, so it can start them on time.
         now = utcnow()
+        due_by = now + timedelta(seconds=request.lead_seconds)
         next_due = session.scalar(
             select(func.min(FlowRunRow.expected_start_time)).where(
                 FlowRunRow.work_queue_id == queue_id,
                 FlowRunRow.state_type == StateType.SCHEDULED.value,
-                FlowRunRow.expected_start_time > now,
+                FlowRunRow.expected_start_time > due_by,
             )
         )
         if request.claim_id is not None and request.claim_id == agent.last_claim_id:
@@ -144,7 +146,7 @@ def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> Clai
 
         required = set(queue.tags) | set(request.tags)
         claimed: list[ClaimedRun] = []
-        candidates = _due_matching(session, queue_id, required, now, wanted)
+        candidates = _due_matching(session, queue_id, required, due_by, wanted)
         taken = _take(session, [run.id for run, _ in candidates], agent.id)
         for run, deployment in candidates:
             if run.id not in taken:
@@ -219,7 +221,8 @@ async def claim(
         if timeout <= 0:
             return []
         if attempt.next_due is not None:
-            until_due = (attempt.next_due - utcnow()).total_seconds() + _DUE_SLACK_SECONDS
+            until_due = (attempt.next_due - utcnow()).total_seconds() - request.lead_seconds
+            until_due += _DUE_SLACK_SECONDS
             timeout = min(timeout, max(until_due, 0.0))
         with anyio.move_on_after(timeout):
             await wake.wait()

@@ -264,6 +264,24 @@ def test_future_runs_are_not_claimed_early(server: ServerProcess, api: Api) -> N
     assert late < NOTIFIED, f"handed out {late:.2f}s after it became due"
 
 
+def test_runs_due_within_the_lead_are_handed_over_early(server: ServerProcess, api: Api) -> None:
+    queue = api.queue()
+    deployment = api.deployment(queue)
+    agent = api.agent(queue)
+    in_a_while = datetime.now(UTC) + timedelta(seconds=30)
+    api.run(deployment, expected_start_time=in_a_while.isoformat())
+    assert api.claim(queue, agent, limit=10, lead_seconds=2) == []
+
+    # A held claim wakes up a lead before a run is due, and gets it then.
+    soon = api.run(
+        deployment, expected_start_time=(datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    )
+    claimed = timed_claim(server, queue, agent, limit=10, wait_seconds=5, lead_seconds=2)
+    assert claimed.ids == [soon["id"]]
+    early = datetime.fromisoformat(soon["expected_start_time"]) - datetime.now(UTC)
+    assert 0 < early.total_seconds() <= 2
+
+
 def test_deleted_deployments_runs_are_not_handed_out(api: Api) -> None:
     queue = api.queue()
     deployment = api.deployment(queue)
