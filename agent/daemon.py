@@ -208,7 +208,13 @@ class Agent:
             wait = 0.0 if self.options.run_once else self.settings.claim_wait_seconds
             claim = asyncio.create_task(
                 self.backend.claim(
-                    self.queue.id, self.agent_id, self.options.tags, free, wait, claim_id
+                    self.queue.id,
+                    self.agent_id,
+                    self.options.tags,
+                    free,
+                    wait,
+                    claim_id,
+                    lead_seconds=self.settings.start_lead_seconds,
                 ),
                 name="claim",
             )
@@ -292,6 +298,7 @@ class Agent:
                 base_env=flow_environment(os.environ),
                 redactor=self.ops.redactor,
                 metrics=self.ops.metrics,
+                start_lead_seconds=self.settings.start_lead_seconds,
             ),
         )
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import structlog
@@ -26,7 +26,15 @@ from agent.metrics import AgentMetrics
 from agent.models import ClaimedRun, Deployment, FlowRun, StateProposal, StateType
 from agent.outbox import Outbox
 from agent.redaction import Redactor
-from runners.base import AdoptingRunner, Outcome, RunHandle, Runner, RunResult, RunSpec
+from runners.base import (
+    AdoptingRunner,
+    HeldRunHandle,
+    Outcome,
+    RunHandle,
+    Runner,
+    RunResult,
+    RunSpec,
+)
 
 log = structlog.get_logger("agent.supervisor")
 
@@ -48,6 +56,7 @@ class RunContext:
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: StopReason | None = None
     claimed_at: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0  # Unix time its flow began (or will, for a run started early)
 
     @property
     def run_id(self) -> UUID:
@@ -121,7 +130,7 @@ class RunSupervisor:
         # The daemon has put the agent's default in place when the deployment named none.
         return self._deployment.runner or "subprocess"
 
-    def _spec(self, start_at: float | None = None) -> RunSpec:
+    def _spec(self, held: bool = False) -> RunSpec:
         run, deployment = self._run, self._deployment
         env = self.policy.base_env | deployment.env | run.env
         inherited = frozenset(self.policy.base_env) - deployment.env.keys() - run.env.keys()
@@ -142,7 +151,7 @@ class RunSupervisor:
                 "flowagent.deployment": deployment.name,
             },
             inherited_env=inherited,
-            start_at=start_at,
+            held=held,
         )
 
     def _agent_line(self, message: str) -> None:
@@ -171,10 +180,7 @@ class RunSupervisor:
         handle = await (self._start() if adopted is None else self._adopt(adopted))
         if handle is None:
             return
-        started_at = time.time() if adopted is None else adopted.started_at
-        if adopted is None:
-            record = adoption_record(self.ctx.claimed, handle.info, started_at)
-            self.fence.register(self._run.id, handle.info, record)
+        started_at = self.ctx.started_at if adopted is None else adopted.started_at
         try:
             if adopted is None:
                 log.info("run_started", runner=self._runner_name, **handle.info)
@@ -215,26 +221,63 @@ class RunSupervisor:
         return None
 
     async def _start(self) -> RunHandle | None:
-        """Launch the run; None when it was not started (and its state says why)."""
-        start_at = self._run.expected_start_time.timestamp()
-        if start_at <= time.time():
-            start_at_for_runner = None  # due already: start it now
-        else:
-            early = getattr(self.runner, "starts_on_time", False)
-            start_at_for_runner = start_at if early else None
-            lead = self.policy.start_lead_seconds if early else 0.0
-            delay = start_at - lead - time.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ctx.stop_requested.wait(), delay)
+        """Launch the run; None when it was not started (and its state says why).
+
+        RUNNING is proposed before the flow begins: if the run was cancelled while PENDING the
+        server refuses, and the flow never runs. A scheduled run handed over early to a runner
+        that starts runs held is launched at once, while PENDING, held (an interpreter loaded,
+        a container created); when its time comes it is proposed RUNNING and, once accepted,
+        released, so its flow begins on time. A refusal stops it before its flow began.
+        """
+        due = self._run.expected_start_time.timestamp()
+        early = due > time.time() and getattr(self.runner, "starts_held", False)
+        if not early:
+            await self._until(due)
         if self.ctx.stop_requested.is_set():
             await self._report(StateType.CANCELLED, self._stop_message())
             return None
         if isinstance(self.runner, RunnerError):
             await self._report(StateType.FAILED, self.runner.message)
             return None
-        # RUNNING is proposed before the process exists: if the run was cancelled while PENDING
-        # the server refuses, and we never start it.
+        if not early:
+            refused = await self._propose_running()
+            if refused is not None:
+                await self._not_started(refused)
+                return None
+            return await self._launch(held=False)
+        handle = await self._launch(held=True)
+        if handle is None:
+            return None
+        await self._until(due)
+        refused = None if self.ctx.stop_requested.is_set() else await self._propose_running()
+        failed = None
+        if not self.ctx.stop_requested.is_set() and refused is None:
+            try:
+                await cast(HeldRunHandle, handle).release()
+                return handle
+            except RunnerError as exc:
+                failed = exc
+        # Dead before the run can be handed back or retried: it must not run twice.
+        await handle.terminate()
+        await handle.wait()
+        self.fence.unregister(self._run.id)
+        if failed is not None:
+            await self._report(StateType.FAILED, failed.message)
+        elif refused is not None:
+            await self._not_started(refused)
+        else:
+            await self._report(StateType.CANCELLED, self._stop_message())
+        return None
+
+    async def _until(self, moment: float) -> None:
+        """Sleep until ``moment`` (Unix time) unless a stop is requested first."""
+        delay = moment - time.time()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ctx.stop_requested.wait(), delay)
+
+    async def _propose_running(self) -> Conflict | ServerUnavailable | None:
+        """None once the server has the run RUNNING; else why it does not."""
         try:
             await self.backend.set_state(
                 self._run.id,
@@ -245,22 +288,35 @@ class RunSupervisor:
                     message=f"started by agent {self.policy.agent_name}",
                 ),
             )
-        except Conflict as exc:
-            log.info("run_not_started", reason=exc.message)
-            return None
-        except ServerUnavailable as exc:
-            # Not started, and the server cannot hear it now: hand the run back (spooled if
-            # need be) rather than leave it PENDING under a live agent's lease forever.
-            log.warning("run_not_started", reason=exc.message)
-            await self._report(StateType.SCHEDULED, "agent could not reach the server to start it")
-            return None
+        except (Conflict, ServerUnavailable) as exc:
+            return exc
+        return None
+
+    async def _not_started(self, why: Conflict | ServerUnavailable) -> None:
+        if isinstance(why, Conflict):  # cancelled meanwhile, or no longer ours
+            log.info("run_not_started", reason=why.message)
+            return
+        # The server cannot hear it now: hand the run back (spooled if need be) rather than
+        # leave it PENDING under a live agent's lease forever.
+        log.warning("run_not_started", reason=why.message)
+        await self._report(StateType.SCHEDULED, "agent could not reach the server to start it")
+
+    async def _launch(self, *, held: bool) -> RunHandle | None:
+        """Start the run's process (or container) and list it with the fence at once."""
+        assert not isinstance(self.runner, RunnerError)
         try:
             sink = self.redactor.wrap_sink(self.shipper.sink_for(self._run.id))
-            return await self.runner.start(self._spec(start_at_for_runner), sink)
+            handle = await self.runner.start(self._spec(held), sink)
         except RunnerError as exc:
             log.warning("run_start_failed", error=self.redactor.redact(exc.message))
             await self._report(StateType.FAILED, exc.message)
             return None
+        # Its timeout runs from its flow's start (a held run's, from when it is due).
+        started_at = max(time.time(), self._run.expected_start_time.timestamp())
+        record = adoption_record(self.ctx.claimed, handle.info, started_at)
+        self.fence.register(self._run.id, handle.info, record)
+        self.ctx.started_at = started_at
+        return handle
 
     async def _wait(
         self, handle: RunHandle, started_at: float

@@ -28,11 +28,11 @@ class RunSpec:
     # Keys of ``env`` that came only from the agent's own environment (not the deployment's or
     # the run's): a runner that starts the flow on another host or image may leave them out.
     inherited_env: frozenset[str] = frozenset()
-    # Unix time the flow itself is due to begin, for a scheduled run handed over early. Only
-    # runners whose class sets ``starts_on_time = True`` get it: they start the run now (an
-    # interpreter, a container) and make the flow's first line wait for it. Others are simply
-    # started at that time.
-    start_at: float | None = None
+    # A scheduled run handed over ahead of its time: start what takes time (an interpreter, a
+    # container) but hold the flow itself until ``handle.release()``. Only runners whose class
+    # sets ``starts_held = True`` get held runs (their handles are HeldRunHandles); others are
+    # started when the run is due.
+    held: bool = False
 
 
 class Outcome(StrEnum):
@@ -65,6 +65,14 @@ class RunHandle(Protocol):
 
     async def terminate(self) -> None:
         """Stop the run now (SIGKILL to the whole process tree, docker kill)."""
+        ...
+
+
+class HeldRunHandle(RunHandle, Protocol):
+    """A run started with ``spec.held``: its flow begins only once released."""
+
+    async def release(self) -> None:
+        """Let the flow begin now. If the agent dies first, the flow never begins."""
         ...
 
 

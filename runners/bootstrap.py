@@ -8,8 +8,10 @@ nothing of flowagent installed, so it uses the standard library only. ``<entrypo
 
 Environment:
     FLOWAGENT_PARAMETERS   a JSON object, passed as keyword arguments (absent: no arguments)
-    FLOWAGENT_START_AT     Unix time: the flow is loaded at once but called no earlier (a
-                           scheduled run started ahead of its time, so it begins on the dot)
+    FLOWAGENT_HELD         "1": read one line "go" from stdin before calling the flow (a
+                           scheduled run started ahead of its time: loaded, then held until the
+                           agent says go), then stdin is /dev/null. End of file instead (the
+                           agent is gone): exit 3, the flow never began.
     FLOWAGENT_RESULT_FILE  where to write the outcome as JSON (absent: not written):
                            {"ok": true, "result": ...} or {"ok": true, "result_repr": "..."}
                            or {"ok": false, "error_type": "ValueError", "error_message": "..."},
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 
 EXIT_FLOW_FAILED = 1
 EXIT_ENTRYPOINT_ERROR = 2
+EXIT_NOT_RELEASED = 3
 
 
 class EntrypointError(Exception):
@@ -159,19 +162,16 @@ def check_parameters(func: Callable[..., Any], parameters: dict[str, Any]) -> No
         raise EntrypointError(f"parameters do not match {name}{signature}: {exc}") from None
 
 
-def wait_for_start() -> None:
-    raw = os.environ.get("FLOWAGENT_START_AT")
-    if not raw:
-        return
-    try:
-        start_at = float(raw)
-    except ValueError:
-        return
-    import time
-
-    delay = start_at - time.time()
-    if delay > 0:
-        time.sleep(delay)
+def released() -> bool:
+    """Wait for the agent's go when the run was started held; False if it never comes."""
+    if os.environ.pop("FLOWAGENT_HELD", None) != "1":
+        return True
+    line = sys.stdin.buffer.readline()
+    # The flow gets the stdin a run has otherwise: nothing.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return line == b"go\n"
 
 
 def call(func: Callable[..., Any], parameters: dict[str, Any]) -> Any:
@@ -245,7 +245,9 @@ def main(argv: list[str]) -> int:
         func = load_function(argv[1])
     except EntrypointError as exc:
         return _entrypoint_error(exc)
-    wait_for_start()
+    if not released():
+        print("flowagent: the agent went away before the run's time: not started", file=sys.stderr)
+        return EXIT_NOT_RELEASED
     try:
         result = call(func, parameters)
     except EntrypointError as exc:

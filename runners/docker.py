@@ -38,7 +38,6 @@ import shutil
 import signal
 import tempfile
 import threading
-import time
 import traceback
 import warnings
 import weakref
@@ -53,9 +52,9 @@ from pydantic import ValidationError
 from agent.errors import RunnerError
 from runners.base import (
     AdoptingRunner,
+    HeldRunHandle,
     Outcome,
     OutputSink,
-    RunHandle,
     Runner,
     RunResult,
     RunSpec,
@@ -64,7 +63,6 @@ from runners.docker_config import (
     FILES_PREFIX,
     RUN_LABEL,
     DockerOptions,
-    bootstrapped,
     container_config,
     files_dir,
     our_files,
@@ -84,9 +82,8 @@ class DockerRunner:
     """Runs each flow run in a container, removed once its logs and status are collected."""
 
     name: ClassVar[str] = "docker"
-    # The container is created (and, for an entrypoint, started) ahead; the flow begins at
-    # spec.start_at.
-    starts_on_time: ClassVar[bool] = True
+    # A held run's container is created at once and started once released.
+    starts_held: ClassVar[bool] = True
     Options: ClassVar[type[DockerOptions]] = DockerOptions
 
     def __init__(self) -> None:
@@ -122,12 +119,10 @@ class DockerRunner:
             shutil.rmtree(files, ignore_errors=True)
             raise
         handle = DockerHandle(client, container, sink, options, files)
-        if spec.start_at is not None and not bootstrapped(spec, options):
-            # Created ahead, started on time (the bootstrap would wait for it by itself).
-            delay = spec.start_at - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await handle._begin(f"run-{spec.run_id}")
+        if spec.held:
+            handle._held = f"run-{spec.run_id}"
+        else:
+            await handle._begin(f"run-{spec.run_id}")
         return handle
 
     async def adopt(self, spec: RunSpec, info: dict[str, Any], sink: OutputSink) -> DockerHandle:
@@ -268,8 +263,9 @@ class DockerHandle:
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
         self._streams: list[Any] = []  # the SDK's log streams, closed if they outlive the run
         self._followers: list[asyncio.Future[None]] = []
-        self._done: asyncio.Task[RunResult] | None = None
+        self._done: asyncio.Future[RunResult] | None = None
         self._sink_failed = False
+        self._held: str | None = None  # a held run's name until it is released (started)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -304,6 +300,11 @@ class DockerHandle:
         # Shielded: a caller giving up on waiting must not stop the supervision.
         return await asyncio.shield(self._done)
 
+    async def release(self) -> None:
+        if self._held is not None:
+            name, self._held = self._held, None
+            await self._begin(name)
+
     async def interrupt(self) -> None:
         await self._kill("SIGTERM")  # not container.stop(): that also SIGKILLs, on its own clock
 
@@ -311,6 +312,12 @@ class DockerHandle:
         await self._kill("SIGKILL")
 
     async def _kill(self, sig: str) -> None:
+        if self._held is not None:  # never started: it goes, and its flow never begins
+            self._held = None
+            await self._cleanup(remove=True)
+            self._done = self._loop.create_future()
+            self._done.set_result(RunResult(Outcome.CRASHED, "stopped before its flow began"))
+            return
         if self._done is None or self._done.done():
             return
         with contextlib.suppress(Exception):  # exited meanwhile (409), removed (404)…
@@ -525,4 +532,4 @@ def _root_cause(exc: BaseException) -> str:
 if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement
     _runner: Runner = DockerRunner()
     _adopting: AdoptingRunner = DockerRunner()
-    _handle: type[RunHandle] = DockerHandle
+    _handle: type[HeldRunHandle] = DockerHandle

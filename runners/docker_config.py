@@ -96,8 +96,6 @@ def container_config(
     env.setdefault("PYTHONUNBUFFERED", "1")
     env["FLOWAGENT_PARAMETERS"] = parameters
     env["FLOWAGENT_RESULT_FILE"] = IN_CONTAINER_RESULT
-    if bootstrapped(spec, options) and spec.start_at is not None:
-        env["FLOWAGENT_START_AT"] = repr(spec.start_at)  # the bootstrap waits for it
     if spec.entrypoint is not None:
         env["FLOWAGENT_ENTRYPOINT"] = spec.entrypoint
         argv = [options.python, IN_CONTAINER_BOOTSTRAP, spec.entrypoint]
@@ -122,11 +120,6 @@ def container_config(
         # The same limit for memory+swap: out of memory means OOM-killed, not swapping slowly.
         config["mem_limit"] = config["memswap_limit"] = options.memory
     return {k: v for k, v in config.items() if v is not None}
-
-
-def bootstrapped(spec: RunSpec, options: DockerOptions) -> bool:
-    """Whether the container runs our bootstrap (not a command, nor a command override)."""
-    return spec.entrypoint is not None and not options.command
 
 
 def files_dir(attrs: dict[str, Any]) -> Path | None:

@@ -38,7 +38,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -48,7 +47,7 @@ import structlog
 
 from agent.errors import RunnerError
 from runners import bootstrap
-from runners.base import Outcome, OutputSink, RunHandle, Runner, RunResult, RunSpec
+from runners.base import HeldRunHandle, Outcome, OutputSink, Runner, RunResult, RunSpec
 
 log = structlog.get_logger(__name__)
 
@@ -69,8 +68,8 @@ class InProcessRunner:
     """Runs flow functions inside the agent: async ones as tasks, sync ones in threads."""
 
     name: ClassVar[str] = "inprocess"
-    # The flow is loaded at once and called at spec.start_at.
-    starts_on_time: ClassVar[bool] = True
+    # A held run's flow is loaded at once and called once released.
+    starts_held: ClassVar[bool] = True
 
     async def start(self, spec: RunSpec, sink: OutputSink) -> InProcessHandle:
         if spec.entrypoint is None or spec.command is not None:
@@ -110,6 +109,7 @@ class InProcessHandle:
         # "loading" and "sync" run in a thread, which nothing can stop; "async" is a task.
         self._mode = "loading"
         self._module = f"__flowagent_run_{spec.run_id.hex}__"
+        self._released = asyncio.Event()
 
     def _start(self) -> None:
         context = contextvars.copy_context()
@@ -128,6 +128,9 @@ class InProcessHandle:
     async def wait(self) -> RunResult:
         # Shielded: a caller giving up on waiting must not cancel the flow.
         return await asyncio.shield(self._done)
+
+    async def release(self) -> None:
+        self._released.set()
 
     async def interrupt(self) -> None:
         if self._done.done() or self._task is None:
@@ -158,9 +161,9 @@ class InProcessHandle:
         spec = self._spec
         try:
             func = await _in_thread(self._load, f"load-{spec.run_id}")
-            if spec.start_at is not None and (delay := spec.start_at - time.time()) > 0:
+            if spec.held:
                 self._mode = "async"  # waiting on the loop: an interrupt can stop it
-                await asyncio.sleep(delay)
+                await self._released.wait()
             if _is_async(func):
                 self._mode = "async"
                 result = await func(**spec.parameters)
@@ -439,4 +442,4 @@ def install_capture() -> None:
 
 if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement
     _runner: Runner = InProcessRunner()
-    _handle: type[RunHandle] = InProcessHandle
+    _handle: type[HeldRunHandle] = InProcessHandle

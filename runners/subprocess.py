@@ -46,7 +46,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -57,7 +56,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import RunnerError
-from runners.base import Outcome, OutputSink, RunHandle, Runner, RunResult, RunSpec
+from runners.base import HeldRunHandle, Outcome, OutputSink, Runner, RunResult, RunSpec
 from runners.outcome import completed, ended, failure_message
 from runners.process_tree import signal_tree, watch_exit, watch_foreign_exit
 
@@ -73,8 +72,8 @@ EXIT_ENTRYPOINT_ERROR = 2
 #: How an adopted run's end is told when its process left no result file (not our child, so
 #: its exit status cannot be read).
 UNRECORDED = "its process ended without recording how"
-#: Runs a command deployment's argv (``sh -c STATUS_WRAPPER flowagent-run RESULT_FILE ARGV…``)
-#: and records its exit status, so an agent that is not its parent can still learn it. The
+#: Runs a command deployment's argv (``sh -c STATUS_WRAPPER flowagent-run RESULT_FILE HELD ARGV…``,
+#: HELD "held" when a line "go" on stdin must come first, else "-") and records its exit status, so an agent that is not its parent can still learn it. The
 #: traps keep the wrapper alive while the command handles SIGTERM (handlers, unlike an ignored
 #: signal, reset at exec). A command killed by a signal (status 128+N, N ≤ 15) is recorded as
 #: -N and the wrapper then dies of the same signal, so its parent sees what it would have seen.
@@ -84,7 +83,13 @@ UNRECORDED = "its process ended without recording how"
 TIED = [setpriv, "--pdeathsig", "KILL", "--"] if (setpriv := shutil.which("setpriv")) else []
 STATUS_WRAPPER = """trap : HUP INT TERM
 result=$1
-shift
+held=$2
+shift 2
+if [ "$held" = held ]; then
+    IFS= read -r line || line=
+    exec </dev/null
+    [ "$line" = go ] || exit 3
+fi
 "$@"
 code=$?
 if [ "$code" -gt 128 ] && [ "$code" -le 143 ]; then
@@ -113,9 +118,9 @@ class SubprocessRunner:
 
     name: ClassVar[str] = "subprocess"
     Options: ClassVar[type[SubprocessOptions]] = SubprocessOptions
-    # An entrypoint's bootstrap loads the flow, then waits for spec.start_at; a command is
-    # spawned at that time.
-    starts_on_time: ClassVar[bool] = True
+    # A held run's process starts at once and waits for a line "go" on its stdin before the
+    # flow begins: the bootstrap reads it after loading the flow, the wrapper before the command.
+    starts_held: ClassVar[bool] = True
 
     def __init__(self, *, drain_timeout: float = 5.0) -> None:
         # After the run's main process exits, how long its output pipes may stay open: a
@@ -138,38 +143,40 @@ class SubprocessRunner:
 
         env = {**spec.env, "FLOWAGENT_PARAMETERS": parameters}
         env.setdefault("PYTHONUNBUFFERED", "1")
-        if spec.start_at is not None:
-            env["FLOWAGENT_START_AT"] = repr(spec.start_at)
         if spec.command is not None:
             program = _resolve(spec.command[0], env, spec.working_dir)
-            await _sleep_until(spec.start_at)
         fd, name = tempfile.mkstemp(prefix="flowagent-result-", suffix=".json")
         os.close(fd)
         result_file = Path(name)
-        if spec.command is not None:
-            argv = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, *TIED, program]
-            argv += spec.command[1:]
-        else:
-            assert spec.entrypoint is not None
-            env["FLOWAGENT_RESULT_FILE"] = name
-            argv = [options.python or sys.executable, str(BOOTSTRAP), spec.entrypoint]
-
-        pipes: list[int] = []
+        opened: list[int] = []  # closed on failure; the handle owns what it is given
         try:
-            out_read, out_write = os.pipe()
-            pipes += (out_read, out_write)
-            err_read, err_write = os.pipe()
-            pipes += (err_read, err_write)
-            proc = _spawn(argv, env, spec.working_dir, (out_read, out_write, err_read, err_write))
-            for end in (out_write, err_write):  # the child has its own copies
-                pipes.remove(end)
-                os.close(end)
+            out_read, out_write = _pipe(opened)
+            err_read, err_write = _pipe(opened)
+            go_read, go_write = _pipe(opened) if spec.held else (None, None)
+            if spec.command is not None:
+                held = "-" if go_read is None else "held"
+                argv = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, held, *TIED]
+                argv += [program, *spec.command[1:]]
+            else:
+                assert spec.entrypoint is not None
+                env["FLOWAGENT_RESULT_FILE"] = name
+                if go_read is not None:
+                    env["FLOWAGENT_HELD"] = "1"
+                argv = [options.python or sys.executable, str(BOOTSTRAP), spec.entrypoint]
+            stdin = subprocess.DEVNULL if go_read is None else go_read
+            pipes = {"stdout": (out_read, out_write), "stderr": (err_read, err_write)}
+            proc = _spawn(argv, env, spec.working_dir, stdin, pipes)
+            for end in (out_write, err_write, go_read):  # the child has its own copies
+                if end is not None:
+                    opened.remove(end)
+                    os.close(end)
             outputs = {"stdout": out_read, "stderr": err_read}
             handle = SubprocessHandle(proc.pid, sink, result_file, self.drain_timeout, outputs)
-            pipes.clear()  # the handle owns the read ends now
+            handle._go = go_write
+            opened.clear()
             await handle._attach(watch_exit(proc), name=f"run-{spec.run_id}")
         except BaseException:
-            for end in pipes:
+            for end in opened:
                 os.close(end)
             _discard(result_file)
             raise
@@ -221,9 +228,10 @@ class SubprocessRunner:
         return handle
 
 
-async def _sleep_until(start_at: float | None) -> None:
-    if start_at is not None and (delay := start_at - time.time()) > 0:
-        await asyncio.sleep(delay)
+def _pipe(opened: list[int]) -> tuple[int, int]:
+    read, write = os.pipe()
+    opened += (read, write)
+    return read, write
 
 
 def _resolve(program: str, env: dict[str, str], cwd: Path) -> str:
@@ -251,20 +259,25 @@ def _resolve(program: str, env: dict[str, str], cwd: Path) -> str:
 
 
 def _spawn(
-    argv: list[str], env: dict[str, str], cwd: Path, pipes: tuple[int, int, int, int]
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    stdin: int,
+    outputs: dict[str, tuple[int, int]],
 ) -> subprocess.Popen[bytes]:
-    out_read, out_write, err_read, err_write = pipes
+    """``outputs``: each stream's pipe, as (read end, write end)."""
     try:
         return subprocess.Popen(
             argv,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out_write,
-            stderr=err_write,
+            # A held run's stdin is its go pipe (read, then replaced by /dev/null).
+            stdin=stdin,
+            stdout=outputs["stdout"][1],
+            stderr=outputs["stderr"][1],
             # The run holds the read ends of its own output: if the agent dies, its writes
             # block instead of killing it with SIGPIPE, and a restarted agent can reopen them.
-            pass_fds=(out_read, err_read),
+            pass_fds=(outputs["stdout"][0], outputs["stderr"][0]),
             # Its own session and process group: signals to the agent's terminal do not reach
             # the run, and interrupt/terminate reach the whole run through the group.
             start_new_session=True,
@@ -329,6 +342,7 @@ class SubprocessHandle:
         self._pipes: list[_LinePipe] = []
         self._exited = False
         self._done: asyncio.Future[RunResult] | None = None
+        self._go: int | None = None  # a held run's go pipe (runners/base.py, HeldRunHandle)
 
     @classmethod
     def already_over(
@@ -380,6 +394,17 @@ class SubprocessHandle:
         # Shielded: a caller giving up on waiting must not stop the supervision.
         return await asyncio.shield(self._done)
 
+    async def release(self) -> None:
+        if self._go is not None:
+            with contextlib.suppress(OSError):  # it is gone already: wait() will say how
+                os.write(self._go, b"go\n")
+            self._close_go()
+
+    def _close_go(self) -> None:
+        if self._go is not None:
+            os.close(self._go)
+            self._go = None
+
     async def interrupt(self) -> None:
         self._signal(signal.SIGTERM)
 
@@ -397,6 +422,7 @@ class SubprocessHandle:
         try:
             code = await exited
             self._exited = True
+            self._close_go()
             closed = [p.closed for p in self._pipes]
             if closed:
                 _, still_open = await asyncio.wait(closed, timeout=self._drain_timeout)
@@ -517,4 +543,4 @@ def _char_boundary(buf: bytearray, start: int, cut: int) -> int:
 
 if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement
     _runner: Runner = SubprocessRunner()
-    _handle: type[RunHandle] = SubprocessHandle
+    _handle: type[HeldRunHandle] = SubprocessHandle

@@ -129,24 +129,41 @@ def test_a_non_zero_exit_fails_the_run(harness: Harness) -> None:
     arun(scenario())
 
 
-def test_a_run_handed_over_early_begins_at_its_start_time(harness: Harness) -> None:
-    # A scheduled run reaches a runner that starts on time ahead of its due time: the flow's
-    # first line must wait for it (and not much longer).
-    assert harness.runner.starts_on_time  # type: ignore[attr-defined]
+def test_a_held_run_begins_only_once_released(harness: Harness) -> None:
+    # A scheduled run handed over early is started held: what takes time is done at once, the
+    # flow itself begins only when released (then the agent has the run RUNNING).
+    assert harness.runner.starts_held  # type: ignore[attr-defined]
 
     async def scenario() -> None:
-        start_at = time.time() + 1.5
-        handle, _ = await harness.start("stamp", start_at=start_at)
+        handle, sink = await harness.start("stamp", held=True)
+        await asyncio.sleep(1.0)
+        assert sink.of("stdout") == []  # loaded, perhaps, but not begun
+        released = time.time()
+        await handle.release()  # type: ignore[attr-defined]
         result = await handle.wait()
         assert result.outcome is Outcome.COMPLETED, result
-        assert result.result >= start_at
+        assert result.result >= released
+        assert sink.of("stdout") == ["began"]
 
-        if "command" in harness.limits:
-            return
-        start_at = time.time() + 1.5
-        handle, sink = await harness.start(command=["date", "+%s.%N"], start_at=start_at)
-        assert (await handle.wait()).outcome is Outcome.COMPLETED
-        assert float(sink.of("stdout")[0]) >= start_at
+        if "command" not in harness.limits:
+            handle, sink = await harness.start(command=["echo", "began"], held=True)
+            await asyncio.sleep(0.5)
+            assert sink.of("stdout") == []
+            await handle.release()  # type: ignore[attr-defined]
+            assert (await handle.wait()).outcome is Outcome.COMPLETED
+            assert sink.of("stdout") == ["began"]
+
+    arun(scenario())
+
+
+def test_a_held_run_stopped_before_release_never_begins(harness: Harness) -> None:
+    async def scenario() -> None:
+        handle, sink = await harness.start("stamp", held=True)
+        await asyncio.sleep(0.5)
+        await handle.terminate()
+        result = await handle.wait()
+        assert result.outcome is not Outcome.COMPLETED, result
+        assert "began" not in sink.of("stdout")
 
     arun(scenario())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import time
 from collections import Counter
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.integration.test_schedules_harness import thread_server
@@ -18,6 +21,7 @@ from tests.support import (
     FLOWS,
     Server,
     cli,
+    get_run,
     make_deployment,
     make_queue,
     make_run,
@@ -300,8 +304,9 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def agent_on(real_server: Server) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(queue: dict[str, Any]) -> subprocess.Popen[bytes]:
-        process = start_agent(real_server, queue["id"], "--name", f"a-{time.monotonic_ns()}")
+    def start(queue: dict[str, Any], **env: str) -> subprocess.Popen[bytes]:
+        name = f"a-{time.monotonic_ns()}"
+        process = start_agent(real_server, queue["id"], "--name", name, **env)
         started.append(process)
         return process
 
@@ -395,3 +400,70 @@ def test_deleting_a_deployment_deletes_its_schedules(api: httpx.Client) -> None:
     assert api.get(f"schedules/{schedule_id}").status_code == 404
     states = {(r["state"]["type"], r["state"]["message"]) for r in schedule_runs(api, deployment)}
     assert states == {("CANCELLED", f"deployment {deployment['name']!r} was deleted")}
+
+
+def wait_agent(api: httpx.Client, queue: dict[str, Any]) -> None:
+    wait_for(
+        lambda: any(a["work_queue_id"] == queue["id"] for a in api.get("agents").json()),
+        timeout=20,
+        what="the agent's first heartbeat",
+    )
+
+
+def test_a_run_handed_over_early_begins_at_its_time(
+    real_server: Server, agent_on: Any, tmp_path: Path
+) -> None:
+    """Claimed a lead ahead and launched while PENDING, its flow begins on time, never early."""
+    with real_server.client() as api:
+        queue = make_queue(api)
+        parameters = {"marker_dir": str(tmp_path), "seconds": 0.1}
+        deployment = make_deployment(
+            api, queue, entrypoint="sample.py:record", parameters=parameters
+        )
+        agent_on(queue, AGENT_START_LEAD_SECONDS="1.5")
+        wait_agent(api, queue)
+        due = datetime.now(UTC) + timedelta(seconds=2.5)
+        run = make_run(api, deployment, expected_start_time=due.isoformat())
+
+        done = wait_state(api, run["id"], timeout=30)
+        assert done["state"]["type"] == "COMPLETED", done["state"]
+        [mark] = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+        assert mark["start"] >= due.timestamp()  # the flow's first act, by its own clock
+        states = api.get(f"flow_runs/{run['id']}/states").json()
+        pending = parse(next(s["timestamp"] for s in states if s["type"] == "PENDING"))
+        running = parse(next(s["timestamp"] for s in states if s["type"] == "RUNNING"))
+        assert pending < due <= running  # claimed ahead; RUNNING when its time came
+
+
+def test_a_run_cancelled_while_launched_early_never_begins(
+    real_server: Server, agent_on: Any, tmp_path: Path
+) -> None:
+    with real_server.client() as api:
+        queue = make_queue(api)
+        parameters = {"marker_dir": str(tmp_path), "seconds": 0.1}
+        deployment = make_deployment(
+            api, queue, entrypoint="sample.py:record", parameters=parameters
+        )
+        agent_on(queue, AGENT_START_LEAD_SECONDS="3")
+        wait_agent(api, queue)
+        due = datetime.now(UTC) + timedelta(seconds=4)
+        run = make_run(api, deployment, expected_start_time=due.isoformat())
+        wait_for(lambda: early_process(run["id"]) is not None, what="the run's process, early")
+        assert get_run(api, run["id"])["state"]["type"] == "PENDING"
+
+        assert api.post(f"flow_runs/{run['id']}/cancel").status_code in (200, 202)
+        assert get_run(api, run["id"])["state"]["type"] == "CANCELLED"
+        wait_for(lambda: early_process(run["id"]) is None, timeout=15, what="it to be stopped")
+        assert datetime.now(UTC) >= due  # stopped when it was refused RUNNING at its time
+        assert list(tmp_path.glob("*.json")) == []  # its flow never began
+
+
+def early_process(run_id: str) -> psutil.Process | None:
+    """The live process whose environment names ``run_id``, if any."""
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE and (
+                process.environ().get("FLOWAGENT_RUN_ID") == run_id
+            ):
+                return process
+    return None

@@ -308,7 +308,17 @@ def test_the_command_wrapper_records_how_the_command_ended(
     # took the run over after a restart) can learn how they ended. Its parent must see what it
     # would have seen without it: the same exit code, or death by the same signal.
     status = tmp_path / "status.json"
-    wrapped = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", str(status), "sh", "-c", script]
+    wrapped = [
+        "/bin/sh",
+        "-c",
+        STATUS_WRAPPER,
+        "flowagent-run",
+        str(status),
+        "-",
+        "sh",
+        "-c",
+        script,
+    ]
     assert subprocess.run(wrapped, check=False).returncode == returncode
     assert json.loads(status.read_text()) == {"exit_code": returncode}
 
@@ -330,6 +340,24 @@ def test_killing_a_command_runs_reported_pid_kills_the_command(tmp_path: Path) -
     while not is_dead(command) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert is_dead(command)
+
+
+@pytest.mark.parametrize("kind", ["entrypoint", "command"])
+def test_a_held_run_whose_agent_is_gone_never_begins(tmp_path: Path, kind: str) -> None:
+    # Its go pipe closes with the agent: the run exits without beginning its flow.
+    write(tmp_path / "flow.py", "def main():\n    print('began')\n")
+    fields: dict[str, Any] = (
+        {"entrypoint": "flow.py:main"} if kind == "entrypoint" else {"command": ["echo", "began"]}
+    )
+
+    async def go() -> tuple[RunResult, Sink]:
+        handle, sink = await start(spec_for(tmp_path, held=True, **fields))
+        handle._close_go()  # what the agent's death does to it
+        return await handle.wait(), sink
+
+    result, sink = arun(go())
+    assert (result.outcome, result.exit_code) == (Outcome.FAILED, 3)
+    assert "began" not in sink.of("stdout")
 
 
 def test_a_command_that_handles_sigterm_finishes_its_clean_up(tmp_path: Path) -> None:
