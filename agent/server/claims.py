@@ -92,28 +92,36 @@ def _due_matching(
     Runs whose deployment was deleted are skipped: there is nothing left to launch them with.
     """
     found: list[tuple[FlowRunRow, DeploymentRow]] = []
+    deployments: dict[uuid.UUID, DeploymentRow | None] = {}
     offset = 0
     while len(found) < wanted:
-        page = session.execute(
-            select(FlowRunRow, DeploymentRow)
-            .join(DeploymentRow, DeploymentRow.id == FlowRunRow.deployment_id)
+        # Without tags to match every due run is taken, so read no more rows than are wanted;
+        # the deployments are read once each rather than joined onto every run's row.
+        page_size = _SCAN_PAGE if required else wanted - len(found)
+        page = session.scalars(
+            select(FlowRunRow)
             .where(
                 FlowRunRow.work_queue_id == queue_id,
                 FlowRunRow.state_type == StateType.SCHEDULED.value,
                 FlowRunRow.expected_start_time <= due_by,
             )
             .order_by(FlowRunRow.expected_start_time)
-            .limit(_SCAN_PAGE)
+            .limit(page_size)
             .offset(offset)
         ).all()
-        for run, deployment in page:
-            if required.issubset(run.tags):
+        for run in page:
+            if not required.issubset(run.tags):
+                continue
+            if run.deployment_id not in deployments:
+                deployments[run.deployment_id] = session.get(DeploymentRow, run.deployment_id)
+            deployment = deployments[run.deployment_id]
+            if deployment is not None:
                 found.append((run, deployment))
                 if len(found) == wanted:
                     break
-        if len(page) < _SCAN_PAGE:
+        if len(page) < page_size:
             break
-        offset += _SCAN_PAGE
+        offset += page_size
     return found
 
 
