@@ -14,8 +14,10 @@ if [ ! -x .venv/bin/agent ]; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
   # compat: a plain path in a .pth file. The default editable mode installs an import finder
-  # that costs every Python start in this venv (agent, fence, each flow run) 12-16 ms.
-  .venv/bin/pip install --quiet -e '.[server]' --config-settings editable_mode=compat
+  # that costs every Python start in this venv (agent, fence, each flow run) 12-16 ms; an installed
+  # package (a wheel) has none.
+  .venv/bin/pip install --quiet -e '.[server]' --config-settings editable_mode=compat \
+      || .venv/bin/pip install --quiet -e '.[server]'  # a setuptools without compat mode
 fi
 PATH="$PWD/.venv/bin:$PATH"
 
