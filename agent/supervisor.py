@@ -183,11 +183,13 @@ class RunSupervisor:
         started_at = self.ctx.started_at if adopted is None else adopted.started_at
         try:
             if adopted is None:
-                log.info("run_started", runner=self._runner_name, **handle.info)
+                # Keys starting with "_" are the runner's own (runners/base.py, RunHandle).
+                shown = {k: v for k, v in handle.info.items() if not k.startswith("_")}
+                log.info("run_started", runner=self._runner_name, **shown)
                 if self.policy.metrics is not None:
                     latency = time.monotonic() - self.ctx.claimed_at
                     self.policy.metrics.run_started(self._runner_name, latency)
-                await self._update_info(handle.info)
+                await self._update_info(shown)
             result, stopped = await self._wait(handle, started_at)
         finally:
             self.fence.unregister(self._run.id)

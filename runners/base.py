@@ -50,7 +50,8 @@ class RunResult:
 
 
 class RunHandle(Protocol):
-    """A started run. ``info`` is reported to the server (pid, container id…)."""
+    """A started run. ``info`` is reported to the server (pid, container id…), but for keys
+    starting with "_": what the runner keeps for itself (to adopt the run after a restart)."""
 
     @property
     def info(self) -> dict[str, Any]: ...

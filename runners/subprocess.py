@@ -188,9 +188,9 @@ class SubprocessRunner:
         """Supervise again a run an earlier life of the agent started (see the module doc)."""
         try:
             pid, created = int(info["pid"]), float(info["create_time"])
-            result_file = Path(str(info["result_file"]))
-            outputs = [int(info["stdout_fd"]), int(info["stderr_fd"])]
-            inodes = [int(i) for i in info["pipe_inodes"]]
+            result_file = Path(str(info["_result_file"]))
+            outputs = [int(info["_stdout_fd"]), int(info["_stderr_fd"])]
+            inodes = [int(i) for i in info["_pipe_inodes"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise RunnerError(f"cannot adopt the run: its record lacks {exc}") from None
         try:
@@ -331,11 +331,11 @@ class SubprocessHandle:
                 "pid": pid,
                 "pgid": pid,  # start_new_session: the run leads its own group
                 "create_time": self._ps.create_time(),
-                "result_file": None if result_file is None else os.fspath(result_file),
+                "_result_file": None if result_file is None else os.fspath(result_file),
                 # What an adopting agent needs to read the output again (see the module doc).
-                "stdout_fd": outputs["stdout"],
-                "stderr_fd": outputs["stderr"],
-                "pipe_inodes": [os.fstat(outputs[s]).st_ino for s in ("stdout", "stderr")],
+                "_stdout_fd": outputs["stdout"],
+                "_stderr_fd": outputs["stderr"],
+                "_pipe_inodes": [os.fstat(outputs[s]).st_ino for s in ("stdout", "stderr")],
             }
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
         self._sink_failed = False

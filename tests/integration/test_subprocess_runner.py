@@ -381,14 +381,15 @@ def test_a_run_holds_its_own_output_pipes_open(tmp_path: Path) -> None:
         await sink.line_starting("ready")
         info = handle.info
         held = {
-            os.stat(f"/proc/{info['pid']}/fd/{info[k]}").st_ino for k in ("stdout_fd", "stderr_fd")
+            os.stat(f"/proc/{info['pid']}/fd/{info[k]}").st_ino
+            for k in ("_stdout_fd", "_stderr_fd")
         }
         await handle.terminate()
         await handle.wait()
         return info, held
 
     info, held = arun(go())
-    assert held == set(info["pipe_inodes"])
+    assert held == set(info["_pipe_inodes"])
 
 
 @pytest.mark.parametrize(
