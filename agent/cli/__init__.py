@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 
 
 def _skip_unused_imports() -> None:
@@ -23,8 +25,16 @@ def _skip_unused_imports() -> None:
             del sys.modules["rich"]
 
 
+def _stopped_while_starting(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main() -> None:
     """Console-script entry point (``agent = "agent.cli:main"``)."""
+    # A SIGTERM while Python imports what a command needs (half a second for `agent start`)
+    # ends it at once with 0, as one later in start-up does: nothing has been claimed yet. The
+    # daemon (and the server) install their own handlers once they can act on it.
+    signal.signal(signal.SIGTERM, _stopped_while_starting)
     _skip_unused_imports()
     from agent.cli.app import app
     from agent.cli.output import print_error, quiet_client_logs

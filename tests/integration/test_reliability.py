@@ -294,3 +294,33 @@ def test_a_signal_while_starting_stops_the_agent_at_once(tmp_path) -> None:
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(5) == 0
     assert b"agent_stopped" in log_path.read_bytes()
+
+
+def test_a_sigterm_while_python_imports_exits_zero_at_once(tmp_path) -> None:
+    # Before the daemon has its handlers (say, restarted a moment before being stopped).
+    env = {
+        "AGENT_HOME": str(tmp_path),
+        "AGENT_API_URL": f"http://127.0.0.1:{free_port()}/api",
+        "AGENT_LOG_FORMAT": "json",
+    }
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log:
+        agent = subprocess.Popen(
+            [AGENT, "start", "00000000-0000-4000-8000-000000000000"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    # The first moment SIGTERM is caught at all: the entry point's first line.
+    wait_for(lambda: catches_sigterm(agent.pid), interval=0.001, what="a SIGTERM handler")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(10) == 0
+    assert log_path.read_text() == ""  # ended before the daemon began (it would log its stop)
+
+
+def catches_sigterm(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(
+        next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+    )
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
