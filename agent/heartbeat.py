@@ -83,8 +83,16 @@ class Heartbeater:
         return time.monotonic() - self.last_renewed
 
     async def run(self) -> None:
-        """Side task: beat every interval until cancelled; only bad credentials stop it."""
+        """Side task: beat every interval until cancelled; only bad credentials stop it.
+
+        Beats start an interval apart, however long each takes to be answered (a busy server,
+        a loaded host): waiting a whole interval after each answer would stretch every gap by
+        the answer's time.
+        """
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
+            due += self._interval
             try:
                 await self._beat_once()
             except AuthError:
@@ -92,4 +100,6 @@ class Heartbeater:
             except FlowAgentError as exc:
                 self.failures += 1
                 log.warning("heartbeat_failed", error=str(exc), failures=self.failures)
-            await asyncio.sleep(self._interval)
+            now = loop.time()
+            due = max(due, now)  # late already: the next beat goes now, no burst to catch up
+            await asyncio.sleep(due - now)

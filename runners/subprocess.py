@@ -165,7 +165,7 @@ class SubprocessRunner:
                 argv = [options.python or sys.executable, str(BOOTSTRAP), spec.entrypoint]
             stdin = subprocess.DEVNULL if go_read is None else go_read
             pipes = {"stdout": (out_read, out_write), "stderr": (err_read, err_write)}
-            proc = _spawn(argv, env, spec.working_dir, stdin, pipes)
+            proc = await _spawn_off_the_loop(argv, env, spec.working_dir, stdin, pipes)
             for end in (out_write, err_write, go_read):  # the child has its own copies
                 if end is not None:
                     opened.remove(end)
@@ -256,6 +256,30 @@ def _resolve(program: str, env: dict[str, str], cwd: Path) -> str:
     if not os.access(path, os.X_OK):
         raise RunnerError(f"cannot execute {program}: permission denied")
     return program if "/" in program else os.fspath(path)
+
+
+async def _spawn_off_the_loop(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    stdin: int,
+    outputs: dict[str, tuple[int, int]],
+) -> subprocess.Popen[bytes]:
+    """:func:`_spawn` in a worker thread: forking a large agent blocks for milliseconds, and a
+    thousand runs starting at once would hold the event loop (and its heartbeats) for seconds.
+    Popen releases the GIL while it forks, so the loop runs on meanwhile."""
+    spawning = asyncio.ensure_future(asyncio.to_thread(_spawn, argv, env, cwd, stdin, outputs))
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        # The process may be starting in the thread, on descriptors the caller will close:
+        # wait for it, and stop it, before giving up.
+        with contextlib.suppress(Exception):
+            proc = await spawning
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(proc.wait)
+        raise
 
 
 def _spawn(
