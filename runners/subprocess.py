@@ -36,6 +36,7 @@ still reaches it through the process group until ``wait()`` has returned).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -258,6 +259,9 @@ def _resolve(program: str, env: dict[str, str], cwd: Path) -> str:
     return program if "/" in program else os.fspath(path)
 
 
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="spawn")
+
+
 async def _spawn_off_the_loop(
     argv: list[str],
     env: dict[str, str],
@@ -267,8 +271,12 @@ async def _spawn_off_the_loop(
 ) -> subprocess.Popen[bytes]:
     """:func:`_spawn` in a worker thread: forking a large agent blocks for milliseconds, and a
     thousand runs starting at once would hold the event loop (and its heartbeats) for seconds.
-    Popen releases the GIL while it forks, so the loop runs on meanwhile."""
-    spawning = asyncio.ensure_future(asyncio.to_thread(_spawn, argv, env, cwd, stdin, outputs))
+    Popen releases the GIL while it forks, so the loop runs on meanwhile. The threads are our
+    own: a thousand queued spawns must not hold up the loop's default executor, which others
+    (DNS lookups for a new connection) need."""
+    loop = asyncio.get_running_loop()
+    spawn = functools.partial(_spawn, argv, env, cwd, stdin, outputs)
+    spawning = asyncio.ensure_future(loop.run_in_executor(_SPAWNER, spawn))
     try:
         return await asyncio.shield(spawning)
     except asyncio.CancelledError:
