@@ -410,21 +410,25 @@ def wait_agent(api: httpx.Client, queue: dict[str, Any]) -> None:
     )
 
 
+def scheduled_run(
+    api: httpx.Client, agent_on: Any, marker_dir: Path, *, lead: float, due_in: float
+) -> tuple[dict[str, Any], datetime]:
+    """A `record` run due in ``due_in`` s, on a queue whose agent claims ``lead`` s ahead."""
+    queue = make_queue(api)
+    parameters = {"marker_dir": str(marker_dir), "seconds": 0.1}
+    deployment = make_deployment(api, queue, entrypoint="sample.py:record", parameters=parameters)
+    agent_on(queue, AGENT_START_LEAD_SECONDS=str(lead))
+    wait_agent(api, queue)
+    due = datetime.now(UTC) + timedelta(seconds=due_in)
+    return make_run(api, deployment, expected_start_time=due.isoformat()), due
+
+
 def test_a_run_handed_over_early_begins_at_its_time(
     real_server: Server, agent_on: Any, tmp_path: Path
 ) -> None:
     """Claimed a lead ahead and launched while PENDING, its flow begins on time, never early."""
     with real_server.client() as api:
-        queue = make_queue(api)
-        parameters = {"marker_dir": str(tmp_path), "seconds": 0.1}
-        deployment = make_deployment(
-            api, queue, entrypoint="sample.py:record", parameters=parameters
-        )
-        agent_on(queue, AGENT_START_LEAD_SECONDS="1.5")
-        wait_agent(api, queue)
-        due = datetime.now(UTC) + timedelta(seconds=2.5)
-        run = make_run(api, deployment, expected_start_time=due.isoformat())
-
+        run, due = scheduled_run(api, agent_on, tmp_path, lead=1.5, due_in=2.5)
         done = wait_state(api, run["id"], timeout=30)
         assert done["state"]["type"] == "COMPLETED", done["state"]
         [mark] = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
@@ -439,15 +443,7 @@ def test_a_run_cancelled_while_launched_early_never_begins(
     real_server: Server, agent_on: Any, tmp_path: Path
 ) -> None:
     with real_server.client() as api:
-        queue = make_queue(api)
-        parameters = {"marker_dir": str(tmp_path), "seconds": 0.1}
-        deployment = make_deployment(
-            api, queue, entrypoint="sample.py:record", parameters=parameters
-        )
-        agent_on(queue, AGENT_START_LEAD_SECONDS="3")
-        wait_agent(api, queue)
-        due = datetime.now(UTC) + timedelta(seconds=4)
-        run = make_run(api, deployment, expected_start_time=due.isoformat())
+        run, due = scheduled_run(api, agent_on, tmp_path, lead=3, due_in=4)
         wait_for(lambda: early_process(run["id"]) is not None, what="the run's process, early")
         assert get_run(api, run["id"])["state"]["type"] == "PENDING"
 
