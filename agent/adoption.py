@@ -14,13 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import structlog
 from pydantic import ValidationError
 
 from agent.fence import FenceDir
 from agent.models import ClaimedRun, FlowRun, StateType
-
-log = structlog.get_logger("agent.adoption")
 
 #: How far before the earlier life's last lease renewal a runner replays output from: lines are
 #: shipped every fraction of a second, so older ones had surely gone (a line may come twice).
@@ -37,11 +34,6 @@ class Leftover:
     claimed: ClaimedRun | None = None  # None: an entry without what adoption needs
     info: dict[str, Any] | None = None  # the runner's handle info, plus output_since
     started_at: float = 0.0  # Unix time the run's process started
-
-    @property
-    def runner(self) -> str:
-        assert self.claimed is not None
-        return self.claimed.deployment.runner or "subprocess"
 
 
 def adoption_record(claimed: ClaimedRun, info: dict[str, Any], started_at: float) -> dict[str, Any]:

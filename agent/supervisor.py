@@ -87,8 +87,8 @@ class SupervisionPolicy:
     # Masks secrets in shipped output and state messages; counts runs (agent/ops.py).
     redactor: Redactor = field(default_factory=Redactor)
     metrics: AgentMetrics | None = None
-    # How long before a scheduled run is due a runner that starts on time gets it, so its
-    # interpreter or container is up when the flow is due (runners/base.py, RunSpec.start_at).
+    # How long before a scheduled run is due a runner that starts runs held gets it, so its
+    # interpreter or container is up when the flow is due (runners/base.py, RunSpec.held).
     start_lead_seconds: float = 0.5
 
 
@@ -180,17 +180,15 @@ class RunSupervisor:
         handle = await (self._start() if adopted is None else self._adopt(adopted))
         if handle is None:
             return
-        started_at = self.ctx.started_at if adopted is None else adopted.started_at
         try:
             if adopted is None:
-                # Keys starting with "_" are the runner's own (runners/base.py, RunHandle).
-                shown = {k: v for k, v in handle.info.items() if not k.startswith("_")}
+                shown = _shown(handle.info)
                 log.info("run_started", runner=self._runner_name, **shown)
                 if self.policy.metrics is not None:
                     latency = time.monotonic() - self.ctx.claimed_at
                     self.policy.metrics.run_started(self._runner_name, latency)
                 await self._update_info(shown)
-            result, stopped = await self._wait(handle, started_at)
+            result, stopped = await self._wait(handle)
         finally:
             self.fence.unregister(self._run.id)
         await self._finish(result, stopped)
@@ -212,7 +210,8 @@ class RunSupervisor:
                 reason = exc.message
             else:
                 self._agent_line(f"agent {name} restarted and took the run over")
-                log.info("run_adopted", runner=runner.name, **handle.info)
+                log.info("run_adopted", runner=runner.name, **_shown(handle.info))
+                self.ctx.started_at = leftover.started_at
                 return handle
         # Whatever is left of it must be dead before the run can be retried elsewhere.
         self.fence.kill(self._run.id, leftover.listed)
@@ -320,12 +319,10 @@ class RunSupervisor:
         self.ctx.started_at = started_at
         return handle
 
-    async def _wait(
-        self, handle: RunHandle, started_at: float
-    ) -> tuple[RunResult, StopReason | None]:
+    async def _wait(self, handle: RunHandle) -> tuple[RunResult, StopReason | None]:
         timeout = self._deployment.timeout_seconds
         if timeout is not None:  # an adopted run has used part of it already
-            timeout = max(0.0, timeout - (time.time() - started_at))
+            timeout = max(0.0, timeout - (time.time() - self.ctx.started_at))
         waiting = asyncio.create_task(handle.wait(), name=f"wait-{self._run.id}")
         stopping = asyncio.create_task(self.ctx.stop_requested.wait(), name=f"stop-{self._run.id}")
         try:
@@ -405,3 +402,9 @@ class RunSupervisor:
                 runner_info=self.redactor.redact_value(info),
             ),
         )
+
+
+def _shown(info: dict[str, Any]) -> dict[str, Any]:
+    """What of a handle's info is reported: keys starting with "_" are the runner's own
+    (runners/base.py, RunHandle)."""
+    return {k: v for k, v in info.items() if not k.startswith("_")}

@@ -166,7 +166,8 @@ class SubprocessRunner:
                 argv = [options.python or sys.executable, str(BOOTSTRAP), spec.entrypoint]
             stdin = subprocess.DEVNULL if go_read is None else go_read
             pipes = {"stdout": (out_read, out_write), "stderr": (err_read, err_write)}
-            proc = await _spawn_off_the_loop(argv, env, spec.working_dir, stdin, pipes)
+            spawn = functools.partial(_spawn, argv, env, spec.working_dir, stdin, pipes)
+            proc = await _spawn_off_the_loop(spawn)
             for end in (out_write, err_write, go_read):  # the child has its own copies
                 if end is not None:
                     opened.remove(end)
@@ -263,20 +264,14 @@ _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_pref
 
 
 async def _spawn_off_the_loop(
-    argv: list[str],
-    env: dict[str, str],
-    cwd: Path,
-    stdin: int,
-    outputs: dict[str, tuple[int, int]],
+    spawn: Callable[[], subprocess.Popen[bytes]],
 ) -> subprocess.Popen[bytes]:
-    """:func:`_spawn` in a worker thread: forking a large agent blocks for milliseconds, and a
+    """``spawn`` (:func:`_spawn`) in a worker thread: forking a large agent blocks for milliseconds, and a
     thousand runs starting at once would hold the event loop (and its heartbeats) for seconds.
     Popen releases the GIL while it forks, so the loop runs on meanwhile. The threads are our
     own: a thousand queued spawns must not hold up the loop's default executor, which others
     (DNS lookups for a new connection) need."""
-    loop = asyncio.get_running_loop()
-    spawn = functools.partial(_spawn, argv, env, cwd, stdin, outputs)
-    spawning = asyncio.ensure_future(loop.run_in_executor(_SPAWNER, spawn))
+    spawning = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(_SPAWNER, spawn))
     try:
         return await asyncio.shield(spawning)
     except asyncio.CancelledError:

@@ -274,7 +274,8 @@ def test_third_signal_exits_at_once(server: Server, api, tmp_path) -> None:
     }
 
 
-def test_a_signal_while_starting_stops_the_agent_at_once(tmp_path) -> None:
+def agent_with_no_server(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """An agent whose server is not there (it retries for 60 s), and its JSON log."""
     env = {
         "AGENT_HOME": str(tmp_path),
         "AGENT_API_URL": f"http://127.0.0.1:{free_port()}/api",  # nobody listens there
@@ -289,6 +290,11 @@ def test_a_signal_while_starting_stops_the_agent_at_once(tmp_path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    return agent, log_path
+
+
+def test_a_signal_while_starting_stops_the_agent_at_once(tmp_path) -> None:
+    agent, log_path = agent_with_no_server(tmp_path)
     # Retrying the unreachable server: its handlers are in place by then.
     wait_for(lambda: b"api_retry" in log_path.read_bytes(), timeout=30, what="a retry")
     agent.send_signal(signal.SIGTERM)
@@ -298,19 +304,7 @@ def test_a_signal_while_starting_stops_the_agent_at_once(tmp_path) -> None:
 
 def test_a_sigterm_while_python_imports_exits_zero_at_once(tmp_path) -> None:
     # Before the daemon has its handlers (say, restarted a moment before being stopped).
-    env = {
-        "AGENT_HOME": str(tmp_path),
-        "AGENT_API_URL": f"http://127.0.0.1:{free_port()}/api",
-        "AGENT_LOG_FORMAT": "json",
-    }
-    log_path = tmp_path / "agent.log"
-    with log_path.open("wb") as log:
-        agent = subprocess.Popen(
-            [AGENT, "start", "00000000-0000-4000-8000-000000000000"],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    agent, log_path = agent_with_no_server(tmp_path)
     # The first moment SIGTERM is caught at all: the entry point's first line.
     wait_for(lambda: catches_sigterm(agent.pid), interval=0.001, what="a SIGTERM handler")
     agent.send_signal(signal.SIGTERM)
