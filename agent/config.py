@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import tomli_w
 
@@ -251,8 +252,11 @@ def mask(secret: str) -> str:
     return "********" if len(secret) <= 8 else f"{secret[:2]}******{secret[-2:]}"
 
 
-def default_agent_name() -> str:
-    return f"{socket.gethostname()}-agent"
+def default_agent_name(queue_id: UUID) -> str:
+    """HOSTNAME-<queue id's first 8 digits>: agents on one host serving different queues get
+    names of their own without thinking about it (a name is an agent's identity: its runs,
+    lease and fence; a second live agent under one name is refused)."""
+    return f"{socket.gethostname()}-{queue_id.hex[:8]}"
 
 
 def resolve_home(flag: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:

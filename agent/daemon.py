@@ -24,7 +24,7 @@ from uuid import UUID, uuid4
 
 import structlog
 
-from agent.adoption import Leftover, find_leftovers, still_ours
+from agent.adoption import Leftover, Stage, find_leftovers, lost_message, still_ours
 from agent.backends.base import Backend
 from agent.config import Settings
 from agent.errors import AuthError, FlowAgentError, NotFound, RunnerError, ServerUnavailable
@@ -36,13 +36,15 @@ from agent.ops import Operations
 from agent.outbox import Outbox
 from agent.spool import Spool
 from agent.supervisor import RunContext, RunSupervisor, StopReason, SupervisionPolicy
-from runners.base import Runner
+from runners.base import Runner, starts_held
 from runners.registry import load_runner, validate_options
 
 log = structlog.get_logger("agent.daemon")
 
 EXIT_OK = 0
 EXIT_FORCED = 130
+#: How often the agent checks that its fence process lives (and restarts it if not).
+FENCE_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class Agent:
         self._signals = 0
         self._startup: asyncio.Task[Heartbeater] | None = None
         self._adopted: list[RunSupervisor] = []  # taken over at start-up, not yet supervised
+        # Runs an earlier life left that the server still has RUNNING under us, but that cannot
+        # be taken over: the message each is CRASHED with, exactly as it happened.
+        self._lost: dict[UUID, str] = {}
         self.agent_id: UUID | None = None
         self.queue: WorkQueue | None = None
         # systemd notifications, /healthz and /metrics, the resource gate, secret redaction.
@@ -126,6 +131,7 @@ class Agent:
         self.fence.prepare(fence_after=heartbeater.lease_seconds / 2)
         heartbeater.on_renewed = self.fence.touch_lease
         self.fence.ensure_fence()
+        self.ops.monitor.attach_fence(self.fence.fence_running)
         structlog.contextvars.bind_contextvars(agent=self.options.name)
         log.info(
             "agent_started",
@@ -143,6 +149,8 @@ class Agent:
         return heartbeater
 
     async def run(self) -> int:
+        # First of all: a second live agent under this name would take this one's runs over.
+        self.fence.lock(self.options.name)
         self._install_signal_handlers()
         # A signal while starting (say, retrying an unreachable server) just stops: nothing
         # has been claimed yet, so there is nothing to drain.
@@ -168,6 +176,7 @@ class Agent:
                     side.create_task(self.shipper.run(), name="log-shipper"),
                     side.create_task(self.outbox.run(), name="spool"),
                     side.create_task(self._guard_lease(heartbeater), name="lease-guard"),
+                    side.create_task(self._guard_fence(), name="fence-guard"),
                     side.create_task(self.ops.monitor_task(), name="health-monitor"),
                 ]
                 self.ops.supervise(side_tasks)
@@ -373,6 +382,19 @@ class Agent:
                 for ctx in list(self.runs.values()):
                     ctx.request_stop(StopReason.LEASE_LOST)
 
+    async def _guard_fence(self) -> None:
+        """Keep the fence process alive: without it a SIGKILLed agent's runs would go on while
+        the server retries them elsewhere (an OOM killer picks small processes too)."""
+        while True:
+            await asyncio.sleep(FENCE_CHECK_SECONDS)
+            try:
+                restarted = self.fence.ensure_fence()
+            except OSError as exc:  # /healthz says so: fence_running() stays False
+                log.error("fence_not_started", error=str(exc))
+                continue
+            if restarted:
+                log.warning("fence_restarted", reason="the fence process was not running")
+
     async def _take_over(self, leftovers: list[Leftover]) -> None:
         """Adopt what an earlier life of this agent left executing, or stop it (agent/adoption.py).
 
@@ -388,16 +410,32 @@ class Agent:
             log.warning("leftovers_not_checked", error=str(exc))
             held = {}  # cannot tell whether they are still ours: stop them, never run twice
         for leftover in leftovers:
+            run_id = leftover.run_id
             why_not = still_ours(leftover, held)
-            if why_not is None and leftover.claimed is not None:
+            if why_not is None and leftover.stage is Stage.EXECUTING:
+                assert leftover.claimed is not None
                 self._adopted.append(self._prepare(leftover.claimed, leftover))
-                log.info("leftover_adopting", run_id=str(leftover.run_id))
+                log.info("leftover_adopting", run_id=str(run_id))
                 continue
-            killed = self.fence.kill(leftover.run_id, leftover.listed)
+            outcome = leftover.outcome
+            if why_not is None and outcome is not None:
+                # It ended before the server heard: report it as it ended, never run it again.
+                await self.outbox.set_state(run_id, outcome)  # delivered, or spooled
+                self.fence.unregister(run_id)
+                log.info("leftover_reported", run_id=str(run_id), state=outcome.type.value)
+                continue
+            killed = self.fence.kill(run_id, leftover.listed)
+            if why_not is None:
+                deployment_runner = leftover.claimed.deployment.runner if leftover.claimed else None
+                runner = self._runner(deployment_runner or self.options.runner)
+                self._lost[run_id] = lost_message(
+                    leftover, self.options.name, killed=killed, held_start=starts_held(runner)
+                )
             log.warning(
                 "leftover_stopped" if killed else "leftover_gone",
-                run_id=str(leftover.run_id),
-                reason=why_not,
+                run_id=str(run_id),
+                stage=leftover.stage.value,
+                reason=why_not or self._lost.get(run_id),
             )
 
     async def _release_orphans(self) -> None:
@@ -418,11 +456,14 @@ class Agent:
                     message="released: claimed by an earlier life of this agent, never started",
                 )
             else:
+                message = self._lost.pop(run.id, None) or (
+                    f"agent {self.options.name} restarted with no record of the run on this host"
+                )
                 proposal = StateProposal(
                     type=StateType.CRASHED,
                     agent_id=self.agent_id,
                     attempt=run.attempt,
-                    message=f"agent {self.options.name} restarted; the run's process was stopped",
+                    message=message,
                 )
             try:
                 await self.backend.set_state(run.id, proposal)

@@ -16,12 +16,23 @@ The same list lets a restarted agent adopt its runs: each entry also keeps what 
 to supervise the run again (the claimed run, the runner's handle info), so an agent back within
 the lease takes its runs over instead of losing them (``agent/adoption.py``).
 
+A run is listed before its runner starts it (``register_starting``) and again, with what the
+fence needs to kill it, once started (``register``); the supervisor lets its flow begin only
+after that (a held start, ``runners/base.py``). So no flow executes that the list does not name.
+Files in the page cache are enough: the list must outlive the agent's process, not the host.
+
+When the fence fires it keeps each entry, renamed ``<run>.fenced`` with what it did: a run whose
+process had already ended still has its record (and its result file), so a restarted agent
+reports it as it ended instead of running it again. Only the entries of processes it killed
+before they recorded an outcome lose their (empty) result file.
+
 The fence exits by itself once its agent is gone and no run is left to watch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -33,10 +44,16 @@ from typing import Any
 from uuid import UUID
 
 import psutil
+import structlog
 
+from agent.errors import ConfigError
 from runners.process_tree import signal_tree
 
+log = structlog.get_logger("agent.fence")
+
 CHECK_SECONDS = 1.0
+#: Suffixes of a run's entry: listed (the fence watches it), being fenced, fenced.
+LISTED, FENCING, FENCED = ".json", ".fencing", ".fenced"
 
 
 class FenceDir:
@@ -49,11 +66,35 @@ class FenceDir:
         self.agent_pid = directory / "agent.pid"
         self.fence_pid = directory / "fence.pid"
         self.settings = directory / "fence.json"
+        self.lock_file = directory / "agent.lock"
+        self._lock_fd: int | None = None
+        self._fence_process: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def for_agent(cls, home: Path, name: str) -> FenceDir:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         return cls(home / "agents" / safe)
+
+    def lock(self, name: str) -> None:
+        """Hold this agent name on this host for as long as the process lives.
+
+        Two live agents under one name would take over each other's runs (their fences, their
+        leases and the server's record are the name's): the second one refuses to start.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            holder = _read_pid(self.agent_pid)
+            raise ConfigError(
+                f"another agent named {name!r} is already running on this host"
+                + (f" (pid {holder})" if holder is not None else ""),
+                hint="an agent's name is its identity (its runs, its lease, its fence): give "
+                "this one a name of its own with --name",
+            ) from None
+        self._lock_fd = descriptor  # released by the kernel when this process ends
 
     def prepare(self, fence_after: float) -> None:
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -76,30 +117,44 @@ class FenceDir:
         except (OSError, ValueError, KeyError):
             return 15.0
 
+    def register_starting(self, run_id: UUID, adoption: dict[str, Any]) -> None:
+        """List a run about to be started, before anything of it exists.
+
+        Nothing to kill yet: a run started held never begins without its agent (its go pipe
+        closes), so an agent that dies before :meth:`register` leaves a record saying the run
+        never began, not an unknown process.
+        """
+        self._write(run_id, {"starting": True, "adoption": adoption})
+
     def register(
         self, run_id: UUID, info: dict[str, Any], adoption: dict[str, Any] | None = None
     ) -> None:
         """List a run's process (or container) so the fence can kill it.
 
-        ``adoption`` is what a restarted agent needs to supervise the run again. In-process runs
-        are not listed: they die with the agent.
+        ``adoption`` is what a restarted agent needs to supervise the run again. An in-process
+        run has nothing to kill (it dies with the agent): its entry only says so.
         """
         keys = ("pid", "pgid", "create_time", "container_id", "auto_remove")
         listed: dict[str, Any] = {k: info[k] for k in keys if k in info}
         if "container_id" not in listed and not {"pid", "create_time"} <= listed.keys():
-            return
+            listed = {"in_agent": True}
         if adoption is not None:
             listed["adoption"] = adoption
-        path = self.runs / f"{run_id}.json"
-        tmp = path.with_suffix(".tmp")
-        # Private: the claimed run carries the deployment's environment.
-        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(json.dumps(listed))
-        tmp.replace(path)
+        self._write(run_id, listed)
+
+    def record_outcome(
+        self, run_id: UUID, adoption: dict[str, Any], outcome: dict[str, Any]
+    ) -> None:
+        """The run has ended and ``outcome`` is the report about to be sent: an agent that dies
+        before the server has it reports it in its next life instead of running it again."""
+        self._write(run_id, {"ended": True, "outcome": outcome, "adoption": adoption})
+
+    def _write(self, run_id: UUID, listed: dict[str, Any]) -> None:
+        _write_private(self.runs / f"{run_id}{LISTED}", listed)
 
     def unregister(self, run_id: UUID) -> None:
-        (self.runs / f"{run_id}.json").unlink(missing_ok=True)
+        for suffix in (LISTED, FENCING, FENCED):
+            (self.runs / f"{run_id}{suffix}").unlink(missing_ok=True)
 
     def any_registered(self) -> bool:
         return any(self.runs.glob("*.json"))
@@ -112,25 +167,81 @@ class FenceDir:
             return None
 
     def registered(self) -> dict[UUID, dict[str, Any]]:
+        """Every run listed, fenced or not (a fenced entry says so under "fenced").
+
+        A damaged entry (truncated by a full disk, a stray file) is moved aside with a warning
+        rather than stop the agent, or the fence, from starting.
+        """
         found: dict[UUID, dict[str, Any]] = {}
-        for path in self.runs.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                found[UUID(path.stem)] = json.loads(path.read_text())
+        # Fenced first, so a newer listing of the same run (a restarted agent's) wins.
+        for suffix in (FENCED, FENCING, LISTED):
+            for path in self.runs.glob(f"*{suffix}"):
+                try:
+                    entry = json.loads(path.read_text())
+                    if not isinstance(entry, dict):
+                        raise ValueError("not a JSON object")
+                    found[UUID(path.name.removesuffix(suffix))] = entry
+                except FileNotFoundError:
+                    continue  # unregistered meanwhile
+                except (OSError, ValueError) as exc:
+                    _move_aside(path, exc)
         return found
 
     def kill(self, run_id: UUID, info: dict[str, Any]) -> bool:
-        """Kill a listed run's whole process tree; False if it was already gone."""
+        """Kill a listed run's whole process tree and forget it; False if it was already gone."""
+        killed = kill_process_tree(info)
         self.unregister(run_id)
-        return kill_process_tree(info)
+        _discard_result_file(info, only_unrecorded=False)
+        return killed
+
+    def fence(self, age: float) -> list[tuple[UUID, str]]:
+        """Kill every listed run (the lease is gone); keep each entry, marked fenced."""
+        done = []
+        for path in self.runs.glob(f"*{LISTED}"):
+            try:
+                run_id = UUID(path.name.removesuffix(LISTED))
+            except ValueError:
+                _move_aside(path, ValueError("not a run's entry"))
+                continue
+            fencing = path.with_suffix(FENCING)
+            try:
+                # Atomic: an agent listing the run again meanwhile writes a new entry, which
+                # the next round fences; never one half-read here.
+                path.rename(fencing)
+                entry = json.loads(fencing.read_text())
+            except FileNotFoundError:
+                continue  # unregistered meanwhile
+            except (OSError, ValueError) as exc:
+                _move_aside(fencing, exc)
+                continue
+            if entry.get("starting"):
+                what = "not started yet: it cannot begin without its agent"
+            elif entry.get("ended"):
+                what = "already ended (its outcome is recorded)"
+            elif entry.get("in_agent"):
+                what = "ran inside the agent: ended with it"
+            elif kill_process_tree(entry):
+                what = "killed"
+                # Killed before it could record how it ended: nothing of it to report.
+                _discard_result_file(entry, only_unrecorded=True)
+            else:
+                what = "already ended"  # its result file says how: kept for its agent
+            entry["fenced"] = {"at": time.time(), "lease_age": age, "what": what}
+            _write_private(fencing.with_suffix(FENCED), entry)
+            fencing.unlink(missing_ok=True)
+            done.append((run_id, what))
+        return done
 
     # ------------------------------------------------------------------ the fence process
 
-    def ensure_fence(self) -> int:
-        """Start the fence process unless one is already watching this directory."""
+    def ensure_fence(self) -> bool:
+        """Start the fence process unless one is watching this directory; True if started."""
+        if self._fence_process is not None and self._fence_process.poll() is None:
+            return False  # ours, and alive (poll() also reaps it once it has died)
         pid = _read_pid(self.fence_pid)
-        if pid is not None and _is_fence(pid):
-            return pid
-        process = subprocess.Popen(
+        if pid is not None and _is_fence(pid, self.directory):
+            return False
+        self._fence_process = subprocess.Popen(
             [sys.executable, "-m", "agent.fence", str(self.directory)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -138,9 +249,12 @@ class FenceDir:
             start_new_session=True,  # outlives the agent, and a Ctrl-C meant for the agent
             close_fds=True,
         )
-        self.fence_pid.write_text(str(process.pid))
-        # We never wait for it: let init reap it when it exits after we are gone.
-        return process.pid
+        self.fence_pid.write_text(str(self._fence_process.pid))
+        return True
+
+    def fence_running(self) -> bool:
+        pid = _read_pid(self.fence_pid)
+        return pid is not None and _is_fence(pid, self.directory)
 
 
 def kill_process_tree(info: dict[str, Any]) -> bool:
@@ -190,11 +304,53 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _is_fence(pid: int) -> bool:
+def _is_fence(pid: int, directory: Path) -> bool:
     with contextlib.suppress(psutil.Error):
-        cmdline = psutil.Process(pid).cmdline()
-        return "agent.fence" in cmdline
+        process = psutil.Process(pid)
+        cmdline = process.cmdline()
+        return (
+            process.status() != psutil.STATUS_ZOMBIE
+            and "agent.fence" in cmdline
+            and cmdline[-1] == str(directory)
+        )
     return False
+
+
+def _write_private(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` whole or not at all; private: a claimed run carries the deployment's
+    environment. The temporary name is the writer's own (the agent and its fence both write)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(json.dumps(document))
+    tmp.replace(path)
+
+
+def _move_aside(path: Path, why: Exception) -> None:
+    aside = path.with_name(path.name + ".damaged")
+    with contextlib.suppress(OSError):
+        path.replace(aside)
+    log.warning(
+        "fence_entry_damaged",
+        path=str(path),
+        moved_to=str(aside),
+        error=str(why),
+        hint="inspect and delete it; the run it named, if any, is resolved by the server",
+    )
+
+
+def _discard_result_file(entry: dict[str, Any], *, only_unrecorded: bool) -> None:
+    """Remove the run's result file (the subprocess runner's), or only one with no outcome."""
+    info = (entry.get("adoption") or {}).get("info") or {}
+    name = info.get("_result_file")
+    if not isinstance(name, str):
+        return
+    path = Path(name)
+    if only_unrecorded:
+        with contextlib.suppress(OSError, ValueError):
+            if "exit_code" in json.loads(path.read_text() or "{}"):
+                return
+    path.unlink(missing_ok=True)
 
 
 def _agent_alive(fence: FenceDir) -> bool:
@@ -205,7 +361,7 @@ def _agent_alive(fence: FenceDir) -> bool:
 def watch(fence: FenceDir) -> None:
     """The fence process's loop."""
 
-    def log(message: str) -> None:
+    def log(message: str) -> None:  # the fence's own log file: plain lines
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         print(f"{stamp} fence {fence.directory.name}: {message}", file=sys.stderr, flush=True)
 
@@ -218,11 +374,8 @@ def watch(fence: FenceDir) -> None:
             return
         age = fence.lease_age()
         if listed and age > fence.fence_after():
-            for run_id, info in fence.registered().items():
-                killed = fence.kill(run_id, info)
-                log(
-                    f"lease not renewed for {age:.1f}s: run {run_id} {'killed' if killed else 'already gone'}"
-                )
+            for run_id, what in fence.fence(age):
+                log(f"lease not renewed for {age:.1f}s: run {run_id} {what}")
         time.sleep(CHECK_SECONDS)
 
 
@@ -230,6 +383,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m agent.fence AGENT_DIR", file=sys.stderr)
         return 2
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # fence.log
     # The agent's Ctrl-C or SIGTERM must not stop the fence: it has to outlive the agent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

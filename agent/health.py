@@ -7,8 +7,9 @@ changes.
 
 :class:`HealthServer` answers ``GET /healthz`` and ``GET /metrics`` from a thread of its own, so
 that it can still say "503: event loop unresponsive for 12s" while the loop is stuck.
-``/healthz`` is 200 only while the loop ticks, every side task runs, and the API was reached
-(a heartbeat accepted) within ``api_stale_after`` seconds.
+``/healthz`` is 200 only while the loop ticks, every side task runs, the fence process lives
+(``agent/fence.py``), and the API was reached (a heartbeat accepted) within ``api_stale_after``
+seconds.
 
 ``python -m agent.health [URL]`` is the probe the Docker image's HEALTHCHECK runs: exit 0 when
 the URL (default ``http://127.0.0.1:$AGENT_HEALTH_PORT/healthz``) answers 200.
@@ -57,6 +58,7 @@ class HealthMonitor:
         self.last_tick = clock()
         self._tasks: list[asyncio.Task[Any]] = []
         self._since_api: Callable[[], float] | None = None
+        self._fence_running: Callable[[], bool] | None = None
         self._stopped = False
 
     @property
@@ -71,6 +73,10 @@ class HealthMonitor:
         """``since_reached()``: seconds since the server last accepted a heartbeat."""
         self._since_api = since_reached
 
+    def attach_fence(self, running: Callable[[], bool]) -> None:
+        """``running()``: whether the agent's fence process lives (agent/fence.py)."""
+        self._fence_running = running
+
     def stopped(self) -> None:
         self._stopped = True
 
@@ -82,6 +88,9 @@ class HealthMonitor:
         for task in self._tasks:
             if task.done():
                 return f"side task {task.get_name()} stopped"
+        if self._fence_running is not None and not self._fence_running():
+            # Without it, runs of an agent killed now would go on beside their retries.
+            return "the fence process is not running"
         return None
 
     def api_problem(self) -> str | None:

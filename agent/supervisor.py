@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -34,6 +34,7 @@ from runners.base import (
     Runner,
     RunResult,
     RunSpec,
+    starts_held,
 )
 
 log = structlog.get_logger("agent.supervisor")
@@ -178,7 +179,8 @@ class RunSupervisor:
     async def _supervise(self) -> None:
         adopted = self.ctx.adopted
         handle = await (self._start() if adopted is None else self._adopt(adopted))
-        if handle is None:
+        if handle is None:  # never started, or over: its state says why
+            self.fence.unregister(self._run.id)
             return
         try:
             if adopted is None:
@@ -189,9 +191,20 @@ class RunSupervisor:
                     self.policy.metrics.run_started(self._runner_name, latency)
                 await self._update_info(shown)
             result, stopped = await self._wait(handle)
-        finally:
+        except asyncio.CancelledError:
+            # The agent is going down with the run alive: its fence entry stays, for the fence
+            # to kill it or the agent's next life to take it over.
+            raise
+        except BaseException:
+            # Whatever went wrong here, the run is reported ended next: it must be.
+            with contextlib.suppress(Exception):
+                await handle.terminate()
+                await asyncio.wait_for(handle.wait(), self.policy.cancel_grace_seconds)
             self.fence.unregister(self._run.id)
+            raise
         await self._finish(result, stopped)
+        # Only now: until the server has the outcome (or the spool does), the entry keeps it.
+        self.fence.unregister(self._run.id)
 
     async def _adopt(self, leftover: Leftover) -> RunHandle | None:
         """Take over a run an earlier life started; None once it is reported CRASHED."""
@@ -224,15 +237,17 @@ class RunSupervisor:
     async def _start(self) -> RunHandle | None:
         """Launch the run; None when it was not started (and its state says why).
 
-        RUNNING is proposed before the flow begins: if the run was cancelled while PENDING the
-        server refuses, and the flow never runs. A scheduled run handed over early to a runner
-        that starts runs held is launched at once, while PENDING, held (an interpreter loaded,
-        a container created); when its time comes it is proposed RUNNING and, once accepted,
-        released, so its flow begins on time. A refusal stops it before its flow began.
+        A runner that starts runs held (all of ours) gets the run at once: its interpreter is
+        loaded or its container created, and the run is listed with the fence, while it is
+        PENDING. Only then is it proposed RUNNING (at its time, for a scheduled run handed
+        over early) and, once accepted, released. So its flow never begins early, never begins
+        after a cancel (the server refuses RUNNING), and never begins unlisted: an agent killed
+        at any instant leaves no flow executing that its fence cannot find. A runner that cannot
+        hold a run is started once RUNNING is accepted, and listed right after.
         """
         due = self._run.expected_start_time.timestamp()
-        early = due > time.time() and getattr(self.runner, "starts_held", False)
-        if not early:
+        held = starts_held(self.runner)
+        if not held:
             await self._until(due)
         if self.ctx.stop_requested.is_set():
             await self._report(StateType.CANCELLED, self._stop_message())
@@ -240,7 +255,8 @@ class RunSupervisor:
         if isinstance(self.runner, RunnerError):
             await self._report(StateType.FAILED, self.runner.message)
             return None
-        if not early:
+        self.fence.register_starting(self._run.id, adoption_record(self.ctx.claimed))
+        if not held:
             refused = await self._propose_running()
             if refused is not None:
                 await self._not_started(refused)
@@ -254,14 +270,14 @@ class RunSupervisor:
         failed = None
         if not self.ctx.stop_requested.is_set() and refused is None:
             try:
-                await cast(HeldRunHandle, handle).release()
+                assert isinstance(handle, HeldRunHandle)
+                await handle.release()
                 return handle
             except RunnerError as exc:
                 failed = exc
         # Dead before the run can be handed back or retried: it must not run twice.
         await handle.terminate()
         await handle.wait()
-        self.fence.unregister(self._run.id)
         if failed is not None:
             await self._report(StateType.FAILED, failed.message)
         elif refused is not None:
@@ -374,10 +390,17 @@ class RunSupervisor:
             state, message = OUTCOME_STATE[result.outcome], result.message
         if result.result is not None:
             info["result"] = result.result
-        shown = None if message is None else self.redactor.redact(message)  # quotes stderr
-        log.info("run_finished", state=state.value, message=shown, exit_code=result.exit_code)
+        proposal = self._proposal(state, message, info)
+        # Before anything else can fail: an agent that dies from here on reports this outcome
+        # in its next life (agent/adoption.py), instead of executing the run again.
+        self.fence.record_outcome(
+            self._run.id, adoption_record(self.ctx.claimed), proposal.model_dump(mode="json")
+        )
+        log.info(
+            "run_finished", state=state.value, message=proposal.message, exit_code=result.exit_code
+        )
         await self.shipper.flush(self._run.id)
-        await self._report(state, message, info)
+        await self._deliver(proposal)
 
     async def _update_info(self, info: dict[str, Any]) -> None:
         try:
@@ -390,18 +413,23 @@ class RunSupervisor:
     async def _report(
         self, state: StateType, message: str | None, info: dict[str, Any] | None = None
     ) -> None:
-        if state.is_terminal and self.policy.metrics is not None:
-            self.policy.metrics.run_finished(state.value, self._runner_name)
-        await self.outbox.set_state(
-            self._run.id,
-            StateProposal(
-                type=state,
-                message=None if message is None else self.redactor.redact(message),
-                agent_id=self.policy.agent_id,
-                attempt=self._run.attempt,
-                runner_info=self.redactor.redact_value(info),
-            ),
+        await self._deliver(self._proposal(state, message, info))
+
+    def _proposal(
+        self, state: StateType, message: str | None, info: dict[str, Any] | None = None
+    ) -> StateProposal:
+        return StateProposal(
+            type=state,
+            message=None if message is None else self.redactor.redact(message),  # quotes stderr
+            agent_id=self.policy.agent_id,
+            attempt=self._run.attempt,
+            runner_info=self.redactor.redact_value(info),
         )
+
+    async def _deliver(self, proposal: StateProposal) -> None:
+        if proposal.type.is_terminal and self.policy.metrics is not None:
+            self.policy.metrics.run_finished(proposal.type.value, self._runner_name)
+        await self.outbox.set_state(self._run.id, proposal)
 
 
 def _shown(info: dict[str, Any]) -> dict[str, Any]:

@@ -28,10 +28,11 @@ class RunSpec:
     # Keys of ``env`` that came only from the agent's own environment (not the deployment's or
     # the run's): a runner that starts the flow on another host or image may leave them out.
     inherited_env: frozenset[str] = frozenset()
-    # A scheduled run handed over ahead of its time: start what takes time (an interpreter, a
-    # container) but hold the flow itself until ``handle.release()``. Only runners whose class
+    # Start what takes time (an interpreter, a container) but hold the flow itself until
+    # ``handle.release()``: the agent releases it once the run is listed with its fence and
+    # RUNNING (at its time, for a scheduled run handed over early). Only runners whose class
     # sets ``starts_held = True`` get held runs (their handles are HeldRunHandles); others are
-    # started when the run is due.
+    # started when the run is due and RUNNING.
     held: bool = False
 
 
@@ -69,6 +70,7 @@ class RunHandle(Protocol):
         ...
 
 
+@runtime_checkable
 class HeldRunHandle(RunHandle, Protocol):
     """A run started with ``spec.held``: its flow begins only once released."""
 
@@ -87,6 +89,15 @@ class Runner(Protocol):
         Raises :class:`agent.errors.RunnerError` when the run cannot be started at all.
         """
         ...
+
+
+def starts_held(runner: object) -> bool:
+    """Whether ``runner`` starts runs held when asked (its class sets ``starts_held = True``).
+
+    The agent starts every run of such a runner held, and lets it begin only once it is listed
+    with the agent's fence: no flow can then execute unseen by the fence (agent/supervisor.py).
+    """
+    return getattr(type(runner), "starts_held", False) is True
 
 
 @runtime_checkable

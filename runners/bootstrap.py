@@ -11,7 +11,8 @@ Environment:
     FLOWAGENT_HELD         "1": read one line "go" from stdin before calling the flow (a
                            scheduled run started ahead of its time: loaded, then held until the
                            agent says go), then stdin is /dev/null. End of file instead (the
-                           agent is gone): exit 3, the flow never began.
+                           agent is gone): exit 3, the flow never began ("not_started" in the
+                           result file).
     FLOWAGENT_RESULT_FILE  where to write the outcome as JSON (absent: not written):
                            {"ok": true, "result": ...} or {"ok": true, "result_repr": "..."}
                            or {"ok": false, "error_type": "ValueError", "error_message": "..."},
@@ -246,7 +247,8 @@ def main(argv: list[str]) -> int:
     except EntrypointError as exc:
         return _entrypoint_error(exc)
     if not released():
-        print("flowagent: the agent went away before the run's time: not started", file=sys.stderr)
+        print("flowagent: the agent went away before the flow began: not started", file=sys.stderr)
+        write_result({"not_started": True}, EXIT_NOT_RELEASED)
         return EXIT_NOT_RELEASED
     try:
         result = call(func, parameters)

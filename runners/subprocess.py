@@ -73,6 +73,8 @@ EXIT_ENTRYPOINT_ERROR = 2
 #: How an adopted run's end is told when its process left no result file (not our child, so
 #: its exit status cannot be read).
 UNRECORDED = "its process ended without recording how"
+#: How a held run whose agent went away before releasing it ended (it never began).
+NOT_STARTED = "its agent went away before the flow began: none of it ran"
 #: Runs a command deployment's argv (``sh -c STATUS_WRAPPER flowagent-run RESULT_FILE HELD ARGV…``,
 #: HELD "held" when a line "go" on stdin must come first, else "-") and records its exit status, so an agent that is not its parent can still learn it. The
 #: traps keep the wrapper alive while the command handles SIGTERM (handlers, unlike an ignored
@@ -89,7 +91,10 @@ shift 2
 if [ "$held" = held ]; then
     IFS= read -r line || line=
     exec </dev/null
-    [ "$line" = go ] || exit 3
+    if [ "$line" != go ]; then
+        printf '{"exit_code": 3, "not_started": true}' >"$result"
+        exit 3
+    fi
 fi
 "$@"
 code=$?
@@ -488,6 +493,9 @@ class SubprocessHandle:
         """``code`` is a return code: negative for a signal, as subprocess reports it."""
         if code == 0:
             return completed(document)
+        if (document or {}).get("not_started") is True:
+            # Held, and its agent went away before saying go: none of the flow ran.
+            return RunResult(Outcome.CRASHED, NOT_STARTED, code)
         if code < 0:
             outcome, headline = Outcome.CRASHED, f"killed by signal {_signal_name(-code)}"
         else:

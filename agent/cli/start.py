@@ -27,7 +27,10 @@ def start(
     name: Annotated[
         str | None,
         typer.Option(
-            "--name", "-n", help="Agent name (default: HOSTNAME-agent).", show_default=False
+            "--name",
+            "-n",
+            help="Agent name, its identity (default: HOSTNAME-<first 8 digits of the queue id>).",
+            show_default=False,
         ),
     ] = None,
     limit: Annotated[
@@ -129,7 +132,7 @@ def start(
 
     options = AgentOptions(
         queue_id=queue,
-        name=name or default_agent_name(),
+        name=name or default_agent_name(queue),
         tags=tuple(tag or ()),
         run_once=run_once,
         runner=runner,

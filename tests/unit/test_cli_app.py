@@ -4,6 +4,7 @@ checks that happen before any request (every case here fails or finishes without
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def test_start_hands_settings_and_options_to_the_daemon(monkeypatch: pytest.Monk
     assert options == agent.daemon.AgentOptions(
         queue_id=UUID(QUEUE_ID), name=options.name, tags=("gpu", "etl"), run_once=True
     )
-    assert options.name.endswith("-agent")
+    assert options.name == f"{socket.gethostname()}-{QUEUE_ID.replace('-', '')[:8]}"
     assert (settings.limit, settings.source_of("limit")) == (2, Source.FLAG)
     assert settings.api_url == "http://other:1/api"
     assert settings.api_key == "k1"

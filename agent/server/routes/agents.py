@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from fastapi import APIRouter
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from agent.server import lifecycle
 from agent.server.db import Database
 from agent.server.deps import DB, Settings, Wakeups
 from agent.server.orm import AgentRow, FlowRunRow
-from agent.server.views import agent_model, get_agent, get_queue
+from agent.server.views import agent_model, conflict, get_agent, get_queue
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -28,6 +29,16 @@ def _heartbeat(
             # The name is the agent's identity: a restarted agent keeps its id and its runs.
             row = AgentRow(id=uuid.uuid4(), name=beat.name, created=now, last_claim_run_ids=[])
             session.add(row)
+        elif row.hostname != beat.hostname and now - row.last_heartbeat < timedelta(
+            seconds=lease_seconds
+        ):
+            # Two live agents under one name would each take the other's runs for its own
+            # (on one host the agent's own lock refuses the second; across hosts, this does).
+            age = (now - row.last_heartbeat).total_seconds()
+            raise conflict(
+                f"agent name {beat.name!r} is held by a live agent on host {row.hostname} "
+                f"(last heartbeat {age:.0f}s ago): give this agent a name of its own with --name"
+            )
         row.work_queue_id = beat.work_queue_id
         row.tags = list(beat.tags)
         row.hostname = beat.hostname
