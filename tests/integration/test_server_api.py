@@ -291,6 +291,7 @@ def test_heartbeat_upserts_by_name(api: Api) -> None:
     second = api.agent(
         other_queue,
         name=name,
+        hostname="h1",
         tags=["gpu"],
         pid=11,
         runs_in_flight=3,

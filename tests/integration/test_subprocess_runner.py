@@ -25,6 +25,7 @@ from agent.errors import RunnerError
 from runners.base import Outcome, RunResult, RunSpec
 from runners.subprocess import (
     MAX_LINE_BYTES,
+    NOT_STARTED,
     STATUS_WRAPPER,
     SubprocessHandle,
     SubprocessRunner,
@@ -356,7 +357,8 @@ def test_a_held_run_whose_agent_is_gone_never_begins(tmp_path: Path, kind: str) 
         return await handle.wait(), sink
 
     result, sink = arun(go())
-    assert (result.outcome, result.exit_code) == (Outcome.FAILED, 3)
+    # CRASHED, not FAILED: the flow never ran, so nothing of it can have failed.
+    assert (result.outcome, result.message, result.exit_code) == (Outcome.CRASHED, NOT_STARTED, 3)
     assert "began" not in sink.of("stdout")
 
 
