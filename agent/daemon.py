@@ -386,7 +386,7 @@ class Agent:
         """Keep the fence process alive: without it a SIGKILLed agent's runs would go on while
         the server retries them elsewhere (an OOM killer picks small processes too)."""
         while True:
-            await asyncio.sleep(FENCE_CHECK_SECONDS)
+            await self._fence_ended(FENCE_CHECK_SECONDS)
             try:
                 restarted = self.fence.ensure_fence()
             except OSError as exc:  # /healthz says so: fence_running() stays False
@@ -394,6 +394,30 @@ class Agent:
                 continue
             if restarted:
                 log.warning("fence_restarted", reason="the fence process was not running")
+
+    async def _fence_ended(self, timeout: float) -> None:
+        """Return the instant the fence process ends (its pidfd turns readable), or after
+        ``timeout`` at the latest: each moment without a fence is one in which a SIGKILL of the
+        agent would leave its runs unguarded."""
+        fd = self.fence.fence_pidfd()
+        if fd is None:
+            await asyncio.sleep(timeout)
+            return
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await asyncio.wait_for(ended, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
 
     async def _take_over(self, leftovers: list[Leftover]) -> None:
         """Adopt what an earlier life of this agent left executing, or stop it (agent/adoption.py).

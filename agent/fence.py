@@ -252,6 +252,22 @@ class FenceDir:
         self.fence_pid.write_text(str(self._fence_process.pid))
         return True
 
+    def fence_pidfd(self) -> int | None:
+        """A pidfd of the running fence, readable the instant it ends; None when none runs
+        (or the kernel has no pidfds). The caller closes it."""
+        pid = _read_pid(self.fence_pid)
+        if pid is None or not hasattr(os, "pidfd_open"):
+            return None
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        # Checked after opening: the fd now pins this very process, whatever reuses the pid.
+        if not _is_fence(pid, self.directory):
+            os.close(fd)
+            return None
+        return fd
+
     def fence_running(self) -> bool:
         pid = _read_pid(self.fence_pid)
         return pid is not None and _is_fence(pid, self.directory)

@@ -68,6 +68,8 @@ def record(
         seconds = retry_seconds
     path = Path(marker_dir) / f"{run_id}-{attempt}-{os.getpid()}.json"
     mark = {"run": run_id, "attempt": attempt, "pid": os.getpid(), "start": time.time()}
+    if "CHAOS_AGENT" in os.environ:  # which agent started it: the chaos suite sets it per agent
+        mark["agent"] = os.environ["CHAOS_AGENT"]
 
     def write() -> None:
         mark["alive"] = time.time()
