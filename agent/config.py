@@ -21,6 +21,7 @@ from uuid import UUID
 import tomli_w
 
 from agent.errors import ConfigError
+from agent.private import private_dir, write_private
 from agent.redaction import DEFAULT_SECRET_PATTERNS, Redactor
 
 CONFIG_FILE_NAME = "config.toml"
@@ -351,10 +352,9 @@ def set_in_file(path: Path, key: str, value: str | None) -> None:
                 f"config set: {value!r} turns {key} off", hint=f"agent config unset {key}"
             )
         data[key] = parsed
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(data))
-    tmp.replace(path)  # atomic: a crash mid-write never leaves half a config file
+    # It may hold api_key: private, like the home it normally lives in.
+    private_dir(path.parent)
+    write_private(path, tomli_w.dumps(data))
 
 
 def setting_keys() -> list[str]:

@@ -129,6 +129,10 @@ def start(
     # An unknown runner or a bad option is refused now, not when the first run arrives.
     validate_options(runner, runner_options)
     from agent.daemon import AgentOptions, run_agent
+    from agent.private import private_dir
+
+    # Created here, before the agent's own directory: runs' env passes through it (0700).
+    private_dir(settings.home)
 
     options = AgentOptions(
         queue_id=queue,
