@@ -74,6 +74,17 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _optional_str(value: Any) -> str | None:
     text = str(value)
     return text or None
@@ -181,6 +192,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("late_after_seconds", _positive_float, "server: a due run not started by then is Late"),
     Setting("missed_after_seconds", _positive_float, "server: older scheduled times are missed"),
+    Setting(
+        "webhook_allow_private",
+        _bool,
+        "server: let webhooks target loopback, private and link-local addresses (off)",
+    ),
     Setting("health_host", str, "address the agent's /healthz and /metrics listen on"),
     Setting("health_port", _optional(_port), "port of the agent's /healthz and /metrics (off)"),
     Setting("max_cpu_percent", _optional(_percent), "stop claiming while host CPU is above"),
@@ -216,6 +232,7 @@ class Settings:
     schedule_max_runs: int = 100
     late_after_seconds: float = 15.0
     missed_after_seconds: float = 300.0
+    webhook_allow_private: bool = False
     health_host: str = "127.0.0.1"
     health_port: int | None = None
     max_cpu_percent: float | None = None
