@@ -10,6 +10,7 @@ import typer
 from agent.cli.context import settings_of
 from agent.cli.lookup import LIST_QUEUES
 from agent.cli.parsing import parse_pairs, parse_uuid
+from agent.cli.runner import DEFAULT_RUNNER
 from agent.config import default_agent_name, with_overrides
 
 
@@ -66,7 +67,7 @@ def start(
             "--runner",
             help="Runner for deployments that name none (and for a Prefect server's runs).",
         ),
-    ] = "subprocess",
+    ] = DEFAULT_RUNNER,
     runner_option: Annotated[
         list[str] | None,
         typer.Option(
