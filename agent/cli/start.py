@@ -12,6 +12,7 @@ from agent.cli.lookup import LIST_QUEUES
 from agent.cli.parsing import parse_pairs, parse_uuid
 from agent.cli.runner import DEFAULT_RUNNER
 from agent.config import default_agent_name, with_overrides
+from agent.errors import ConfigError
 
 
 def start(
@@ -133,7 +134,13 @@ def start(
     from agent.private import private_dir
 
     # Created here, before the agent's own directory: runs' env passes through it (0700).
-    private_dir(settings.home)
+    try:
+        private_dir(settings.home)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the agent home {settings.home}: {exc.strerror}",
+            hint="set AGENT_HOME (or --home) to a directory this user may write",
+        ) from exc
 
     options = AgentOptions(
         queue_id=queue,
