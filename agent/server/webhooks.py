@@ -92,35 +92,68 @@ def _not_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_multicast or not address.is_global
 
 
-def refused_destination(url: str) -> str | None:
-    """Why ``url`` may not be a webhook's destination (a non-public address), or None.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-    Blocking (it resolves the host name): call it off the event loop. A name that does not
-    resolve is let through: sending to it fails on its own, and the check is made again, on the
-    addresses of the moment, before every attempt.
-    """
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a webhook URL leads now: why it is refused, else the addresses it resolves to."""
+
+    host: str
+    refused: str | None = None
+    addresses: tuple[IPAddress, ...] = ()  # empty: the name did not resolve
+
+
+def check_destination(url: str) -> Destination:
+    """Resolve ``url``'s host and check every address it has (blocking: off the event loop)."""
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
     except ValueError as exc:
-        return f"it is not a valid URL ({exc})"
+        return Destination("", refused=f"it is not a valid URL ({exc})")
     if not host:
-        return "it names no host"
+        return Destination("", refused="it names no host")
     try:
-        addresses = {ipaddress.ip_address(host)}
+        addresses: tuple[IPAddress, ...] = (ipaddress.ip_address(host),)
     except ValueError:
         try:
             found = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            return None
-        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found}
+            return Destination(host)
+        unique = dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in found)
+        addresses = tuple(unique)
     refused = sorted(str(a) for a in addresses if _not_public(a))
     if refused:
-        return (
+        why = (
             f"{host} is {', '.join(refused)}, a loopback, private, link-local or otherwise "
             "non-public address"
         )
-    return None
+        return Destination(host, refused=why, addresses=addresses)
+    return Destination(host, addresses=addresses)
+
+
+def refused_destination(url: str) -> str | None:
+    """Why ``url`` may not be a webhook's destination (a non-public address), or None.
+
+    A name that does not resolve is let through here: it is checked again, on the addresses of
+    the moment, before every attempt (and not sent while it does not resolve).
+    """
+    return check_destination(url).refused
+
+
+def pinned(url: str, address: IPAddress) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` aimed at the address that was checked, so that the connection cannot resolve the
+    name again to somewhere else (DNS rebinding); the Host header and TLS (SNI, the
+    certificate's name) still use the name."""
+    original = httpx.URL(url)
+    if original.host == str(address):
+        return url, {}, {}
+    aimed = original.copy_with(host=str(address))
+    return (
+        str(aimed),
+        {"Host": original.netloc.decode("ascii")},
+        {"sni_hostname": original.host},
+    )
 
 
 PRIVATE_HINT = (
@@ -222,10 +255,14 @@ def release(db: Database, delivery_ids: list[int], now: datetime) -> None:
 
 
 async def post(
-    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    extensions: dict[str, Any] | None = None,
 ) -> Outcome:
     try:
-        response = await client.post(url, content=body, headers=headers)
+        response = await client.post(url, content=body, headers=headers, extensions=extensions)
     except httpx.HTTPError as exc:
         return Outcome(False, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
     code = response.status_code
@@ -330,11 +367,16 @@ class DeliveryWorker:
     async def _attempt(
         self, client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
     ) -> Outcome:
-        if not self.allow_private:
-            why = await anyio.to_thread.run_sync(refused_destination, url)
-            if why is not None:
-                return Outcome(False, error=f"refused: {why}", retryable=False)
-        return await post(client, url, body, headers)
+        if self.allow_private:
+            return await post(client, url, body, headers)
+        where = await anyio.to_thread.run_sync(check_destination, url)
+        if where.refused is not None:
+            return Outcome(False, error=f"refused: {where.refused}", retryable=False)
+        if not where.addresses:
+            # Not sent: httpx would resolve the name again, maybe to an internal address.
+            return Outcome(False, error=f"cannot resolve {where.host}")
+        aimed, host, extensions = pinned(url, where.addresses[0])
+        return await post(client, aimed, body, headers | host, extensions)
 
     async def _send(self, client: httpx.AsyncClient, job: Job) -> None:
         try:
