@@ -21,6 +21,7 @@ from uuid import UUID
 import tomli_w
 
 from agent.errors import ConfigError
+from agent.private import private_dir, write_private
 from agent.redaction import DEFAULT_SECRET_PATTERNS, Redactor
 
 CONFIG_FILE_NAME = "config.toml"
@@ -71,6 +72,17 @@ def _choice(*choices: str) -> Callable[[Any], str]:
         return text
 
     return parse
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _optional_str(value: Any) -> str | None:
@@ -180,6 +192,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("late_after_seconds", _positive_float, "server: a due run not started by then is Late"),
     Setting("missed_after_seconds", _positive_float, "server: older scheduled times are missed"),
+    Setting(
+        "webhook_allow_private",
+        _bool,
+        "server: let webhooks target loopback, private and link-local addresses (off)",
+    ),
     Setting("health_host", str, "address the agent's /healthz and /metrics listen on"),
     Setting("health_port", _optional(_port), "port of the agent's /healthz and /metrics (off)"),
     Setting("max_cpu_percent", _optional(_percent), "stop claiming while host CPU is above"),
@@ -215,6 +232,7 @@ class Settings:
     schedule_max_runs: int = 100
     late_after_seconds: float = 15.0
     missed_after_seconds: float = 300.0
+    webhook_allow_private: bool = False
     health_host: str = "127.0.0.1"
     health_port: int | None = None
     max_cpu_percent: float | None = None
@@ -351,10 +369,9 @@ def set_in_file(path: Path, key: str, value: str | None) -> None:
                 f"config set: {value!r} turns {key} off", hint=f"agent config unset {key}"
             )
         data[key] = parsed
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(data))
-    tmp.replace(path)  # atomic: a crash mid-write never leaves half a config file
+    # It may hold api_key: private, like the home it normally lives in.
+    private_dir(path.parent)
+    write_private(path, tomli_w.dumps(data))
 
 
 def setting_keys() -> list[str]:

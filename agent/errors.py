@@ -3,6 +3,7 @@
     FlowAgentError                      every error we raise on purpose
     ├── ConfigError                     a bad flag, env var or config file value
     ├── InputError                      bad user input (not a UUID, malformed deployment file…)
+    ├── DamagedFile                     a file the agent keeps (spool) is truncated or not its own
     ├── ApiError                        the work-queue API answered with an error
     │   ├── NotFound                    404: no such queue / deployment / run
     │   ├── Conflict                    409: an impossible state transition, a duplicate name
@@ -40,6 +41,10 @@ class ConfigError(FlowAgentError):
 
 class InputError(FlowAgentError):
     """The user gave input we cannot use."""
+
+
+class DamagedFile(FlowAgentError):
+    """A file the agent wrote for later (a spooled report) cannot be read back; set aside."""
 
 
 class ApiError(FlowAgentError):

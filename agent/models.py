@@ -14,7 +14,14 @@ from typing import Annotated, Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 
 def utcnow() -> datetime:
@@ -95,6 +102,35 @@ def transition_error(current: StateType, proposed: StateType) -> str | None:
 MAX_SECONDS = 365 * 24 * 3600.0
 
 
+# An interval schedule fires at most this often. Each run is a claim, a process, state reports
+# and rows kept for it; the agent's pickup and heartbeats work in seconds, and a run is Late after
+# 15 s. Something that must happen every few seconds is a service (a loop in one long run), not a
+# schedule: a 1 ms interval once made 800 runs in 40 s.
+MIN_INTERVAL_SECONDS = 10.0
+
+
+def _nul_free(value: str) -> str:
+    # NUL ends a string in C, in file names (an agent's directory) and in PostgreSQL text.
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL byte (\\x00)")
+    return value
+
+
+def _min_interval(value: float | None) -> float | None:
+    if value is not None and value < MIN_INTERVAL_SECONDS:
+        raise ValueError(
+            f"must be at least {MIN_INTERVAL_SECONDS:g} seconds (got {value:g}); for work "
+            "every few seconds, loop inside one long-running flow instead"
+        )
+    return value
+
+
+# Names and tags given by users. The models of what the server answers redeclare them as plain
+# str: a row stored before this check must still be readable.
+NameText = Annotated[str, AfterValidator(_nul_free), Field(min_length=1, max_length=200)]
+TagText = Annotated[str, AfterValidator(_nul_free)]
+
+
 class _Model(BaseModel):
     # No NaN or infinity: they would poison durations and deadlines downstream.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -104,14 +140,14 @@ class _Model(BaseModel):
 
 
 class WorkQueueCreate(_Model):
-    name: str = Field(min_length=1, max_length=200)
-    tags: list[str] = Field(default_factory=list, description="a run must carry all of these")
+    name: NameText
+    tags: list[TagText] = Field(default_factory=list, description="a run must carry all of these")
     concurrency_limit: int | None = Field(default=None, ge=0)
     paused: bool = False
 
 
 class WorkQueueUpdate(_Model):
-    tags: list[str] | None = None
+    tags: list[TagText] | None = None
     concurrency_limit: int | None = Field(default=None, ge=0)
     paused: bool | None = None
 
@@ -163,7 +199,9 @@ class ScheduleCreate(_Model):
     cron: str | None = Field(
         default=None, description="cron expression (5 fields; 6 with seconds), read in timezone"
     )
-    interval_seconds: Annotated[float | None, BeforeValidator(parse_duration)] = Field(
+    interval_seconds: Annotated[
+        float | None, BeforeValidator(parse_duration), AfterValidator(_min_interval)
+    ] = Field(
         default=None,
         gt=0,
         le=MAX_SECONDS,
@@ -213,6 +251,8 @@ class ScheduleUpdate(_Model):
 
 
 class Schedule(ScheduleCreate):
+    # As stored: one made before the minimum existed is still shown.
+    interval_seconds: float | None = None
     id: UUID
     deployment_id: UUID
     deployment_name: str
@@ -230,7 +270,7 @@ class Schedule(ScheduleCreate):
 class DeploymentCreate(_Model):
     """A deployment says what to run: a Python entrypoint or a command argv, and how."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: NameText
     work_queue_id: UUID
     entrypoint: str | None = Field(
         default=None, description="path/to/file.py:func or package.module:func"
@@ -238,7 +278,7 @@ class DeploymentCreate(_Model):
     command: list[str] | None = Field(default=None, description="an argv to run instead")
     working_dir: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
+    tags: list[TagText] = Field(default_factory=list)
     runner: str | None = Field(
         default=None, description="None: the agent's default runner (agent start --runner)"
     )
@@ -267,6 +307,8 @@ class DeploymentCreate(_Model):
 
 
 class Deployment(DeploymentCreate):
+    name: str  # as stored (see NameText)
+    tags: list[str] = Field(default_factory=list)
     id: UUID
     created: datetime
     updated: datetime
@@ -285,7 +327,7 @@ class State(_Model):
 
 class FlowRunCreate(_Model):
     parameters: dict[str, Any] = Field(default_factory=dict, description="over the deployment's")
-    tags: list[str] = Field(default_factory=list, description="added to the deployment's")
+    tags: list[TagText] = Field(default_factory=list, description="added to the deployment's")
     env: dict[str, str] = Field(default_factory=dict, description="over the deployment's")
     expected_start_time: datetime | None = Field(default=None, description="default: now")
 
@@ -328,7 +370,7 @@ class RunnerInfoUpdate(_Model):
 
 class ClaimRequest(_Model):
     agent_id: UUID
-    tags: list[str] = Field(default_factory=list, description="the agent's --tag filters")
+    tags: list[TagText] = Field(default_factory=list, description="the agent's --tag filters")
     limit: int = Field(default=1, ge=0, le=1000)
     wait_seconds: float = Field(default=0, ge=0, le=60, description="long-poll bound")
     claim_id: UUID | None = Field(
@@ -368,9 +410,9 @@ class AgentStatus(StrEnum):
 
 
 class Heartbeat(_Model):
-    name: str = Field(min_length=1, max_length=200)
+    name: NameText
     work_queue_id: UUID
-    tags: list[str] = Field(default_factory=list)
+    tags: list[TagText] = Field(default_factory=list)
     hostname: str | None = None
     pid: int | None = None
     version: str | None = None
@@ -439,13 +481,11 @@ class NotificationCreate(_Model):
     Filters narrow what matches; every filter given must match.
     """
 
-    name: str | None = Field(
-        default=None, min_length=1, max_length=200, description="unique; default: generated"
-    )
+    name: NameText | None = Field(default=None, description="unique; default: generated")
     on: list[str] = Field(min_length=1, description=f"any of {', '.join(NOTIFICATION_EVENTS)}")
     deployment_id: UUID | None = Field(default=None, description="only runs of this deployment")
     work_queue_id: UUID | None = Field(default=None, description="only this queue's runs/agents")
-    tag: str | None = Field(default=None, description="only runs (or agents) with this tag")
+    tag: TagText | None = Field(default=None, description="only runs (or agents) with this tag")
     webhook_url: str = Field(description="http(s) URL the server POSTs the JSON event to")
     secret: str | None = Field(
         default=None,

@@ -13,9 +13,17 @@ from collections.abc import Sequence
 from uuid import UUID, uuid4
 
 import structlog
+from pydantic import ValidationError
 
 from agent.backends.base import Backend
-from agent.errors import AuthError, Conflict, FlowAgentError, NotFound, ServerUnavailable
+from agent.errors import (
+    AuthError,
+    Conflict,
+    DamagedFile,
+    FlowAgentError,
+    NotFound,
+    ServerUnavailable,
+)
 from agent.models import LogLineCreate, StateProposal
 from agent.spool import Entry, Spool
 
@@ -90,12 +98,19 @@ class Outbox:
     async def _deliver(self, entry: Entry) -> None:
         try:
             if entry.kind == "state":
-                await self._deliver_state(entry.run_id, StateProposal.model_validate(entry.payload))
+                proposal = StateProposal.model_validate(entry.payload)
             elif entry.kind == "logs":
                 lines = [LogLineCreate.model_validate(line) for line in entry.payload["lines"]]
-                await self.backend.send_logs(
-                    entry.run_id, lines, batch_id=UUID(entry.payload["batch_id"])
-                )
+                batch_id = UUID(entry.payload["batch_id"])
+            else:
+                raise DamagedFile(f"{entry.path.name}: no report of kind {entry.kind!r}")
+        except (ValidationError, KeyError, TypeError, ValueError) as exc:
+            raise DamagedFile(f"{entry.path.name} is not a {entry.kind} report: {exc}") from exc
+        try:
+            if entry.kind == "state":
+                await self._deliver_state(entry.run_id, proposal)
+            else:
+                await self.backend.send_logs(entry.run_id, lines, batch_id=batch_id)
         except (Conflict, NotFound) as exc:
             # The server moved on (e.g. it expired the lease and crashed the run): a late
             # report must not be applied. It is logged and dropped, never retried.

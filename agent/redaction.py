@@ -51,6 +51,22 @@ def mask_env(
     return {k: MASK if is_secret_name(k, patterns) else v for k, v in env.items()}
 
 
+def mask_env_fields(value: Any, patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS) -> Any:
+    """A copy of a document (deployments, runs…) with every mapping under an ``env`` key masked
+    by name, at any depth (a runner's options may carry an ``env`` of their own)."""
+    patterns = tuple(patterns)
+    if isinstance(value, Mapping):
+        return {
+            k: mask_env(v, patterns)
+            if k == "env" and isinstance(v, Mapping)
+            else mask_env_fields(v, patterns)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(mask_env_fields(v, patterns) for v in value)
+    return value
+
+
 def secret_values(
     env: Mapping[str, str], patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS
 ) -> set[str]:

@@ -12,7 +12,17 @@ from agent.cli.context import settings_of
 from agent.cli.entrypoints import check_entrypoint
 from agent.cli.flow_run import final_line, follow_run
 from agent.cli.lookup import queue_names, resolve_deployment, resolve_queue
-from agent.cli.output import call, confirm, info, print_json, print_table, say, table, warn, when
+from agent.cli.output import (
+    call,
+    confirm,
+    info,
+    print_documents,
+    print_table,
+    say,
+    table,
+    warn,
+    when,
+)
 from agent.cli.parsing import (
     FLAG_NAMES,
     DeploymentSpec,
@@ -243,9 +253,10 @@ def ls(
     async def run(backend: NativeBackend) -> tuple[list[Deployment], dict[Any, str]]:
         return await backend.list_deployments(), await queue_names(backend)
 
-    deployments, names = call(settings_of(ctx), run)
+    settings = settings_of(ctx)
+    deployments, names = call(settings, run)
     if as_json:
-        print_json([d.model_dump(mode="json") for d in deployments])
+        print_documents(settings, [d.model_dump(mode="json") for d in deployments])
         return
     rows = table("name", "id", "queue", "entrypoint / command", "runner", "tags")
     for d in deployments:
@@ -257,12 +268,13 @@ def ls(
 
 @app.command("inspect")
 def inspect(ctx: typer.Context, name: NameArg) -> None:
-    """Print a deployment as JSON."""
+    """Print a deployment as JSON (secret-looking env values masked)."""
 
     async def run(backend: NativeBackend) -> Deployment:
         return await resolve_deployment(backend, name)
 
-    print_json(call(settings_of(ctx), run).model_dump(mode="json"))
+    settings = settings_of(ctx)
+    print_documents(settings, call(settings, run).model_dump(mode="json"))
 
 
 @app.command("run")

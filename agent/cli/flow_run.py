@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
@@ -16,7 +15,7 @@ from agent.cli.output import (
     call,
     info,
     out,
-    print_json,
+    print_documents,
     print_table,
     run_state,
     say,
@@ -25,10 +24,8 @@ from agent.cli.output import (
     text,
     when,
 )
-from agent.config import settings_redactor
 from agent.errors import InputError, NotFound
 from agent.models import FlowRun, LogLine, LogStream, StateType
-from agent.redaction import mask_env
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -148,9 +145,10 @@ def ls(
         agents = {a.id: a.name for a in await backend.list_agents()} if runs else {}
         return runs, agents
 
-    runs, agents = call(settings_of(ctx), run)
+    settings = settings_of(ctx)
+    runs, agents = call(settings, run)
     if as_json:
-        print_json([r.model_dump(mode="json") for r in runs])
+        print_documents(settings, [r.model_dump(mode="json") for r in runs])
         return
     rows = table("id", "name", "deployment", "state", "expected start", "agent")
     for r in runs:
@@ -181,10 +179,7 @@ def inspect(ctx: typer.Context, ref: RunArg) -> None:
         )
 
     settings = settings_of(ctx)
-    shown = call(settings, run)
-    shown["env"] = mask_env(shown.get("env") or {}, settings.secret_patterns)
-    # And our own API key (or a URL password) wherever it might show up.
-    print_json(settings_redactor(settings, os.environ).redact_value(shown))
+    print_documents(settings, call(settings, run))
 
 
 @app.command("logs")

@@ -16,9 +16,10 @@ import typer
 
 from agent.backends.http import HttpClient
 from agent.backends.native import NativeBackend
-from agent.config import Settings
+from agent.config import Settings, settings_redactor
 from agent.errors import ConfigError, FlowAgentError, InputError, ServerUnavailable
 from agent.models import FlowRun, StateType, utcnow
+from agent.redaction import mask_env_fields
 
 if TYPE_CHECKING:
     # rich is imported when something is printed, not with the CLI: the daemon (`agent start`)
@@ -102,6 +103,17 @@ def print_json(data: Any) -> None:
         out().print_json(body)
     else:
         typer.echo(body)
+
+
+def print_documents(settings: Settings, data: Any) -> None:
+    """print_json for what the API holds about deployments and runs, secrets masked.
+
+    Their ``env`` is shown with the value of every secret-looking name masked, and this
+    process's own secrets (the API key, a URL's password…) are masked wherever they appear:
+    the same for every command, so no listing shows what ``inspect`` hides.
+    """
+    shown = mask_env_fields(data, settings.secret_patterns)
+    print_json(settings_redactor(settings, os.environ).redact_value(shown))
 
 
 def table(*columns: str, title: str | None = None) -> Table:

@@ -229,6 +229,54 @@ def _line(node: yaml.Node | None) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
 
+# Values a deployment file may hold once its aliases are expanded. Aliases are shared, not
+# copied, when the file is read, but everything after (validation, the JSON sent to the server)
+# walks the expanded tree: nine levels of ten aliases is a 1 KiB file and 10**9 values ("billion
+# laughs"). Real files, shared defaults included, hold a few hundred.
+MAX_YAML_VALUES = 100_000
+
+
+def _check_expanded_size(root: yaml.Node | None, path: Path) -> None:
+    """Refuse a file whose aliases expand beyond :data:`MAX_YAML_VALUES` values, or into
+    themselves; counted on the composed nodes, each shared node once, so it is quick."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise InputError(
+                f"{path}:{_line(node)}: an alias refers to the value it is in (a recursive "
+                "structure)",
+                hint="a deployment file cannot hold a recursive structure",
+            )
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        open_nodes.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise InputError(
+                f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values "
+                "(an alias bomb?)",
+                hint="use fewer nested aliases (*name), or write the values out",
+            )
+        sizes[key] = total
+        return total
+
+    if root is not None:
+        try:
+            size(root)
+        except RecursionError:
+            raise InputError(f"{path}: nested too deeply") from None
+
+
 def load_deployment_file(path: Path) -> list[FileDeployment]:
     """Read one deployment, a list, or a mapping with ``deployments:`` from a YAML file."""
     import yaml
@@ -239,7 +287,10 @@ def load_deployment_file(path: Path) -> list[FileDeployment]:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_expanded_size(root, path)
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

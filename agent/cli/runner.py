@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from agent.cli.output import info, out, print_json, table, text
-from agent.errors import UnknownRunner
+from agent.errors import InputError, UnknownRunner
 
 app = typer.Typer(help="Flow runners: how an agent launches a run.", no_args_is_help=True)
 
@@ -57,15 +57,33 @@ def ls(
         console.print(option_rows)
 
 
+# What `agent start` runs a deployment naming no runner on, unless given --runner.
+DEFAULT_RUNNER = "subprocess"
+
+
 def check_runner_options(runner: str | None, options: dict[str, object]) -> None:
     """Refuse a runner that is not installed, or options it does not take.
 
     No runner named means the agent's default (``agent start --runner``), decided where the
-    run is launched. An agent host with runners this one lacks: ``--no-check``.
+    run is launched; options given without a runner are checked against the default default
+    (``subprocess``), which is what runs them unless every agent of the queue says otherwise.
+    An agent host with runners this one lacks: ``--no-check``.
     """
     from runners.registry import validate_options
 
     if runner is None:
+        if not options:
+            return
+        try:
+            validate_options(DEFAULT_RUNNER, dict(options))
+        except InputError as exc:
+            raise InputError(
+                f"{exc.message} (no --runner given: a deployment naming no runner runs on its "
+                f"agent's --runner, {DEFAULT_RUNNER!r} by default)",
+                hint="name the runner these options are for, e.g. --runner docker (or "
+                "'runner:' in the file); --no-check if every agent of the queue is started "
+                "with --runner that takes them",
+            ) from None
         return
     try:
         validate_options(runner, dict(options))

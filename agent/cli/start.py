@@ -10,7 +10,9 @@ import typer
 from agent.cli.context import settings_of
 from agent.cli.lookup import LIST_QUEUES
 from agent.cli.parsing import parse_pairs, parse_uuid
+from agent.cli.runner import DEFAULT_RUNNER
 from agent.config import default_agent_name, with_overrides
+from agent.errors import ConfigError
 
 
 def start(
@@ -66,7 +68,7 @@ def start(
             "--runner",
             help="Runner for deployments that name none (and for a Prefect server's runs).",
         ),
-    ] = "subprocess",
+    ] = DEFAULT_RUNNER,
     runner_option: Annotated[
         list[str] | None,
         typer.Option(
@@ -129,6 +131,16 @@ def start(
     # An unknown runner or a bad option is refused now, not when the first run arrives.
     validate_options(runner, runner_options)
     from agent.daemon import AgentOptions, run_agent
+    from agent.private import private_dir
+
+    # Created here, before the agent's own directory: runs' env passes through it (0700).
+    try:
+        private_dir(settings.home)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the agent home {settings.home}: {exc.strerror}",
+            hint="set AGENT_HOME (or --home) to a directory this user may write",
+        ) from exc
 
     options = AgentOptions(
         queue_id=queue,

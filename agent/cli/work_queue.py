@@ -13,6 +13,7 @@ from agent.cli.output import (
     call,
     confirm,
     info,
+    print_documents,
     print_json,
     print_table,
     run_state,
@@ -103,9 +104,10 @@ def preview(
         found = await resolve_queue(backend, queue)
         return await backend.preview_queue(found.id, hours)
 
-    runs = call(settings_of(ctx), run)
+    settings = settings_of(ctx)
+    runs = call(settings, run)
     if as_json:
-        print_json([r.model_dump(mode="json") for r in runs])
+        print_documents(settings, [r.model_dump(mode="json") for r in runs])
         return
     rows = table("id", "name", "deployment", "state", "expected start", "tags")
     for r in runs:

@@ -103,7 +103,11 @@ def create_app(
     scheduler = Scheduler(db, notifier, scheduling, clock)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     webhooks = DeliveryWorker(
-        db, notifying or NotificationConfig(), f"http://{host}:{settings.port}", clock
+        db,
+        notifying or NotificationConfig(),
+        f"http://{host}:{settings.port}",
+        clock,
+        allow_private=settings.webhook_allow_private,
     )
     app.state.settings = settings
     app.state.db = db

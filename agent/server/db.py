@@ -22,6 +22,7 @@ from sqlalchemy import URL, Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from agent.private import private_dir, private_file
 from agent.server.settings import database_path
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -33,7 +34,14 @@ T = TypeVar("T")
 
 
 def create_sqlite_engine(path: Path) -> Engine:
-    """An engine on the database file with our pragmas and transaction control."""
+    """An engine on the database file with our pragmas and transaction control.
+
+    The file holds deployments' and runs' env: it is created 0600 (SQLite gives its WAL and
+    shared-memory files the database's mode) and an existing one is tightened to 0600.
+    """
+    private_file(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        private_file(path.with_name(path.name + suffix), create=False)
     engine = create_engine(
         # URL.create, not an f-string: a path may hold characters a URL would misread (?, #, %).
         URL.create("sqlite", database=str(path)),
@@ -119,7 +127,7 @@ def _upgrade(engine: Engine) -> None:
 
 def migrate(home: Path) -> None:
     """Create the database under ``home`` if needed and bring its schema to the newest version."""
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     engine = create_sqlite_engine(database_path(home))
     try:
         _upgrade(engine)
@@ -129,7 +137,7 @@ def migrate(home: Path) -> None:
 
 def reset_database(home: Path) -> None:
     """Drop every table (ours and Alembic's) and migrate again: an empty, current database."""
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     engine = create_sqlite_engine(database_path(home))
     try:
         with engine.execution_options(**{_WRITE_OPTION: True}).begin() as connection:

@@ -22,6 +22,9 @@ class ServerSettings:
         lease_seconds: an agent's runs are resolved (CRASHED, or retried) this long after its
             last heartbeat.
         lease_check_seconds: how often expired leases are looked for.
+        webhook_allow_private: let webhooks target loopback, private, link-local (and other
+            non-public) addresses; off, so that whoever may create a notification cannot make
+            the server call its own host's or network's internal services.
     """
 
     home: Path
@@ -34,6 +37,7 @@ class ServerSettings:
     schedule_max_runs: int = 100
     late_after_seconds: float = 15.0
     missed_after_seconds: float = 300.0
+    webhook_allow_private: bool = False
 
     @property
     def database_path(self) -> Path:
@@ -52,6 +56,7 @@ def from_settings(settings: Settings) -> ServerSettings:
         schedule_max_runs=settings.schedule_max_runs,
         late_after_seconds=settings.late_after_seconds,
         missed_after_seconds=settings.missed_after_seconds,
+        webhook_allow_private=settings.webhook_allow_private,
     )
 
 

@@ -9,18 +9,29 @@ goes out again when its lease runs out, and a worker that stops gives its leases
 
 A body is signed when its notification has a secret: ``X-Flowagent-Signature: sha256=<hex>``,
 the HMAC-SHA256 of the exact bytes sent, keyed with the secret.
+
+Whoever may create a notification chooses where the server POSTs, so by default a webhook may
+not target a loopback, private, link-local, multicast, unspecified or otherwise non-public
+address (server-side request forgery: the server's own admin ports, a cloud's metadata service).
+Every address the host name resolves to is checked when the notification is created and again
+before each attempt, since DNS can change; redirects are not followed; and only the status code
+of an answer is recorded, never its body. ``webhook_allow_private`` lifts the address check for
+servers whose receivers are internal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -71,6 +82,84 @@ class _Retry(Exception):
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.error)
         self.outcome = outcome
+
+
+def _not_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
+    # is_global is false for private, loopback, link-local, reserved, shared (100.64/10)...;
+    # multicast can be "global" and is refused all the same.
+    return address.is_multicast or not address.is_global
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a webhook URL leads now: why it is refused, else the addresses it resolves to."""
+
+    host: str
+    refused: str | None = None
+    addresses: tuple[IPAddress, ...] = ()  # empty: the name did not resolve
+
+
+def check_destination(url: str) -> Destination:
+    """Resolve ``url``'s host and check every address it has (blocking: off the event loop)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        return Destination("", refused=f"it is not a valid URL ({exc})")
+    if not host:
+        return Destination("", refused="it names no host")
+    try:
+        addresses: tuple[IPAddress, ...] = (ipaddress.ip_address(host),)
+    except ValueError:
+        try:
+            found = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return Destination(host)
+        unique = dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in found)
+        addresses = tuple(unique)
+    refused = sorted(str(a) for a in addresses if _not_public(a))
+    if refused:
+        why = (
+            f"{host} is {', '.join(refused)}, a loopback, private, link-local or otherwise "
+            "non-public address"
+        )
+        return Destination(host, refused=why, addresses=addresses)
+    return Destination(host, addresses=addresses)
+
+
+def refused_destination(url: str) -> str | None:
+    """Why ``url`` may not be a webhook's destination (a non-public address), or None.
+
+    A name that does not resolve is let through here: it is checked again, on the addresses of
+    the moment, before every attempt (and not sent while it does not resolve).
+    """
+    return check_destination(url).refused
+
+
+def pinned(url: str, address: IPAddress) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` aimed at the address that was checked, so that the connection cannot resolve the
+    name again to somewhere else (DNS rebinding); the Host header and TLS (SNI, the
+    certificate's name) still use the name."""
+    original = httpx.URL(url)
+    if original.host == str(address):
+        return url, {}, {}
+    aimed = original.copy_with(host=str(address))
+    return (
+        str(aimed),
+        {"Host": original.netloc.decode("ascii")},
+        {"sni_hostname": original.host},
+    )
+
+
+PRIVATE_HINT = (
+    "webhooks may only target public addresses; to allow internal receivers, start the server "
+    "with AGENT_WEBHOOK_ALLOW_PRIVATE=true (setting webhook_allow_private)"
+)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -166,10 +255,14 @@ def release(db: Database, delivery_ids: list[int], now: datetime) -> None:
 
 
 async def post(
-    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    extensions: dict[str, Any] | None = None,
 ) -> Outcome:
     try:
-        response = await client.post(url, content=body, headers=headers)
+        response = await client.post(url, content=body, headers=headers, extensions=extensions)
     except httpx.HTTPError as exc:
         return Outcome(False, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
     code = response.status_code
@@ -179,7 +272,9 @@ async def post(
     return Outcome(
         False,
         code,
-        error=f"HTTP {code}: {response.text[:200]}".rstrip(": "),
+        # The status only: the body would carry whatever the target answers back to whoever
+        # may read deliveries.
+        error=f"HTTP {code} {response.reason_phrase}".rstrip(),
         retryable=code >= 500 or code in _RETRIED_4XX,
         retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
     )
@@ -195,8 +290,10 @@ class DeliveryWorker:
         server_url: str,
         clock: Callable[[], datetime] = utcnow,
         transport: httpx.AsyncBaseTransport | None = None,
+        allow_private: bool = False,
     ) -> None:
         self.db = db
+        self.allow_private = allow_private
         self.config = config
         self.server_url = config.server_url or server_url
         self.clock = clock
@@ -235,7 +332,7 @@ class DeliveryWorker:
             async for attempt in retrying:
                 with attempt:
                     number += 1
-                    outcome = await post(client, job.url, body, headers)
+                    outcome = await self._attempt(client, job.url, body, headers)
                     final: DeliveryStatus | None = None
                     if outcome.ok:
                         final = DeliveryStatus.DELIVERED
@@ -266,6 +363,20 @@ class DeliveryWorker:
         except _Retry:  # out of attempts (the count said otherwise): the row stays PENDING
             pass
         return DeliveryStatus.PENDING
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+    ) -> Outcome:
+        if self.allow_private:
+            return await post(client, url, body, headers)
+        where = await anyio.to_thread.run_sync(check_destination, url)
+        if where.refused is not None:
+            return Outcome(False, error=f"refused: {where.refused}", retryable=False)
+        if not where.addresses:
+            # Not sent: httpx would resolve the name again, maybe to an internal address.
+            return Outcome(False, error=f"cannot resolve {where.host}")
+        aimed, host, extensions = pinned(url, where.addresses[0])
+        return await post(client, aimed, body, headers | host, extensions)
 
     async def _send(self, client: httpx.AsyncClient, job: Job) -> None:
         try:

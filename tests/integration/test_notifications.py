@@ -11,6 +11,7 @@ import hmac
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,15 @@ from tests.integration.test_schedules_harness import (
     thread_server,
     webhook_receiver,
 )
-from tests.support import Server, cli, make_deployment, make_queue, make_run, wait_for
+from tests.support import (
+    Server,
+    cli,
+    make_deployment,
+    make_queue,
+    make_run,
+    running_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +43,9 @@ def clock() -> Clock:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, clock: Clock) -> Iterator[Server]:
-    with thread_server(tmp_path_factory.mktemp("notifications"), clock=clock) as srv:
+    # Its receivers are on loopback, which a server refuses unless told otherwise.
+    home = tmp_path_factory.mktemp("notifications")
+    with thread_server(home, clock=clock, webhook_allow_private=True) as srv:
         yield srv
 
 
@@ -142,7 +153,8 @@ def test_giving_up_after_the_last_attempt_or_a_refusal(api: httpx.Client) -> Non
         [failed] = settled(api, down_n)
         [refused] = settled(api, gone_n)
     assert (failed["status"], failed["attempts"]) == ("FAILED", 4)  # max_attempts
-    assert failed["last_error"].startswith("HTTP 500")
+    # The status only: what the target answered ("ok") is not reflected through the API.
+    assert failed["last_error"] == "HTTP 500 Internal Server Error"
     assert (refused["status"], refused["attempts"]) == ("FAILED", 1)  # a 404 is not retried
     # An unreachable webhook fails the same way, with the connection error recorded.
     with webhook_receiver() as closed:
@@ -282,3 +294,43 @@ def test_notification_commands(server: Server, api: httpx.Client, receiver: Rece
 
     cli(server, "notification", "delete", name, "--yes")
     assert api.get(f"notifications/{notification_id}").status_code == 404
+
+
+INTERNAL = [
+    "http://127.0.0.1:9/hook",
+    "http://localhost:9/hook",
+    "http://[::1]:9/hook",
+    "http://[::ffff:127.0.0.1]:9/hook",
+    "http://10.1.2.3/hook",
+    "http://192.168.0.1/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://0.0.0.0:9/hook",
+    "http://224.0.0.1/hook",
+]
+
+
+def test_webhooks_to_internal_addresses_are_refused_unless_allowed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with webhook_receiver() as hook:
+        # Created where it was allowed; then the server is restarted without the setting.
+        with (
+            running_server(home, {"AGENT_WEBHOOK_ALLOW_PRIVATE": "true"}) as allowing,
+            allowing.client() as api,
+        ):
+            allowed = notify(api, hook.url, on=["FAILED"])
+        with running_server(home) as server, server.client() as api:
+            for url in INTERNAL:
+                response = api.post("notifications", json={"webhook_url": url, "on": ["FAILED"]})
+                assert response.status_code == 422, (url, response.text)
+                detail = response.json()["detail"]
+                assert "non-public address" in detail and "AGENT_WEBHOOK_ALLOW_PRIVATE" in detail
+            refused = cli(server, "notification", "create", "--on", "FAILED",
+                          "--webhook", hook.url, check=False)  # fmt: skip
+            assert refused.returncode != 0
+            assert "127.0.0.1" in refused.stderr and "webhook_allow_private" in refused.stderr
+            # At delivery the address is checked again: nothing reaches the receiver.
+            assert api.post(f"notifications/{allowed['id']}/test").status_code == 202
+            [delivery] = settled(api, allowed)
+            assert delivery["status"] == "FAILED" and delivery["attempts"] == 1
+            assert delivery["last_error"].startswith("refused: 127.0.0.1 is 127.0.0.1")
+            assert hook.received == []

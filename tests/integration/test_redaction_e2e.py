@@ -82,3 +82,39 @@ def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
     for secret in (DEPLOY_TOKEN, DB_PASSWORD, API_KEY):
         where = everything.find(secret)
         assert where < 0, everything[max(0, where - 300) : where + 100]
+
+
+def test_every_command_that_prints_env_masks_it_as_flow_run_inspect_does(server: Server) -> None:
+    api = server.client()
+    queue = api.post("work_queues", json={"name": f"q-{uuid.uuid4().hex[:8]}"}).json()
+    # A paused queue: nobody claims the run, `work-queue preview` still lists it.
+    api.post(f"work_queues/{queue['id']}/pause")
+    name = f"d-{uuid.uuid4().hex[:8]}"
+    deployment = api.post(
+        "deployments",
+        json={
+            "name": name,
+            "work_queue_id": queue["id"],
+            "command": ["true"],
+            "env": {"DEPLOY_TOKEN": DEPLOY_TOKEN, "GREETING": "hello"},
+            "runner_options": {"env": {"DB_PASSWORD": DB_PASSWORD}},
+        },
+    ).json()
+    api.post(f"deployments/{deployment['id']}/runs", json={"env": {"DB_PASSWORD": DB_PASSWORD}})
+    api.close()
+
+    inspected = json.loads(cli(server, "deployment", "inspect", name).stdout)
+    assert inspected["env"] == {"DEPLOY_TOKEN": MASK, "GREETING": "hello"}
+    assert inspected["runner_options"] == {"env": {"DB_PASSWORD": MASK}}
+    listed = json.loads(cli(server, "deployment", "ls", "--json").stdout)
+    assert next(d for d in listed if d["name"] == name)["env"]["DEPLOY_TOKEN"] == MASK
+    shown = [
+        cli(server, "deployment", "inspect", name).stdout,
+        cli(server, "deployment", "ls", "--json").stdout,
+        cli(server, "flow-run", "ls", "--json", "--deployment", name).stdout,
+        cli(server, "work-queue", "preview", queue["name"], "--json", "--hours", "1").stdout,
+    ]
+    runs = json.loads(shown[2])
+    assert [r["env"]["DB_PASSWORD"] for r in runs] == [MASK]
+    for text in shown:
+        assert DEPLOY_TOKEN not in text and DB_PASSWORD not in text, text

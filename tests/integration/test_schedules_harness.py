@@ -60,14 +60,16 @@ def thread_server(
     scheduling: SchedulerConfig = FAST_SCHEDULER,
     notifying: NotificationConfig = FAST_NOTIFICATIONS,
     clock: Clock | None = None,
+    webhook_allow_private: bool = False,
 ) -> Iterator[Server]:
     """The server app on a free port, served by uvicorn in a thread, as a ``tests.support``
-    ``Server`` (its ``process`` is None: there is none), so ``cli`` and agents can use it."""
+    ``Server`` (its ``process`` is None: there is none), so ``cli`` and agents can use it.
+    ``webhook_allow_private`` lets its webhooks reach a receiver on loopback."""
     home.mkdir(parents=True, exist_ok=True)
     migrate(home)
     port = free_port()
     app = create_app(
-        ServerSettings(home=home, port=port),
+        ServerSettings(home=home, port=port, webhook_allow_private=webhook_allow_private),
         migrate_on_startup=False,
         scheduling=scheduling,
         notifying=notifying,

@@ -313,3 +313,48 @@ def test_the_example_deployment_file_is_valid() -> None:
     for entry in entries:
         if entry.spec.entrypoint is not None:
             check_entrypoint(entry.spec.entrypoint, path.parent / (entry.spec.working_dir or "."))
+
+
+def _alias_bomb(levels: int) -> str:
+    """A few hundred bytes whose aliases expand to 10**levels strings."""
+    lines = ['l0: &l0 ["lol"]']
+    for n in range(1, levels + 1):
+        lines.append(f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]")
+    return "\n".join(
+        ["name: bomb", "queue: q", "command: ['true']", "parameters:"]
+        + [f"  {line}" for line in lines]
+    )
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(6))  # 10**6 values; 9 levels would hang and eat the memory
+    assert len(path.read_bytes()) < 1024
+    with pytest.raises(InputError, match=r"aliases expand to more than 100,000 values"):
+        load_deployment_file(path)
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: loop\nqueue: q\ncommand: ['true']\nparameters: &p {self: *p}\n")
+    with pytest.raises(InputError, match="recursive"):
+        load_deployment_file(path)
+
+
+def test_shared_values_through_aliases_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            - &etl {name: a, queue: q, command: ["true"], tags: &tags [etl, nightly]}
+            - {<<: *etl, name: b}
+            - {<<: *etl, name: c, tags: *tags}
+            """
+        )
+    )
+    entries = load_deployment_file(path)
+    assert [(e.spec.name, e.spec.tags) for e in entries] == [
+        ("a", ["etl", "nightly"]),
+        ("b", ["etl", "nightly"]),
+        ("c", ["etl", "nightly"]),
+    ]

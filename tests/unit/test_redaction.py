@@ -16,7 +16,14 @@ from agent.config import load_settings
 from agent.errors import ConfigError
 from agent.logs import configure_logging
 from agent.ops import settings_redactor
-from agent.redaction import MASK, Redactor, is_secret_name, mask_env, secret_values
+from agent.redaction import (
+    MASK,
+    Redactor,
+    is_secret_name,
+    mask_env,
+    mask_env_fields,
+    secret_values,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -193,3 +200,22 @@ def test_config_view_masks_the_api_key(tmp_path: Path) -> None:
     assert "very-secret-api-key" not in result.output
     assert "secret_patterns" in result.output
     assert "*TOKEN*,*SECRET*" in result.output
+
+
+def test_mask_env_fields_masks_every_env_by_name_at_any_depth() -> None:
+    document = [
+        {
+            "name": "d",
+            "env": {"API_TOKEN": "", "HOME": "/root"},
+            "runner_options": {"env": {"DB_PASSWORD": "pw"}, "image": "x"},
+            "parameters": {"env": "not a mapping"},
+        }
+    ]
+    assert mask_env_fields(document) == [
+        {
+            "name": "d",
+            "env": {"API_TOKEN": MASK, "HOME": "/root"},
+            "runner_options": {"env": {"DB_PASSWORD": MASK}, "image": "x"},
+            "parameters": {"env": "not a mapping"},
+        }
+    ]

@@ -6,7 +6,8 @@ import secrets
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+import anyio.to_thread
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -19,10 +20,11 @@ from agent.models import (
     utcnow,
 )
 from agent.server.db import Database
-from agent.server.deps import DB
+from agent.server.deps import DB, Settings
 from agent.server.notifications import TEST_EVENT, queue_event
 from agent.server.orm import DeliveryAttemptRow, DeliveryRow, NotificationRow
 from agent.server.views import conflict, get_deployment, get_queue, not_found
+from agent.server.webhooks import PRIVATE_HINT, refused_destination
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
@@ -172,7 +174,15 @@ def _test(db: Database, notification_id: uuid.UUID) -> NotificationDelivery:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a notification")
-async def create_notification(body: NotificationCreate, db: DB) -> Notification:
+async def create_notification(body: NotificationCreate, db: DB, settings: Settings) -> Notification:
+    if not settings.webhook_allow_private:
+        # Checked again before every delivery: the name may resolve elsewhere by then.
+        why = await anyio.to_thread.run_sync(refused_destination, body.webhook_url)
+        if why is not None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"webhook_url {body.webhook_url!r} is refused: {why}; {PRIVATE_HINT}",
+            )
     return await db.run(_create, db, body)
 
 
