@@ -259,14 +259,15 @@ def test_terminate_stops_a_run_that_ignores_interrupt(harness: Harness) -> None:
 
 
 class FullSink(Sink):
-    """A sink that has no room until the test opens it (runners/output.py, output_room)."""
+    """A sink that has no room, once it holds a line, until the test opens it (as the agent's
+    shipper: runners/output.py, output_room)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def room(self) -> asyncio.Future[None] | None:
-        return None if self.opened.done() else self.opened
+        return None if self.opened.done() or not self.lines else self.opened
 
 
 def test_a_full_sink_stops_the_output_and_none_is_lost(harness: Harness) -> None:
