@@ -85,6 +85,21 @@ NOT_STARTED = "its agent went away before the flow began: none of it ran"
 #: killing the run's process (the pid it reports) kills the command too. util-linux's setpriv
 #: does this; without it the command could outlive a killed wrapper.
 TIED = [setpriv, "--pdeathsig", "KILL", "--"] if (setpriv := shutil.which("setpriv")) else []
+#: Makes the wrapper the subreaper of the command's processes, then becomes the wrapper: one
+#: that escapes the run's session and group (double fork + setsid) is re-parented to it, not to
+#: init, so signalling the run's tree (runners/process_tree.py) reaches it too. prctl(2) has no
+#: command of its own; the setting is kept across exec. The bootstrap does the same for
+#: entrypoints (runners/bootstrap.py, become_subreaper).
+SUBREAPER = [
+    sys.executable,
+    "-I",
+    "-S",
+    "-c",
+    "import ctypes, os, sys\n"
+    "try:\n    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"
+    "except (OSError, AttributeError):\n    pass\n"
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
 STATUS_WRAPPER = """trap : HUP INT TERM
 result=$1
 held=$2
@@ -162,7 +177,8 @@ class SubprocessRunner:
             go_read, go_write = _pipe(opened) if spec.held else (None, None)
             if spec.command is not None:
                 held = "-" if go_read is None else "held"
-                argv = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, held, *TIED]
+                argv = [*SUBREAPER, "/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, held]
+                argv += TIED
                 argv += [program, *spec.command[1:]]
             else:
                 assert spec.entrypoint is not None
