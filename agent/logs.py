@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
 
@@ -50,47 +51,89 @@ def configure_logging(
 SendLogs = Callable[[UUID, Sequence[LogLineCreate]], Awaitable[None]]
 
 
+#: What one buffered line costs the agent beyond its text (its model, timestamp, list slot).
+LINE_OVERHEAD = 200
+
+
 class LogShipper:
     """Buffers each run's output lines and sends them to the server in batches.
 
     Lines are sent while the run goes on (every ``interval`` seconds or once ``batch`` lines are
     waiting), and :meth:`flush` sends the rest before the run's final state is reported, so a
     terminal run's logs are complete on the server.
+
+    A run's buffer holds about ``max_buffer`` bytes: once it holds more, its sink's ``room()``
+    returns a future done when a send has brought it under half that again, and the runner
+    stops reading the run's output meanwhile (runners/output.py). So a run that prints faster
+    than the server takes its lines costs the agent a bounded amount of memory, and loses none.
+    A batch is at most ``batch`` lines and about ``max_batch_bytes``.
     """
 
-    def __init__(self, send: SendLogs, *, interval: float = 0.2, batch: int = 500) -> None:
+    def __init__(
+        self,
+        send: SendLogs,
+        *,
+        interval: float = 0.2,
+        batch: int = 500,
+        max_buffer: int = 2 * 1024 * 1024,
+        max_batch_bytes: int = 1024 * 1024,
+    ) -> None:
         self._send = send
         self._interval = interval
         self._batch = batch
-        self._buffers: dict[UUID, list[LogLineCreate]] = {}
+        self._max_buffer = max_buffer
+        self._max_batch_bytes = max_batch_bytes
+        self._buffers: dict[UUID, _RunBuffer] = {}
         self._locks: dict[UUID, asyncio.Lock] = {}
         self._wake = asyncio.Event()
 
     def add(self, run_id: UUID, stream: str, line: str, level: str = "INFO") -> None:
-        buffer = self._buffers.setdefault(run_id, [])
-        buffer.append(
+        buffer = self._buffers.get(run_id)
+        if buffer is None:
+            buffer = self._buffers[run_id] = _RunBuffer()
+        buffer.lines.append(
             LogLineCreate(timestamp=utcnow(), stream=LogStream(stream), level=level, line=line)
         )
-        if len(buffer) >= self._batch:
+        buffer.size += len(line) + LINE_OVERHEAD
+        if len(buffer.lines) >= self._batch or buffer.size >= self._max_batch_bytes:
             self._wake.set()
 
-    def sink_for(self, run_id: UUID) -> Callable[[str, str], None]:
-        def sink(stream: str, line: str) -> None:
-            self.add(run_id, stream, line, "ERROR" if stream == "stderr" else "INFO")
+    def room(self, run_id: UUID) -> asyncio.Future[None] | None:
+        """None while ``run_id``'s buffer has room; else a future done once it has again."""
+        buffer = self._buffers.get(run_id)
+        if buffer is None or buffer.size < self._max_buffer:
+            return None
+        if buffer.room is None or buffer.room.done():
+            buffer.room = asyncio.get_running_loop().create_future()
+        self._wake.set()
+        return buffer.room
 
-        return sink
+    def sink_for(
+        self, run_id: UUID, redact: Callable[[str], str] | None = None
+    ) -> Callable[[str, str], None]:
+        """The sink a runner hands ``run_id``'s output to: lines are redacted by ``redact``."""
+        return _RunSink(self, run_id, redact)
+
+    def buffered(self, run_id: UUID) -> int:
+        """About how many bytes of ``run_id``'s output wait to be sent (for tests, metrics)."""
+        buffer = self._buffers.get(run_id)
+        return 0 if buffer is None else buffer.size
 
     async def flush(self, run_id: UUID) -> None:
         lock = self._locks.setdefault(run_id, asyncio.Lock())
         # One sender per run at a time keeps lines in order on the server. ``send`` (the
         # outbox) never loses a batch: what the server cannot take now is spooled to disk.
         async with lock:
-            while lines := self._buffers.get(run_id):
-                chunk, self._buffers[run_id] = lines[: self._batch], lines[self._batch :]
+            while (buffer := self._buffers.get(run_id)) is not None and buffer.lines:
+                chunk = buffer.take(self._batch, self._max_batch_bytes)
+                if buffer.size <= self._max_buffer // 2:
+                    buffer.make_room()
                 await self._send(run_id, chunk)
 
     def forget(self, run_id: UUID) -> None:
-        self._buffers.pop(run_id, None)
+        buffer = self._buffers.pop(run_id, None)
+        if buffer is not None:
+            buffer.make_room()  # nobody may stay paused on a run that is gone
         self._locks.pop(run_id, None)
 
     async def run(self) -> None:
@@ -99,5 +142,47 @@ class LogShipper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
-            for run_id in [r for r, lines in self._buffers.items() if lines]:
+            for run_id in [r for r, buffer in self._buffers.items() if buffer.lines]:
                 await self.flush(run_id)
+
+
+class _RunBuffer:
+    """One run's lines waiting to be sent, their cost in bytes, and whoever waits for room."""
+
+    def __init__(self) -> None:
+        self.lines: deque[LogLineCreate] = deque()
+        self.size = 0
+        self.room: asyncio.Future[None] | None = None
+
+    def take(self, most: int, most_bytes: int) -> list[LogLineCreate]:
+        chunk: list[LogLineCreate] = []
+        taken = 0
+        while self.lines and len(chunk) < most and (not chunk or taken < most_bytes):
+            line = self.lines.popleft()
+            chunk.append(line)
+            taken += len(line.line) + LINE_OVERHEAD
+        self.size -= taken
+        return chunk
+
+    def make_room(self) -> None:
+        if self.room is not None and not self.room.done():
+            self.room.set_result(None)
+
+
+class _RunSink:
+    """A run's output sink (runners/base.py, OutputSink) that can ask its runner to wait."""
+
+    def __init__(
+        self, shipper: LogShipper, run_id: UUID, redact: Callable[[str], str] | None
+    ) -> None:
+        self._shipper = shipper
+        self._run_id = run_id
+        self._redact = redact
+
+    def __call__(self, stream: str, line: str) -> None:
+        if self._redact is not None:
+            line = self._redact(line)
+        self._shipper.add(self._run_id, stream, line, "ERROR" if stream == "stderr" else "INFO")
+
+    def room(self) -> asyncio.Future[None] | None:
+        return self._shipper.room(self._run_id)

@@ -23,7 +23,15 @@ from benchmarks.core import Context, Scenario, Section, Sizes
 from benchmarks.lab import PREFECT_VENV, REPO, Lab
 from benchmarks.report import render_table
 from benchmarks.sampling import load_average
-from benchmarks.scenarios import concurrency, footprint, ontime, pickup, prefect, throughput
+from benchmarks.scenarios import (
+    concurrency,
+    footprint,
+    ontime,
+    output,
+    pickup,
+    prefect,
+    throughput,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,6 +54,7 @@ SCENARIOS: list[tuple[Scenario, list[tuple[str, str]]]] = [
     ),
     (concurrency.run, [("concurrency", "(5) concurrent sleeping subprocess runs, one agent")]),
     (footprint.run, [("footprint", "(6) idle footprint of agent and server")]),
+    (output.run, [("output", "(8) agent memory while a run prints a lot")]),
     (prefect.run, [("prefect", "(7) side by side on a Prefect 3 server")]),
 ]
 NAMES = [name for _, sections in SCENARIOS for name, _ in sections]

@@ -31,6 +31,7 @@ class Sizes:
     idle_seconds: float = 60.0
     prefect_runs: int = 12
     prefect_gap: float = 4.0  # mean seconds between two Prefect runs' creation (+-25 %)
+    output_mb: int = 200  # what one run prints in the output scenario
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -49,6 +50,7 @@ class Sizes:
             idle_seconds=5.0,
             prefect_runs=3,
             prefect_gap=1.5,
+            output_mb=10,
         )
 
 

@@ -232,7 +232,25 @@ def _print_traceback(exc: BaseException) -> None:
     traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
 
 
+#: prctl(2) option: orphaned descendants are re-parented to this process, not to init.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Keep every process the flow starts in this process's tree, even one that escapes its
+    session and group (double fork + setsid, as daemons do): orphaned, it becomes our child
+    instead of init's, so the agent (or its fence), which signals this process's whole tree,
+    still finds and stops it with the run. Kept across exec; without Linux, nothing is done."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
+    become_subreaper()
     # Line by line, so the agent streams output as it is printed even if PYTHONUNBUFFERED is off.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):

@@ -68,6 +68,7 @@ from runners.docker_config import (
     our_files,
 )
 from runners.outcome import completed, ended, failure_message
+from runners.output import ThreadHandoff
 
 log = structlog.get_logger(__name__)
 
@@ -265,6 +266,9 @@ class DockerHandle:
         self._followers: list[asyncio.Future[None]] = []
         self._done: asyncio.Future[RunResult] | None = None
         self._sink_failed = False
+        # Lines go from the log-following threads to the loop a bounded amount at a time.
+        self._handoff = ThreadHandoff(self._loop, self._deliver, sink)
+        self._delivered = 0  # lines handed to the sink: a draining log still making progress
         self._held: str | None = None  # a held run's name until it is released (started)
 
     @property
@@ -326,8 +330,7 @@ class DockerHandle:
     async def _supervise(self) -> RunResult:
         try:
             status = await _blocking(self._container.wait, "docker-wait")
-            _, late = await asyncio.wait(self._followers, timeout=DRAIN_TIMEOUT)
-            if late:
+            if not await self._drained():
                 log.warning("run_output_abandoned", container=self._container.name)
                 self._close_streams()
                 await asyncio.wait(self._followers)
@@ -347,7 +350,20 @@ class DockerHandle:
         await self._cleanup(remove=self._options.auto_remove)
         return result
 
+    async def _drained(self) -> bool:
+        """Whether the log streams delivered everything: the container has exited, so its log
+        is finite, but a full sink paces it (runners/output.py); only ``DRAIN_TIMEOUT`` seconds
+        without a line delivered mean a stream is stuck."""
+        while True:
+            before = self._delivered
+            _, late = await asyncio.wait(self._followers, timeout=DRAIN_TIMEOUT)
+            if not late:
+                return True
+            if self._delivered == before:
+                return False
+
     def _close_streams(self) -> None:
+        self._handoff.close()
         for stream in self._streams:
             with contextlib.suppress(Exception):
                 stream.close()
@@ -383,12 +399,14 @@ class DockerHandle:
             logs.close()  # its connection is not pooled again: close it rather than leak it
 
     def _emit(self, stream: str, line: str) -> None:
+        """In a follower thread: waits while the sink is full, so Docker keeps the rest."""
         if stream == "stderr":
             self._stderr_tail.append(line)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is exiting
-            self._loop.call_soon_threadsafe(self._deliver, stream, line)
+        self._handoff.wait_for_room()
+        self._handoff.put(stream, line)
 
     def _deliver(self, stream: str, line: str) -> None:
+        self._delivered += 1
         try:
             self._sink(stream, line)
         except Exception:

@@ -48,6 +48,7 @@ import structlog
 from agent.errors import RunnerError
 from runners import bootstrap
 from runners.base import HeldRunHandle, Outcome, OutputSink, Runner, RunResult, RunSpec
+from runners.output import ThreadHandoff
 
 log = structlog.get_logger(__name__)
 
@@ -294,8 +295,9 @@ class _RunOutput:
     """One run's output: written from any of its threads, handed to its sink on the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sink: OutputSink) -> None:
-        self._loop = loop
         self._sink = sink
+        # Delivered outside the run's context: whatever the sink prints is the agent's.
+        self._handoff = ThreadHandoff(loop, self._deliver, sink, context=_NO_RUN)
         self._lock = threading.Lock()  # the run's own threads may print at once
         self._partial = {"stdout": "", "stderr": ""}
         self._closed = False
@@ -303,6 +305,9 @@ class _RunOutput:
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
 
     def write(self, stream: str, text: str) -> None:
+        # Outside the lock: close() takes it on the loop, which is what makes room. A write's
+        # lines then go out whole, so it may overdraw the limit by its own size, at most.
+        self._handoff.wait_for_room()
         with self._lock:
             if self._closed:
                 return  # an abandoned thread still printing: the run is over
@@ -322,14 +327,13 @@ class _RunOutput:
                 if rest:
                     self._emit(stream, rest)
             self._closed = True
+        self._handoff.close()
 
     def _emit(self, stream: str, line: str) -> None:
         line = line.removesuffix("\r")
         if stream == "stderr":
             self.stderr_tail.append(line)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is exiting
-            # Delivered outside the run's context: whatever the sink prints is the agent's.
-            self._loop.call_soon_threadsafe(self._deliver, stream, line, context=_NO_RUN)
+        self._handoff.put(stream, line)
 
     def _deliver(self, stream: str, line: str) -> None:
         try:

@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.errors import RunnerError
 from runners.base import HeldRunHandle, Outcome, OutputSink, Runner, RunResult, RunSpec
 from runners.outcome import completed, ended, failure_message
+from runners.output import output_room
 from runners.process_tree import signal_tree, watch_exit, watch_foreign_exit
 
 log = structlog.get_logger(__name__)
@@ -84,6 +85,21 @@ NOT_STARTED = "its agent went away before the flow began: none of it ran"
 #: killing the run's process (the pid it reports) kills the command too. util-linux's setpriv
 #: does this; without it the command could outlive a killed wrapper.
 TIED = [setpriv, "--pdeathsig", "KILL", "--"] if (setpriv := shutil.which("setpriv")) else []
+#: Makes the wrapper the subreaper of the command's processes, then becomes the wrapper: one
+#: that escapes the run's session and group (double fork + setsid) is re-parented to it, not to
+#: init, so signalling the run's tree (runners/process_tree.py) reaches it too. prctl(2) has no
+#: command of its own; the setting is kept across exec. The bootstrap does the same for
+#: entrypoints (runners/bootstrap.py, become_subreaper).
+SUBREAPER = [
+    sys.executable,
+    "-I",
+    "-S",
+    "-c",
+    "import ctypes, os, sys\n"
+    "try:\n    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"
+    "except (OSError, AttributeError):\n    pass\n"
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
 STATUS_WRAPPER = """trap : HUP INT TERM
 result=$1
 held=$2
@@ -161,7 +177,8 @@ class SubprocessRunner:
             go_read, go_write = _pipe(opened) if spec.held else (None, None)
             if spec.command is not None:
                 held = "-" if go_read is None else "held"
-                argv = ["/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, held, *TIED]
+                argv = [*SUBREAPER, "/bin/sh", "-c", STATUS_WRAPPER, "flowagent-run", name, held]
+                argv += TIED
                 argv += [program, *spec.command[1:]]
             else:
                 assert spec.entrypoint is not None
@@ -397,8 +414,9 @@ class SubprocessHandle:
             for stream in self._outputs:
                 pipe = os.fdopen(pending.pop(stream), "rb", buffering=0)
                 try:
+                    room = functools.partial(output_room, self._sink)
                     _, protocol = await loop.connect_read_pipe(
-                        functools.partial(_LinePipe, stream, self._emit), pipe
+                        functools.partial(_LinePipe, stream, self._emit, room), pipe
                     )
                 except BaseException:
                     pipe.close()
@@ -455,14 +473,7 @@ class SubprocessHandle:
             code = await exited
             self._exited = True
             self._close_go()
-            closed = [p.closed for p in self._pipes]
-            if closed:
-                _, still_open = await asyncio.wait(closed, timeout=self._drain_timeout)
-                if still_open:
-                    log.warning("run_output_abandoned", pid=self._pid, reason="pipes held open")
-                    for p in self._pipes:
-                        p.close()
-                    await asyncio.wait(closed)
+            await self._drain()
             document = None if self._result_file is None else _read_json(self._result_file)
             if code is None:  # adopted: not our child, so its status is in the result file
                 recorded = (document or {}).get("exit_code")
@@ -473,6 +484,25 @@ class SubprocessHandle:
         finally:
             if self._result_file is not None:
                 self._result_file.unlink(missing_ok=True)
+
+    async def _drain(self) -> None:
+        """Read the pipes to their end, giving up after ``drain_timeout`` seconds of waiting
+        for a process that holds them open. Time they spend paused (the sink is full) does not
+        count: what the run printed before it ended is still shipped whole."""
+        closed = [p.closed for p in self._pipes]
+        waited = 0.0
+        while closed and waited < self._drain_timeout:
+            step = min(0.25, self._drain_timeout - waited)
+            _, still_open = await asyncio.wait(closed, timeout=step)
+            if not still_open:
+                return
+            if not any(p.paused for p in self._pipes):
+                waited += step
+        if closed:
+            log.warning("run_output_abandoned", pid=self._pid, reason="pipes held open")
+            for p in self._pipes:
+                p.close()
+            await asyncio.wait(closed)
 
     def _emit(self, stream: str, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").removesuffix("\r")
@@ -523,23 +553,46 @@ def _signal_name(number: int) -> str:
 
 
 class _LinePipe(asyncio.Protocol):
-    """Reads one output pipe; each line (bytes, no newline) goes to ``emit(stream, line)``."""
+    """Reads one output pipe; each line (bytes, no newline) goes to ``emit(stream, line)``.
 
-    def __init__(self, stream: str, emit: Callable[[str, bytes], None]) -> None:
+    While ``room()`` returns a future (the sink is full), the pipe is not read: the run blocks
+    on write once the pipe is full, and nothing piles up in the agent (runners/output.py).
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        emit: Callable[[str, bytes], None],
+        room: Callable[[], asyncio.Future[None] | None],
+    ) -> None:
         self._stream = stream
         self._emit = emit
+        self._room = room
         self._buffer = bytearray()
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.ReadTransport | None = None
+        self.paused = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         self._emit_lines(final=False)
+        room = self._room()
+        if room is not None and self._transport is not None and not self.paused:
+            self.paused = True
+            self._transport.pause_reading()
+            room.add_done_callback(self._resume)
+
+    def _resume(self, _: asyncio.Future[None]) -> None:
+        self.paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()  # a no-op once the pipe is closed
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.paused = False
         self._emit_lines(final=True)
         if not self.closed.done():
             self.closed.set_result(None)

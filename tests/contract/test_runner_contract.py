@@ -14,7 +14,7 @@ import time
 import pytest
 
 from runners.base import Outcome
-from tests.contract.conftest import Harness, arun
+from tests.contract.conftest import Harness, Sink, arun
 
 pytestmark = pytest.mark.integration
 
@@ -254,5 +254,36 @@ def test_terminate_stops_a_run_that_ignores_interrupt(harness: Harness) -> None:
             assert "could not stop a sync in-process flow" in result.message
         else:
             assert result.message.startswith("killed by signal SIGKILL"), result.message
+
+    arun(scenario())
+
+
+class FullSink(Sink):
+    """A sink that has no room, once it holds a line, until the test opens it (as the agent's
+    shipper: runners/output.py, output_room)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def room(self) -> asyncio.Future[None] | None:
+        return None if self.opened.done() or not self.lines else self.opened
+
+
+def test_a_full_sink_stops_the_output_and_none_is_lost(harness: Harness) -> None:
+    count, width = 3000, 1000  # 3 MB: far more than a runner may hold back
+
+    async def scenario() -> None:
+        sink = FullSink()
+        spec = harness.spec("print_lines", parameters={"count": count, "width": width})
+        handle = await harness.runner.start(spec, sink)
+        await sink.line(f"{0:08d} " + "x" * (width - 9))
+        await asyncio.sleep(1.5)
+        # What was read before the runner saw the sink full: one read, or its in-flight limit.
+        assert len(sink.lines) <= 400, len(sink.lines)
+        sink.opened.set_result(None)
+        result = await handle.wait()
+        assert result.outcome is Outcome.COMPLETED, result
+        assert sink.of("stdout") == [f"{i:08d} " + "x" * (width - 9) for i in range(count)]
 
     arun(scenario())
