@@ -24,6 +24,11 @@ daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's s
     claimed_runs        our queue's PENDING/RUNNING/CANCELLING runs this agent (name and host)
                         claimed in a life that is over, or claimed and never handed out
 
+A run whose deployment names no working directory runs in a fresh one of its own, as under
+Prefect's worker (:mod:`agent.backends.prefect_workdirs`): made when it is claimed, removed
+when the daemon reports its end (the process is over by then) or hands it back, and, for runs
+that ended while the agent was down, before the first claim of its next life.
+
 Who claimed a run is written into its PENDING state's message ("claimed by flowagent agent
 NAME on HOST (pid N)"), so a restarted agent finds the runs its earlier life left behind.
 Claiming itself is in :mod:`agent.backends.prefect_claims`, what a claimed run is launched
@@ -40,6 +45,7 @@ import os
 import signal
 import socket
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -62,7 +68,8 @@ from agent.backends.prefect_wire import (
     split_infrastructure_pid,
     work_queue,
 )
-from agent.errors import ConfigError, Conflict, NotFound
+from agent.backends.prefect_workdirs import LIVE_STATES, RunDirs
+from agent.errors import ConfigError, Conflict, FlowAgentError, NotFound
 from agent.models import (
     AgentRecord,
     AgentStatus,
@@ -108,15 +115,19 @@ class PrefectBackend:
         runner_options: Mapping[str, Any] | None = None,
         poll_seconds: float = POLL_SECONDS,
         hostname: str | None = None,
+        home: Path,
     ) -> None:
         self.http = http
         self.api_url = api_url.rstrip("/")
+        self.workdirs = RunDirs(home)
+        self._workdirs_swept = False
         self.launcher = Launcher(
             http,
             api_url=self.api_url,
             api_key=api_key,
             auth_string=auth_string,
             runner_options=runner_options,
+            workdirs=self.workdirs,
         )
         self.poll_seconds = poll_seconds
         self.hostname = hostname or socket.gethostname()
@@ -168,6 +179,7 @@ class PrefectBackend:
     async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
         queue = self._require_queue(beat.work_queue_id)
         self._agent_name = beat.name
+        self.workdirs.bind(beat.name)
         await self.http.request(
             "POST",
             f"{pool_path(queue)}/workers/heartbeat",
@@ -216,6 +228,8 @@ class PrefectBackend:
         next call: every claim starts with the runs we proposed for and never handed out.
         """
         queue = self._require_queue(queue_id)
+        if not self._workdirs_swept:
+            await self._sweep_workdirs()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         while True:
@@ -224,6 +238,34 @@ class PrefectBackend:
             if claimed or left <= 0:
                 return claimed
             await asyncio.sleep(min(self.poll_seconds, left))
+
+    async def _sweep_workdirs(self) -> None:
+        """Remove what an earlier life left of runs that are over (the daemon has taken over
+        or reported those it could by now). Kept: runs Prefect has PENDING, RUNNING or
+        CANCELLING (their process may be at work; their end removes them) and directories a
+        live process works in. A server that cannot answer now is asked at the next claim."""
+        leftovers = [r for r in self.workdirs.leftovers() if r not in self.claims.held]
+        live: set[UUID] = set()
+        try:
+            for start in range(0, len(leftovers), PAGE):
+                page = leftovers[start : start + PAGE]
+                runs = await self._filter({"id": {"any_": [str(i) for i in page]}})
+                live.update(run.id for run in runs if run.state_type in LIVE_STATES)
+        except FlowAgentError as exc:
+            log.warning("workdirs_not_swept", error=str(exc))
+            return
+        ended = [r for r in leftovers if r not in live]
+        kept = self.workdirs.in_use(ended)
+        for run_id in ended:
+            if run_id not in kept:
+                self.workdirs.remove(run_id)
+        self._workdirs_swept = True
+        if leftovers:
+            log.info(
+                "workdirs_swept",
+                removed=len(ended) - len(kept),
+                kept=len(leftovers) - len(ended) + len(kept),
+            )
 
     async def _claim_once(self, queue: PQueue, tags: Sequence[str], limit: int) -> list[ClaimedRun]:
         ours = await self.claims.take(queue, tags, limit, self._claimer().message())
@@ -257,6 +299,9 @@ class PrefectBackend:
             # This claim is over whatever the answer: a report retried later (the daemon's
             # spool) is checked against the run's history instead.
             self.claims.held.pop(run_id, None)
+            if proposal.type.is_terminal or proposal.type is StateType.SCHEDULED:
+                # The daemon reports an end (or hands a run back) once its process is over.
+                self.workdirs.remove(run_id)
         return self._flow_run(run)
 
     async def _report(self, run: PRun, proposal: StateProposal) -> None:
@@ -290,6 +335,7 @@ class PrefectBackend:
         if ours:
             return self._flow_run(run)
         self.claims.held.pop(run.id, None)
+        self.workdirs.remove(run.id)  # the daemon will not start it
         if run.state_type == "CANCELLING" and held is not None:
             # Cancelled while PENDING: nobody else will finish the cancel.
             with contextlib.suppress(Conflict):
