@@ -89,6 +89,15 @@ def commit(repo: Path, version: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
+def assert_removed(workdirs: Path) -> None:
+    """The agent's runs' directories are all gone (soon after the runs' ends)."""
+    wait_for(
+        lambda: not workdirs.exists() or not os.listdir(workdirs),
+        timeout=30,
+        what=f"{workdirs} to be empty",
+    )
+
+
 def deploy(prefect: PrefectHarness, queue: Queue, entrypoint: str, **fields: Any) -> str:
     flow = prefect.ok("POST", "flows/", json={"name": entrypoint.rpartition(":")[2]})
     body = {
@@ -146,9 +155,8 @@ def test_git_clone_runs_each_read_their_own_commit(
     assert prefect.result(run_x) == "X/X/X"
     assert prefect.result(run_y) == "Y/Y/Y"
     assert sorted(os.listdir(agent_cwd)) == []
-    # Each run's directory went with its end.
-    workdirs = agents.workdirs(name)
-    assert not workdirs.exists() or sorted(os.listdir(workdirs)) == []
+    # Each run's directory goes with its end (the engine reports it a moment before).
+    assert_removed(agents.workdirs(name))
 
 
 PROJECT_FLOW = """\
@@ -221,8 +229,7 @@ def test_prefect2_local_path_deployments_each_run_their_own_project(
     wrong = [(project, ran[run]) for run, project in runs.items() if ran[run] != project]
     assert wrong == []
     assert sorted(os.listdir(agent_cwd)) == []
-    workdirs = agents.workdirs(name)
-    assert not workdirs.exists() or sorted(os.listdir(workdirs)) == []
+    assert_removed(agents.workdirs(name))
 
 
 def test_a_restarted_agent_removes_the_directories_of_runs_that_ended_meanwhile(
