@@ -255,10 +255,10 @@ class PrefectBackend:
             log.warning("workdirs_not_swept", error=str(exc))
             return
         ended = [r for r in leftovers if r not in live]
-        kept = self.workdirs.in_use(ended)
+        kept = await asyncio.to_thread(self.workdirs.in_use, ended)
         for run_id in ended:
             if run_id not in kept:
-                self.workdirs.remove(run_id)
+                await self._remove_workdir(run_id)
         self._workdirs_swept = True
         if leftovers:
             log.info(
@@ -266,6 +266,10 @@ class PrefectBackend:
                 removed=len(ended) - len(kept),
                 kept=len(leftovers) - len(ended) + len(kept),
             )
+
+    async def _remove_workdir(self, run_id: UUID) -> None:
+        # Off the event loop: a large clone takes a while to delete, and heartbeats must not wait.
+        await asyncio.to_thread(self.workdirs.remove, run_id)
 
     async def _claim_once(self, queue: PQueue, tags: Sequence[str], limit: int) -> list[ClaimedRun]:
         ours = await self.claims.take(queue, tags, limit, self._claimer().message())
@@ -301,7 +305,7 @@ class PrefectBackend:
             self.claims.held.pop(run_id, None)
             if proposal.type.is_terminal or proposal.type is StateType.SCHEDULED:
                 # The daemon reports an end (or hands a run back) once its process is over.
-                self.workdirs.remove(run_id)
+                await self._remove_workdir(run_id)
         return self._flow_run(run)
 
     async def _report(self, run: PRun, proposal: StateProposal) -> None:
@@ -335,7 +339,7 @@ class PrefectBackend:
         if ours:
             return self._flow_run(run)
         self.claims.held.pop(run.id, None)
-        self.workdirs.remove(run.id)  # the daemon will not start it
+        await self._remove_workdir(run.id)  # the daemon will not start it
         if run.state_type == "CANCELLING" and held is not None:
             # Cancelled while PENDING: nobody else will finish the cancel.
             with contextlib.suppress(Conflict):
