@@ -71,6 +71,7 @@ def prefect_backend(
         auth_string=settings.api_auth_string,
         runner_options=runner_options,
         home=settings.home,
+        prefetch_seconds=settings.prefetch_seconds,
     )
 
 

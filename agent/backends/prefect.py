@@ -8,9 +8,10 @@ daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's s
                         interpreter (runner option ``python``) has prefect installed
     heartbeat           POST work_pools/{pool}/workers/heartbeat: the agent is a worker of the
                         pool, ONLINE in Prefect's UI and API
-    claim               POST work_pools/{pool}/get_scheduled_flow_runs (pool-scoped, by queue
-                        id; runs of a same-named queue elsewhere and runs without our tags are
-                        dropped here), then a non-forced PENDING proposal per run under the
+    claim               POST work_pools/{pool}/get_scheduled_flow_runs for runs due within
+                        ``prefetch_seconds`` (pool-scoped, by queue id; runs of a same-named
+                        queue elsewhere and runs without our tags are dropped here), then a
+                        non-forced PENDING proposal per run under the
                         default name, with one transition id per run: a retried proposal comes
                         back REJECTed with our own state, which is a claim. Prefect has no long
                         poll, so a claim polls every ``poll_seconds`` up to ``wait_seconds``.
@@ -28,6 +29,11 @@ A run whose deployment names no working directory runs in a fresh one of its own
 Prefect's worker (:mod:`agent.backends.prefect_workdirs`): made when it is claimed, removed
 when the daemon reports its end (the process is over by then) or hands it back, and, for runs
 that ended while the agent was down, before the first claim of its next life.
+
+Scheduled runs are claimed up to ``prefetch_seconds`` (10) early, as Prefect's worker does
+(PREFECT_WORKER_PREFETCH_SECONDS), and handed to the daemon as due now: their engine starts at
+once, loads the flow, and proposes RUNNING, which the server answers with WAIT until the run's
+scheduled time. So the flow begins on time instead of one engine start-up (~2 s) late.
 
 Who claimed a run is written into its PENDING state's message ("claimed by flowagent agent
 NAME on HOST (pid N)"), so a restarted agent finds the runs its earlier life left behind.
@@ -116,6 +122,7 @@ class PrefectBackend:
         poll_seconds: float = POLL_SECONDS,
         hostname: str | None = None,
         home: Path,
+        prefetch_seconds: float = 0.0,
     ) -> None:
         self.http = http
         self.api_url = api_url.rstrip("/")
@@ -130,6 +137,7 @@ class PrefectBackend:
             workdirs=self.workdirs,
         )
         self.poll_seconds = poll_seconds
+        self.prefetch_seconds = prefetch_seconds
         self.hostname = hostname or socket.gethostname()
         self.pid = os.getpid()
         self._queue: PQueue | None = None
@@ -222,7 +230,9 @@ class PrefectBackend:
     ) -> list[ClaimedRun]:
         """Poll for due runs until one is ours or ``wait_seconds`` pass.
 
-        ``lead_seconds`` is ignored: a Prefect run is claimed once due, as Prefect's worker does.
+        ``lead_seconds`` is ignored: a Prefect run is claimed up to ``prefetch_seconds`` early
+        instead, as Prefect's worker claims up to PREFECT_WORKER_PREFETCH_SECONDS early, and
+        its flow is held to its time by the server (see the module's docstring).
 
         Runs taken by a call that failed on the way (``claim_id`` or not) are answered by the
         next call: every claim starts with the runs we proposed for and never handed out.
@@ -272,11 +282,20 @@ class PrefectBackend:
         await asyncio.to_thread(self.workdirs.remove, run_id)
 
     async def _claim_once(self, queue: PQueue, tags: Sequence[str], limit: int) -> list[ClaimedRun]:
-        ours = await self.claims.take(queue, tags, limit, self._claimer().message())
+        ours = await self.claims.take(
+            queue, tags, limit, self._claimer().message(), self.prefetch_seconds
+        )
         if not ours:
             return []
         deployments: dict[UUID, PDeployment | None] = {}
         claimed = [await self.launcher.claimed_run(queue, run, deployments) for run in ours]
+        now = utcnow()
+        for item in claimed:
+            if item.flow_run.expected_start_time > now:
+                # Due now to the daemon, which starts a run when it is due: Prefect's engine
+                # takes ~2 s to start, and the server, not the daemon, holds its flow to the
+                # scheduled time (RUNNING is answered WAIT until then).
+                item.flow_run.expected_start_time = now
         for item in claimed:
             held = self.claims.held[item.flow_run.id]
             held.handed_out = True
