@@ -251,9 +251,9 @@ class PrefectBackend:
 
     async def _sweep_workdirs(self) -> None:
         """Remove what an earlier life left of runs that are over (the daemon has taken over
-        or reported those it could by now). Kept: runs Prefect has PENDING, RUNNING or
-        CANCELLING (their process may be at work; their end removes them) and directories a
-        live process works in. A server that cannot answer now is asked at the next claim."""
+        or reported those it could by now). Kept: runs Prefect has PENDING, RUNNING,
+        CANCELLING or PAUSED (their process may be at work; their end removes them) and
+        directories a live process works in. A server that cannot answer now is asked at the next claim."""
         leftovers = [r for r in self.workdirs.leftovers() if r not in self.claims.held]
         live: set[UUID] = set()
         try:

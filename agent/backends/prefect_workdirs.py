@@ -31,8 +31,9 @@ from agent.fence import FenceDir
 
 log = structlog.get_logger("agent.prefect")
 
-#: Prefect states in which a run's process may still be working in its directory.
-LIVE_STATES = frozenset({"PENDING", "RUNNING", "CANCELLING"})
+#: Prefect states in which a run's process may still be working in its directory (a flow
+#: paused without suspending waits in its process).
+LIVE_STATES = frozenset({"PENDING", "RUNNING", "CANCELLING", "PAUSED"})
 
 
 class RunDirs:
