@@ -8,6 +8,7 @@ does the same (``prefetch_seconds``). Against real Prefect 3 and 2.20.27 servers
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,56 @@ def test_a_run_scheduled_15s_ahead_is_running_within_half_a_second_of_its_time(
     # than half a second is left (core_policy.py, WaitForScheduledTime), for Prefect's worker too.
     assert -0.5 <= late <= 0.5, late
     assert 0 < early <= 10.5, early  # claimed ahead, never more than the prefetch
+
+
+RETRIED_FLOW = """\
+import os
+import time
+from pathlib import Path
+
+from prefect import flow
+
+
+@flow(retries=1, retry_delay_seconds=3)
+def flaky(marker_dir: str) -> int:
+    marks = Path(marker_dir)
+    attempt = len(list(marks.iterdir()))
+    (marks / f"{attempt}-{os.getpid()}").write_text("")
+    if attempt == 0:
+        raise RuntimeError("the first attempt fails")
+    time.sleep(3)
+    return attempt
+"""
+
+
+def test_a_flow_retrying_in_its_process_is_not_claimed_again(
+    prefect: PrefectHarness, agents: Agents, tmp_path: Path
+) -> None:
+    """A flow's retry waits in its engine as AwaitingRetry, a SCHEDULED state due within the
+    prefetch: the engine runs it again itself, so no agent may claim it (a second engine would
+    run the flow twice, and in the first one's directory)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "retried.py").write_text(RETRIED_FLOW)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    queue = prefect.queue()
+    flow = prefect.ok("POST", "flows/", json={"name": "flaky"})
+    steps = [{"prefect.deployments.steps.set_working_directory": {"directory": str(source)}}]
+    body = {
+        "name": "flaky",
+        "flow_id": flow["id"],
+        "work_pool_name": queue.pool,
+        "work_queue_name": queue.name,
+        "entrypoint": "retried.py:flaky",
+        "pull_steps": steps,
+    }
+    deployment = prefect.ok("POST", "deployments/", json=body)["id"]
+    agents.start(queue)
+    run = prefect.run(deployment, marker_dir=str(marks))
+
+    assert prefect.wait_state(run, TERMINAL, timeout=90)["type"] == "COMPLETED"
+    assert prefect.result(run) == 1
+    assert len({name.split("-")[1] for name in os.listdir(marks)}) == 1  # one process
+    assert sorted(name.split("-")[0] for name in os.listdir(marks)) == ["0", "1"]
+    assert prefect.claims(run) == 1
