@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conformance.harness import TERMINAL, Agents, PrefectHarness
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +116,30 @@ def test_a_flow_retrying_in_its_process_is_not_claimed_again(
     assert len({name.split("-")[1] for name in os.listdir(marks)}) == 1  # one process
     assert sorted(name.split("-")[0] for name in os.listdir(marks)) == ["0", "1"]
     assert prefect.claims(run) == 1
+
+
+def test_a_prefetched_run_cancelled_before_its_time_never_runs(
+    prefect: PrefectHarness, agents: Agents, tmp_path: Path
+) -> None:
+    """Claimed ahead, its engine waiting for the scheduled time, a run cancelled meanwhile ends
+    CANCELLED without ever being RUNNING, and its flow never begins."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    queue = prefect.queue()
+    deployment = prefect.deployment(queue, "flows.py:mark", marker_dir=str(marks))
+    agents.start(queue)
+    due = datetime.now(UTC) + timedelta(seconds=20)
+    body = {
+        "parameters": {},
+        "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due.isoformat()}},
+    }
+    run = str(prefect.ok("POST", f"deployments/{deployment}/create_flow_run", json=body)["id"])
+    prefect.wait_state(run, {"PENDING"}, timeout=30)  # claimed ~10 s ahead
+    wait_for(lambda: prefect.flow_pid(run), timeout=10, what="the engine to start")
+
+    prefect.cancel(run)
+
+    assert prefect.wait_state(run, TERMINAL, timeout=30)["type"] == "CANCELLED"
+    assert datetime.now(UTC) < due  # over before it was due
+    assert "RUNNING" not in prefect.history(run)
+    assert os.listdir(marks) == []
