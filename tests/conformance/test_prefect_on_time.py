@@ -89,8 +89,12 @@ def test_a_flow_retrying_in_its_process_is_not_claimed_again(
     prefect: PrefectHarness, agents: Agents, tmp_path: Path
 ) -> None:
     """A flow's retry waits in its engine as AwaitingRetry, a SCHEDULED state due within the
-    prefetch: the engine runs it again itself, so no agent may claim it (a second engine would
-    run the flow twice, and in the first one's directory)."""
+    prefetch: the engine runs it again itself, so no agent may claim it, neither the one that
+    runs it nor another on the queue (a second engine would run the flow twice, in the first
+    one's directory). What keeps it off the scheduled list is the server's bookkeeping: the
+    AwaitingRetry replaces a rejected FAILED, so the run's ``next_scheduled_start_time``, which
+    ``get_scheduled_flow_runs`` filters on, stays unset (3.9.1 ``global_policy.py``,
+    SetNextScheduledStartTime; 2.20.27 the same)."""
     source = tmp_path / "source"
     source.mkdir()
     (source / "retried.py").write_text(RETRIED_FLOW)
@@ -108,6 +112,7 @@ def test_a_flow_retrying_in_its_process_is_not_claimed_again(
         "pull_steps": steps,
     }
     deployment = prefect.ok("POST", "deployments/", json=body)["id"]
+    agents.start(queue)
     agents.start(queue)
     run = prefect.run(deployment, marker_dir=str(marks))
 
