@@ -144,7 +144,9 @@ def test_a_prefetched_run_cancelled_before_its_time_never_runs(
 
     prefect.cancel(run)
 
-    assert prefect.wait_state(run, TERMINAL, timeout=30)["type"] == "CANCELLED"
+    # Prefect 3's engine answers the SIGTERM with a forced CRASHED; the agent's CANCELLED
+    # follows a moment later (docs/PREFECT_BACKEND.md, "Cancellation history").
+    prefect.wait_state(run, {"CANCELLED"}, timeout=30)
     assert datetime.now(UTC) < due  # over before it was due
     assert "RUNNING" not in prefect.history(run)
     assert os.listdir(marks) == []
