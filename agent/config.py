@@ -173,6 +173,11 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative_float,
         "claim scheduled runs this early, so they start on time",
     ),
+    Setting(
+        "prefetch_seconds",
+        _non_negative_float,
+        "Prefect servers: claim scheduled runs this early and start their engine ahead",
+    ),
     Setting("cancel_grace_seconds", _non_negative_float, "interrupt → terminate grace"),
     Setting("drain_timeout_seconds", _non_negative_float, "on SIGTERM, let runs finish this long"),
     Setting("cancel_poll_seconds", _positive_float, "how often the agent checks for cancels"),
@@ -219,6 +224,8 @@ class Settings:
     heartbeat_seconds: float = 5.0
     claim_wait_seconds: float = 10.0
     start_lead_seconds: float = 0.5
+    # Prefect's worker default (PREFECT_WORKER_PREFETCH_SECONDS).
+    prefetch_seconds: float = 10.0
     cancel_grace_seconds: float = 10.0
     cancel_poll_seconds: float = 1.0
     drain_timeout_seconds: float = 30.0

@@ -70,6 +70,8 @@ def prefect_backend(
         api_key=settings.api_key,
         auth_string=settings.api_auth_string,
         runner_options=runner_options,
+        home=settings.home,
+        prefetch_seconds=settings.prefetch_seconds,
     )
 
 

@@ -8,9 +8,10 @@ daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's s
                         interpreter (runner option ``python``) has prefect installed
     heartbeat           POST work_pools/{pool}/workers/heartbeat: the agent is a worker of the
                         pool, ONLINE in Prefect's UI and API
-    claim               POST work_pools/{pool}/get_scheduled_flow_runs (pool-scoped, by queue
-                        id; runs of a same-named queue elsewhere and runs without our tags are
-                        dropped here), then a non-forced PENDING proposal per run under the
+    claim               POST work_pools/{pool}/get_scheduled_flow_runs for runs due within
+                        ``prefetch_seconds`` (pool-scoped, by queue id; runs of a same-named
+                        queue elsewhere and runs without our tags are dropped here), then a
+                        non-forced PENDING proposal per run under the
                         default name, with one transition id per run: a retried proposal comes
                         back REJECTed with our own state, which is a claim. Prefect has no long
                         poll, so a claim polls every ``poll_seconds`` up to ``wait_seconds``.
@@ -23,6 +24,16 @@ daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's s
     cancelling_runs     POST flow_runs/filter: the runs we launched that are CANCELLING
     claimed_runs        our queue's PENDING/RUNNING/CANCELLING runs this agent (name and host)
                         claimed in a life that is over, or claimed and never handed out
+
+A run whose deployment names no working directory runs in a fresh one of its own, as under
+Prefect's worker (:mod:`agent.backends.prefect_workdirs`): made when it is claimed, removed
+when the daemon reports its end (the process is over by then) or hands it back, and, for runs
+that ended while the agent was down, before the first claim of its next life.
+
+Scheduled runs are claimed up to ``prefetch_seconds`` (10) early, as Prefect's worker does
+(PREFECT_WORKER_PREFETCH_SECONDS), and handed to the daemon as due now: their engine starts at
+once, loads the flow, and proposes RUNNING, which the server answers with WAIT until the run's
+scheduled time. So the flow begins on time instead of one engine start-up (~2 s) late.
 
 Who claimed a run is written into its PENDING state's message ("claimed by flowagent agent
 NAME on HOST (pid N)"), so a restarted agent finds the runs its earlier life left behind.
@@ -40,6 +51,7 @@ import os
 import signal
 import socket
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -62,7 +74,8 @@ from agent.backends.prefect_wire import (
     split_infrastructure_pid,
     work_queue,
 )
-from agent.errors import ConfigError, Conflict, NotFound
+from agent.backends.prefect_workdirs import LIVE_STATES, RunDirs
+from agent.errors import ConfigError, Conflict, FlowAgentError, NotFound
 from agent.models import (
     AgentRecord,
     AgentStatus,
@@ -108,17 +121,23 @@ class PrefectBackend:
         runner_options: Mapping[str, Any] | None = None,
         poll_seconds: float = POLL_SECONDS,
         hostname: str | None = None,
+        home: Path,
+        prefetch_seconds: float = 0.0,
     ) -> None:
         self.http = http
         self.api_url = api_url.rstrip("/")
+        self.workdirs = RunDirs(home)
+        self._workdirs_swept = False
         self.launcher = Launcher(
             http,
             api_url=self.api_url,
             api_key=api_key,
             auth_string=auth_string,
             runner_options=runner_options,
+            workdirs=self.workdirs,
         )
         self.poll_seconds = poll_seconds
+        self.prefetch_seconds = prefetch_seconds
         self.hostname = hostname or socket.gethostname()
         self.pid = os.getpid()
         self._queue: PQueue | None = None
@@ -168,6 +187,7 @@ class PrefectBackend:
     async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
         queue = self._require_queue(beat.work_queue_id)
         self._agent_name = beat.name
+        self.workdirs.bind(beat.name)
         await self.http.request(
             "POST",
             f"{pool_path(queue)}/workers/heartbeat",
@@ -210,12 +230,16 @@ class PrefectBackend:
     ) -> list[ClaimedRun]:
         """Poll for due runs until one is ours or ``wait_seconds`` pass.
 
-        ``lead_seconds`` is ignored: a Prefect run is claimed once due, as Prefect's worker does.
+        ``lead_seconds`` is ignored: a Prefect run is claimed up to ``prefetch_seconds`` early
+        instead, as Prefect's worker claims up to PREFECT_WORKER_PREFETCH_SECONDS early, and
+        its flow is held to its time by the server (see the module's docstring).
 
         Runs taken by a call that failed on the way (``claim_id`` or not) are answered by the
         next call: every claim starts with the runs we proposed for and never handed out.
         """
         queue = self._require_queue(queue_id)
+        if not self._workdirs_swept:
+            await self._sweep_workdirs()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         while True:
@@ -225,12 +249,53 @@ class PrefectBackend:
                 return claimed
             await asyncio.sleep(min(self.poll_seconds, left))
 
+    async def _sweep_workdirs(self) -> None:
+        """Remove what an earlier life left of runs that are over (the daemon has taken over
+        or reported those it could by now). Kept: runs Prefect has PENDING, RUNNING,
+        CANCELLING or PAUSED (their process may be at work; their end removes them) and
+        directories a live process works in. A server that cannot answer now is asked at the next claim."""
+        leftovers = [r for r in self.workdirs.leftovers() if r not in self.claims.held]
+        live: set[UUID] = set()
+        try:
+            for start in range(0, len(leftovers), PAGE):
+                page = leftovers[start : start + PAGE]
+                runs = await self._filter({"id": {"any_": [str(i) for i in page]}})
+                live.update(run.id for run in runs if run.state_type in LIVE_STATES)
+        except FlowAgentError as exc:
+            log.warning("workdirs_not_swept", error=str(exc))
+            return
+        ended = [r for r in leftovers if r not in live]
+        kept = await asyncio.to_thread(self.workdirs.in_use, ended)
+        for run_id in ended:
+            if run_id not in kept:
+                await self._remove_workdir(run_id)
+        self._workdirs_swept = True
+        if leftovers:
+            log.info(
+                "workdirs_swept",
+                removed=len(ended) - len(kept),
+                kept=len(leftovers) - len(ended) + len(kept),
+            )
+
+    async def _remove_workdir(self, run_id: UUID) -> None:
+        # Off the event loop: a large clone takes a while to delete, and heartbeats must not wait.
+        await asyncio.to_thread(self.workdirs.remove, run_id)
+
     async def _claim_once(self, queue: PQueue, tags: Sequence[str], limit: int) -> list[ClaimedRun]:
-        ours = await self.claims.take(queue, tags, limit, self._claimer().message())
+        ours = await self.claims.take(
+            queue, tags, limit, self._claimer().message(), self.prefetch_seconds
+        )
         if not ours:
             return []
         deployments: dict[UUID, PDeployment | None] = {}
         claimed = [await self.launcher.claimed_run(queue, run, deployments) for run in ours]
+        now = utcnow()
+        for item in claimed:
+            if item.flow_run.expected_start_time > now:
+                # Due now to the daemon, which starts a run when it is due: Prefect's engine
+                # takes ~2 s to start, and the server, not the daemon, holds its flow to the
+                # scheduled time (RUNNING is answered WAIT until then).
+                item.flow_run.expected_start_time = now
         for item in claimed:
             held = self.claims.held[item.flow_run.id]
             held.handed_out = True
@@ -257,6 +322,9 @@ class PrefectBackend:
             # This claim is over whatever the answer: a report retried later (the daemon's
             # spool) is checked against the run's history instead.
             self.claims.held.pop(run_id, None)
+            if proposal.type.is_terminal or proposal.type is StateType.SCHEDULED:
+                # The daemon reports an end (or hands a run back) once its process is over.
+                await self._remove_workdir(run_id)
         return self._flow_run(run)
 
     async def _report(self, run: PRun, proposal: StateProposal) -> None:
@@ -290,6 +358,7 @@ class PrefectBackend:
         if ours:
             return self._flow_run(run)
         self.claims.held.pop(run.id, None)
+        await self._remove_workdir(run.id)  # the daemon will not start it
         if run.state_type == "CANCELLING" and held is not None:
             # Cancelled while PENDING: nobody else will finish the cancel.
             with contextlib.suppress(Conflict):

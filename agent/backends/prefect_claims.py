@@ -13,7 +13,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import quote
 from uuid import UUID, uuid4
 
@@ -55,13 +55,20 @@ class Claims:
         self.held: dict[UUID, Held] = {}
 
     async def take(
-        self, queue: PQueue, tags: Sequence[str], limit: int, message: str
+        self,
+        queue: PQueue,
+        tags: Sequence[str],
+        limit: int,
+        message: str,
+        prefetch_seconds: float = 0.0,
     ) -> list[PRun]:
         """Up to ``limit`` runs of the queue claimed for us: first those an earlier call took
-        and never handed out, then due runs carrying ``tags``. ``message`` says who claims."""
+        and never handed out, then runs carrying ``tags`` due within ``prefetch_seconds``.
+        ``message`` says who claims."""
         ours = await self.recover(limit)
         if len(ours) < limit:
-            for run in await self.due_runs(queue, tags, limit - len(ours)):
+            wanted = limit - len(ours)
+            for run in await self.due_runs(queue, tags, wanted, prefetch_seconds):
                 if await self.propose_pending(run, message):
                     ours.append(run)
                     if len(ours) >= limit:
@@ -95,10 +102,12 @@ class Claims:
                 del self.held[run_id]
         return ours
 
-    async def due_runs(self, queue: PQueue, tags: Sequence[str], wanted: int) -> list[PRun]:
+    async def due_runs(
+        self, queue: PQueue, tags: Sequence[str], wanted: int, prefetch_seconds: float = 0.0
+    ) -> list[PRun]:
         body = {
             "work_queue_names": [queue.name],
-            "scheduled_before": utcnow().isoformat(),
+            "scheduled_before": (utcnow() + timedelta(seconds=prefetch_seconds)).isoformat(),
             # Tags are matched here, not by the server: look further down the list for them.
             "limit": PAGE if tags else min(PAGE, wanted * 4 + 10),
         }

@@ -29,6 +29,7 @@ from agent.backends.prefect_wire import (
     flow_run,
     working_directory,
 )
+from agent.backends.prefect_workdirs import RunDirs
 from agent.errors import ConfigError, NotFound
 from agent.models import ClaimedRun, Deployment, utcnow
 
@@ -46,8 +47,10 @@ class Launcher:
         api_key: str | None = None,
         auth_string: str | None = None,
         runner_options: Mapping[str, Any] | None = None,
+        workdirs: RunDirs,
     ) -> None:
         self.http = http
+        self.workdirs = workdirs
         self.python = str((runner_options or {}).get("python") or sys.executable)
         # What the engine in the child needs to reach the server as we do.
         self.engine_env = {"PREFECT_API_URL": api_url}
@@ -106,7 +109,8 @@ class Launcher:
             name=prefect.name,
             work_queue_id=queue.id,
             command=[self.python, "-m", "prefect.engine"],
-            working_dir=working_directory(prefect, run),
+            # Never the agent's own directory: the engine fetches the flow's code into it.
+            working_dir=working_directory(prefect, run) or str(self.workdirs.create(run.id)),
             tags=prefect.tags,
             # The daemon adds the agent's --runner-option defaults for subprocess runs; the
             # only one that matters here, python, is already in the command.

@@ -427,6 +427,7 @@ class Agents:
         name: str | None = None,
         env: Mapping[str, str] | None = None,
         engine_args: bool = True,
+        cwd: Path | None = None,
     ) -> tuple[subprocess.Popen[bytes], str]:
         name = name or unique("agent")
         log_path = self.home / f"{name}.log"
@@ -444,9 +445,14 @@ class Agents:
                 env=self.harness.agent_env(self.home / "agent-home") | dict(env or {}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=cwd,
             )
         self.started.append((process, log_path))
         return process, name
+
+    def workdirs(self, name: str) -> Path:
+        """Where the agent ``name`` makes its Prefect runs' working directories."""
+        return self.home / "agent-home" / "agents" / name / "workdirs"
 
     def logs(self) -> list[str]:
         return [path.read_text(errors="replace") for _, path in self.started]

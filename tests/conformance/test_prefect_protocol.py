@@ -13,6 +13,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -43,13 +44,14 @@ def queue(prefect: PrefectHarness) -> Queue:
 
 @pytest.fixture
 def run_with(
-    prefect: PrefectHarness, queue: Queue
+    prefect: PrefectHarness, queue: Queue, tmp_path: Path
 ) -> Iterator[Callable[[Callable[[PrefectBackend], Awaitable[T]]], T]]:
     """Run ``body(backend)`` with a backend that resolved the queue and sent a heartbeat."""
 
     def run(body: Callable[[PrefectBackend], Awaitable[T]]) -> T:
         async def main() -> T:
-            settings = Settings(api_url=prefect.url, startup_timeout_seconds=15)
+            # Its own home: claimed runs get working directories under it.
+            settings = Settings(api_url=prefect.url, startup_timeout_seconds=15, home=tmp_path)
             backend = prefect_backend(settings, runner_options={"python": prefect.python})
             try:
                 await backend.get_queue(uuid.UUID(queue.id))
