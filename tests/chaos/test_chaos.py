@@ -75,6 +75,7 @@ class Fleet:
     kills: list[tuple[str, float]] = field(default_factory=list)
     # index -> the monotonic time to start it again
     pending: dict[int, float] = field(default_factory=dict)
+    started_at: dict[str, float] = field(default_factory=dict)
 
     def env(self, index: int) -> dict[str, str]:
         return self.server_env | {
@@ -91,6 +92,7 @@ class Fleet:
 
     def start(self, index: int) -> None:
         name = f"chaos-{index}"
+        self.started_at[name] = time.monotonic()
         with (self.home / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
                 [AGENT, "start", self.queue_id, "--name", name],
@@ -168,6 +170,10 @@ class Fleet:
         for index in list(self.pending):
             del self.pending[index]
             self.start(index)
+        # One started a moment ago would die of the SIGTERM before Python has set up anything
+        # to handle it: stopping cleanly is tested for agents that are up.
+        youngest = max(self.started_at.values(), default=0.0)
+        time.sleep(max(0.0, youngest + 5 - time.monotonic()))
         return [stop(p, timeout=90) for p in self.processes.values()]
 
 
