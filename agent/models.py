@@ -6,6 +6,7 @@ they validate on both ends of the HTTP conversation and print the same JSON ever
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -267,6 +268,53 @@ class Schedule(ScheduleCreate):
 # --------------------------------------------------------------------------- deployments
 
 
+# --------------------------------------------------------------------------- sizes
+
+#: A run's parameters as JSON, at most. The subprocess and Docker runners hand them to the flow in
+#: one environment variable, and Linux takes at most 128 KiB for one (MAX_ARG_STRLEN, name
+#: included): larger parameters could be stored but never run. Pass large data by reference.
+MAX_PARAMETERS_BYTES = 128 * 1024 - 64
+#: One env value, at most (the same kernel limit), and all of a deployment's or a run's env
+#: together (a process's whole environment and argv share about 2 MiB).
+MAX_ENV_VALUE_BYTES = 128 * 1024 - 256
+MAX_ENV_BYTES = 1024 * 1024
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+
+
+def _check_parameters(value: dict[str, Any]) -> dict[str, Any]:
+    size = _json_size(value)
+    if size > MAX_PARAMETERS_BYTES:
+        raise ValueError(
+            f"parameters are {size:,} bytes as JSON; at most {MAX_PARAMETERS_BYTES:,} are "
+            "accepted (they reach the flow in one environment variable): pass large data by "
+            "reference, a path or a URL"
+        )
+    return value
+
+
+def _check_env(value: dict[str, str]) -> dict[str, str]:
+    total = 0
+    for name, text in value.items():
+        size = len(name.encode()) + len(text.encode()) + 2
+        if size > MAX_ENV_VALUE_BYTES:
+            raise ValueError(
+                f"env {name} is {size:,} bytes; one variable may hold at most "
+                f"{MAX_ENV_VALUE_BYTES:,} (a kernel limit): pass large data by reference"
+            )
+        total += size
+    if total > MAX_ENV_BYTES:
+        raise ValueError(f"env is {total:,} bytes in all; at most {MAX_ENV_BYTES:,} are accepted")
+    return value
+
+
+#: What a deployment or a run may be given; stored ones are read back as plain dicts.
+Parameters = Annotated[dict[str, Any], AfterValidator(_check_parameters)]
+Env = Annotated[dict[str, str], AfterValidator(_check_env)]
+
+
 class DeploymentCreate(_Model):
     """A deployment says what to run: a Python entrypoint or a command argv, and how."""
 
@@ -277,13 +325,13 @@ class DeploymentCreate(_Model):
     )
     command: list[str] | None = Field(default=None, description="an argv to run instead")
     working_dir: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: Parameters = Field(default_factory=dict)
     tags: list[TagText] = Field(default_factory=list)
     runner: str | None = Field(
         default=None, description="None: the agent's default runner (agent start --runner)"
     )
     runner_options: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: Env = Field(default_factory=dict)
     timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     retries: int = Field(default=0, ge=0, le=1000)
     retry_delay_seconds: float = Field(default=0, ge=0, le=MAX_SECONDS)
@@ -309,6 +357,8 @@ class DeploymentCreate(_Model):
 class Deployment(DeploymentCreate):
     name: str  # as stored (see NameText)
     tags: list[str] = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
     id: UUID
     created: datetime
     updated: datetime
@@ -326,9 +376,9 @@ class State(_Model):
 
 
 class FlowRunCreate(_Model):
-    parameters: dict[str, Any] = Field(default_factory=dict, description="over the deployment's")
+    parameters: Parameters = Field(default_factory=dict, description="over the deployment's")
     tags: list[TagText] = Field(default_factory=list, description="added to the deployment's")
-    env: dict[str, str] = Field(default_factory=dict, description="over the deployment's")
+    env: Env = Field(default_factory=dict, description="over the deployment's")
     expected_start_time: datetime | None = Field(default=None, description="default: now")
 
 

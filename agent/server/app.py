@@ -20,6 +20,7 @@ from agent.server.claims import Notifier
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
 from agent.server.leases import lease_keeper
+from agent.server.limits import BodyLimit
 from agent.server.metrics import install_metrics
 from agent.server.notifications import NotificationConfig
 from agent.server.routes import (
@@ -122,6 +123,7 @@ def create_app(
     api.include_router(protected)
     app.include_router(api)
     install_metrics(app, db, settings.lease_seconds)  # GET /metrics, request counters
+    app.add_middleware(BodyLimit)  # a 413 before an oversized body is read into memory
 
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)

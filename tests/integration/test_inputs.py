@@ -1,7 +1,8 @@
 """Inputs that must be refused, with a message that says why: a real server, the real CLI.
 
 Runner options with no runner named, an interval schedule too short to be one, NUL bytes in
-names and tags, and a deployment file whose aliases expand without bound.
+names and tags, a deployment file whose aliases expand without bound, and bodies, parameters
+and env too large to hold or to run.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from agent.models import MAX_ENV_VALUE_BYTES, MAX_PARAMETERS_BYTES
+from agent.server.limits import MAX_REQUEST_BYTES
 from tests.support import Server, cli, make_deployment, make_queue, running_server
 
 pytestmark = pytest.mark.integration
@@ -119,3 +123,71 @@ def test_an_alias_bomb_in_a_deployment_file_is_refused_at_once(
     assert result.returncode == 1
     assert "aliases expand to more than 100,000 values" in result.stderr
     assert api.get("deployments/name/bomb").status_code == 404
+
+
+def test_an_oversized_request_body_is_refused_before_it_is_read(
+    server: Server, api: httpx.Client
+) -> None:
+    rss_before = psutil.Process(server.process.pid).memory_info().rss
+    queue = make_queue(api)
+    huge = {"name": unique("d"), "work_queue_id": queue["id"], "command": ["true"]}
+    huge["parameters"] = {"blob": "x" * (MAX_REQUEST_BYTES + 1)}
+    response = api.post("deployments", json=huge)
+    assert response.status_code == 413, response.text[:200]
+    assert "request body too large" in response.json()["detail"]
+
+    # A chunked body declares no length: it is counted as it arrives and cut off at the limit.
+    def chunks() -> Iterator[bytes]:
+        yield b'{"name": "streamed", "parameters": {"blob": "'
+        for _ in range(200):  # 200 MiB, far past the limit
+            yield b"x" * (1024 * 1024)
+        yield b'"}}'
+
+    try:
+        streamed = api.post("deployments", content=chunks())
+    except httpx.TransportError:
+        pass  # the server may close the connection while the client still writes; also refused
+    else:
+        assert streamed.status_code == 413, streamed.text[:200]
+    assert api.get("deployments/name/streamed").status_code == 404
+    assert api.get("health").status_code == 200
+    # Neither body was held: the server grew by far less than what was sent.
+    grown = psutil.Process(server.process.pid).memory_info().rss - rss_before
+    assert grown < 64 * 1024 * 1024, f"server RSS grew by {grown:,} bytes"
+
+
+def test_parameters_and_env_over_their_limits_get_a_clear_422(
+    server: Server, api: httpx.Client
+) -> None:
+    queue = make_queue(api)
+    body = {"name": unique("d"), "work_queue_id": queue["id"], "command": ["true"]}
+    big = "x" * MAX_PARAMETERS_BYTES
+    for fields, message in [
+        ({"parameters": {"p": big}}, "pass large data by reference"),
+        ({"env": {"BIG": "x" * MAX_ENV_VALUE_BYTES}}, "one variable may hold at most"),
+        ({"env": {f"E{n}": "x" * 100_000 for n in range(11)}}, "env is"),
+    ]:
+        response = api.post("deployments", json=body | fields)
+        assert response.status_code == 422, response.text[:200]
+        assert message in response.json()["detail"], response.json()["detail"][:300]
+    assert api.get(f"deployments/name/{body['name']}").status_code == 404
+
+    deployment = make_deployment(api, queue, command=["true"])
+    response = api.post(f"deployments/{deployment['id']}/runs", json={"parameters": {"p": big}})
+    assert response.status_code == 422 and "parameters are" in response.json()["detail"]
+    # Just under the limit is fine, and comes back whole.
+    fits = "y" * (MAX_PARAMETERS_BYTES - 64)
+    made = api.post(f"deployments/{deployment['id']}/runs", json={"parameters": {"p": fits}})
+    assert made.status_code == 201, made.text[:200]
+    assert api.get(f"flow_runs/{made.json()['id']}").json()["parameters"]["p"] == fits
+
+    # The CLI says so before it sends anything.
+    runs_before = api.get("flow_runs", params={"deployment_id": deployment["id"]}).json()
+    refused = cli(
+        server, "deployment", "run", deployment["name"], "--param", f"p={big}", check=False
+    )
+    assert refused.returncode != 0
+    assert "pass large data by reference" in refused.stderr, refused.stderr[-500:]
+    assert "Traceback" not in refused.stderr
+    runs_after = api.get("flow_runs", params={"deployment_id": deployment["id"]}).json()
+    assert len(runs_after) == len(runs_before)
