@@ -109,9 +109,9 @@ class LogShipper:
         return buffer.room
 
     def sink_for(
-        self, run_id: UUID, redact: Callable[[str], str] | None = None
+        self, run_id: UUID, redact: Callable[[str, str], str] | None = None
     ) -> Callable[[str, str], None]:
-        """The sink a runner hands ``run_id``'s output to: lines are redacted by ``redact``."""
+        """The sink a runner hands ``run_id``'s output to; ``redact(stream, line)`` masks lines."""
         return _RunSink(self, run_id, redact)
 
     def buffered(self, run_id: UUID) -> int:
@@ -173,7 +173,7 @@ class _RunSink:
     """A run's output sink (runners/base.py, OutputSink) that can ask its runner to wait."""
 
     def __init__(
-        self, shipper: LogShipper, run_id: UUID, redact: Callable[[str], str] | None
+        self, shipper: LogShipper, run_id: UUID, redact: Callable[[str, str], str] | None
     ) -> None:
         self._shipper = shipper
         self._run_id = run_id
@@ -181,7 +181,7 @@ class _RunSink:
 
     def __call__(self, stream: str, line: str) -> None:
         if self._redact is not None:
-            line = self._redact(line)
+            line = self._redact(stream, line)
         self._shipper.add(self._run_id, stream, line, "ERROR" if stream == "stderr" else "INFO")
 
     def room(self) -> asyncio.Future[None] | None:

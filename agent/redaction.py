@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from runners.base import LINE_PIECE
+
 MASK = "********"
 MIN_SECRET_LENGTH = 6
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
@@ -65,6 +67,25 @@ def mask_env_fields(value: Any, patterns: Iterable[str] = DEFAULT_SECRET_PATTERN
     if isinstance(value, list | tuple):
         return type(value)(mask_env_fields(v, patterns) for v in value)
     return value
+
+
+def _is_piece(line: str) -> bool:
+    """Whether a runner cut ``line`` from a longer one (it is full size: runners/base.py)."""
+    if len(line) >= LINE_PIECE:
+        return True
+    # A byte-stream runner cuts at 64 KiB of UTF-8, moved back to a character's start.
+    return len(line) >= LINE_PIECE // 4 and len(line.encode()) >= LINE_PIECE - 3
+
+
+def _open_tail(text: str, secrets: Iterable[str]) -> tuple[int, set[str]]:
+    """Where the longest end of ``text`` that starts a secret begins, and each such secret's rest."""
+    cut, rests = len(text), set()
+    for secret in secrets:
+        for size in range(min(len(secret) - 1, len(text)), 0, -1):
+            if text.endswith(secret[:size]):
+                cut = min(cut, len(text) - size)
+                rests.add(secret[size:])  # every size: "abab" may end "ab…" or be "ab" + "ab…"
+    return cut, rests
 
 
 def secret_values(
@@ -137,12 +158,41 @@ class Redactor:
         return mask_env(env, self.patterns)
 
     def wrap_sink(self, sink: Sink) -> Sink:
-        """A run-output sink that redacts each line before passing it on."""
+        """A run-output sink that redacts each line before passing it on (see :meth:`lines`)."""
+        redact = self.lines()
 
         def redacting(stream: str, line: str) -> None:
-            sink(stream, self.redact(line))
+            sink(stream, redact(stream, line))
 
         return redacting
+
+    def lines(self) -> Callable[[str, str], str]:
+        """``redact(stream, line)`` for one run's output, a secret cut by a long line's split too.
+
+        A runner passes a line longer than ``LINE_PIECE`` on in pieces (runners/base.py). A
+        secret the cut falls inside is half in one piece and half in the next, and neither half
+        matches on its own. So a full-size piece that ends with the start of a secret has that
+        end masked, and the next piece of the stream is masked where it starts with the rest.
+        The cost of not holding pieces back (live logs stay live): a giant line whose cut falls
+        after what merely looks like a secret's first characters loses them to the mask.
+        """
+        pending: dict[str, set[str]] = {}  # stream -> the rests a secret cut in two may end with
+
+        def redact(stream: str, line: str) -> str:
+            piece = _is_piece(line)
+            rests = pending.pop(stream, set())
+            head = max((r for r in rests if line.startswith(r)), key=len, default="")
+            text = self.redact(line[len(head) :])
+            if head:
+                text = MASK + text
+            if piece and self.secrets:
+                cut, rests = _open_tail(text, self.secrets)
+                if rests:
+                    pending[stream] = rests
+                    text = text[:cut] + MASK
+            return text
+
+        return redact
 
     def __call__(
         self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]

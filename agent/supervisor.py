@@ -216,7 +216,7 @@ class RunSupervisor:
         elif not isinstance(runner, AdoptingRunner):
             reason = f"the {runner.name} runner cannot take over runs"
         else:
-            sink = self.shipper.sink_for(self._run.id, self.redactor.redact)
+            sink = self.shipper.sink_for(self._run.id, self.redactor.lines())
             try:
                 handle = await runner.adopt(self._spec(), leftover.info, sink)
             except RunnerError as exc:
@@ -322,7 +322,7 @@ class RunSupervisor:
         """Start the run's process (or container) and list it with the fence at once."""
         assert not isinstance(self.runner, RunnerError)
         try:
-            sink = self.shipper.sink_for(self._run.id, self.redactor.redact)
+            sink = self.shipper.sink_for(self._run.id, self.redactor.lines())
             handle = await self.runner.start(self._spec(held), sink)
         except RunnerError as exc:
             log.warning("run_start_failed", error=self.redactor.redact(exc.message))

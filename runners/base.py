@@ -12,6 +12,12 @@ from uuid import UUID
 #: Called for every line a run prints: ``sink(stream, line)`` with stream "stdout" or "stderr".
 OutputSink = Callable[[str, str], None]
 
+#: A line longer than this (bytes of a byte stream, characters of a text stream) reaches the sink
+#: in pieces of this size, the last one shorter, so that no line can take the agent's memory. A
+#: sink can tell a piece that a line continues after by its size (secrets are masked across
+#: the cut: agent/redaction.py).
+LINE_PIECE = 64 * 1024
+
 
 @dataclass(frozen=True)
 class RunSpec:

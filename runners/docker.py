@@ -68,12 +68,11 @@ from runners.docker_config import (
     our_files,
 )
 from runners.outcome import completed, ended, failure_message
-from runners.output import ThreadHandoff
+from runners.output import ThreadHandoff, cut_lines
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-MAX_LINE_CHARS = 64 * 1024
 STDERR_CONTEXT_LINES = 5
 #: After the container exits, how long its log streams may take to deliver the rest.
 DRAIN_TIMEOUT = 5.0
@@ -455,10 +454,7 @@ def _signal_name(code: int) -> str | None:
 def _lines(chunks: Iterable[str], decoder: codecs.IncrementalDecoder) -> Iterable[str]:
     buffer = ""
     for text in chunks:
-        *lines, buffer = (buffer + text).split("\n")
-        while len(buffer) > MAX_LINE_CHARS:
-            lines.append(buffer[:MAX_LINE_CHARS])
-            buffer = buffer[MAX_LINE_CHARS:]
+        lines, buffer = cut_lines(buffer + text)
         yield from (line.removesuffix("\r") for line in lines)
     buffer += decoder.decode(b"", final=True)
     if buffer:

@@ -47,14 +47,20 @@ import structlog
 
 from agent.errors import RunnerError
 from runners import bootstrap
-from runners.base import HeldRunHandle, Outcome, OutputSink, Runner, RunResult, RunSpec
-from runners.output import ThreadHandoff
+from runners.base import (
+    HeldRunHandle,
+    Outcome,
+    OutputSink,
+    Runner,
+    RunResult,
+    RunSpec,
+)
+from runners.output import ThreadHandoff, cut_lines
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 #: Longer lines are handed to the sink in pieces of at most this many characters.
-MAX_LINE_CHARS = 64 * 1024
 STDERR_CONTEXT_LINES = 5
 _OUR_FILES = {__file__, bootstrap.__file__}
 
@@ -311,10 +317,7 @@ class _RunOutput:
         with self._lock:
             if self._closed:
                 return  # an abandoned thread still printing: the run is over
-            *lines, rest = (self._partial[stream] + text).split("\n")
-            while len(rest) > MAX_LINE_CHARS:
-                lines.append(rest[:MAX_LINE_CHARS])
-                rest = rest[MAX_LINE_CHARS:]
+            lines, rest = cut_lines(self._partial[stream] + text)
             self._partial[stream] = rest
             for line in lines:
                 self._emit(stream, line)

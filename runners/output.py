@@ -16,11 +16,24 @@ import contextvars
 import threading
 from collections.abc import Callable
 
-from runners.base import OutputSink
+from runners.base import LINE_PIECE, OutputSink
 
 #: At most this many characters of one run's output are on their way from a reader thread to
 #: the event loop (Docker's log streams, in-process flows' threads).
 IN_FLIGHT_CHARS = 256 * 1024
+
+
+def cut_lines(text: str) -> tuple[list[str], str]:
+    """``text``'s complete lines, those over ``LINE_PIECE`` characters cut into pieces, and the
+    rest after its last newline (full pieces of it moved to the lines, so it stays bounded)."""
+    *whole, rest = text.split("\n")
+    lines = [
+        line[i : i + LINE_PIECE] for line in whole for i in range(0, max(len(line), 1), LINE_PIECE)
+    ]
+    while len(rest) > LINE_PIECE:
+        lines.append(rest[:LINE_PIECE])
+        rest = rest[LINE_PIECE:]
+    return lines, rest
 
 
 def output_room(sink: OutputSink) -> asyncio.Future[None] | None:

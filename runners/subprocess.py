@@ -57,7 +57,15 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import RunnerError
-from runners.base import HeldRunHandle, Outcome, OutputSink, Runner, RunResult, RunSpec
+from runners.base import (
+    LINE_PIECE,
+    HeldRunHandle,
+    Outcome,
+    OutputSink,
+    Runner,
+    RunResult,
+    RunSpec,
+)
 from runners.outcome import completed, ended, failure_message
 from runners.output import output_room
 from runners.process_tree import signal_tree, watch_exit, watch_foreign_exit
@@ -66,7 +74,7 @@ log = structlog.get_logger(__name__)
 
 BOOTSTRAP = Path(__file__).resolve().with_name("bootstrap.py")
 #: Longer lines are handed to the sink in pieces of at most this many bytes.
-MAX_LINE_BYTES = 64 * 1024
+MAX_LINE_BYTES = LINE_PIECE
 #: How many stderr lines a FAILED or CRASHED message ends with.
 STDERR_CONTEXT_LINES = 5
 #: The bootstrap's exit code when the entrypoint could not be loaded.

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from runners.base import Outcome
+from agent.redaction import MASK, Redactor
+from runners.base import LINE_PIECE, Outcome
 from tests.contract.conftest import Harness, Sink, arun
 
 pytestmark = pytest.mark.integration
@@ -285,5 +286,30 @@ def test_a_full_sink_stops_the_output_and_none_is_lost(harness: Harness) -> None
         result = await handle.wait()
         assert result.outcome is Outcome.COMPLETED, result
         assert sink.of("stdout") == [f"{i:08d} " + "x" * (width - 9) for i in range(count)]
+
+    arun(scenario())
+
+
+def test_a_secret_cut_by_a_long_lines_split_is_masked(harness: Harness) -> None:
+    secret = "s3cr3t-t0ken-value-0123456789"
+    redactor = Redactor.build(env={"API_TOKEN": secret})
+    # The secret starts 10 characters before the 64 KiB cut: half in each piece.
+    before = LINE_PIECE - 10
+
+    async def scenario() -> None:
+        sink = Sink()
+        spec = harness.spec("long_line", parameters={"before": before, "text": secret})
+        handle = await harness.runner.start(spec, redactor.wrap_sink(sink))
+        result = await handle.wait()
+        assert result.outcome is Outcome.COMPLETED, result
+        pieces = sink.of("stdout")
+        assert len(pieces) == 2, [len(p) for p in pieces]  # the line was cut, at the secret
+        text = "".join(pieces)
+        assert MASK in text
+        # No piece of the secret longer than what may look like any text's first letters.
+        for size in (6, len(secret) - 10, 10):
+            for start in range(len(secret) - size + 1):
+                assert secret[start : start + size] not in text, secret[start : start + size]
+        assert text.startswith("x" * (before - 1)) and text.endswith("y" * 1000)
 
     arun(scenario())

@@ -18,6 +18,7 @@ MASK = "********"
 DEPLOY_TOKEN = "tok-deploy-0123456789"
 DB_PASSWORD = "pw-run-9876543210"
 API_KEY = "agent-api-key-5555"
+STRADDLE_AT = 64 * 1024 - 8
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,9 @@ def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
     queue = api.post("work_queues", json={"name": f"q-{uuid.uuid4().hex[:8]}"}).json()
     script = (
         'echo "token=$DEPLOY_TOKEN"; echo "key=$HANDED_OVER"; '
-        'echo "url=postgresql://app:$DB_PASSWORD@db/x"; echo "pw=$DB_PASSWORD" >&2; exit 3'
+        'echo "url=postgresql://app:$DB_PASSWORD@db/x"; echo "pw=$DB_PASSWORD" >&2; '
+        # One line of 64 KiB and more, cut by the agent where the token is: half in each piece.
+        f"printf '%{STRADDLE_AT}s' '' | tr ' ' x; echo \"$DEPLOY_TOKEN-after\"; exit 3"
     )
     deployment = api.post(
         "deployments",
@@ -70,6 +73,8 @@ def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
     assert f"key={MASK}" in lines
     assert f"url=postgresql://app:{MASK}@db/x" in lines
     assert f"pw={MASK}" in lines
+    cut = next(n for n, line in enumerate(lines) if line.startswith("xxxx"))
+    assert lines[cut : cut + 2] == ["x" * STRADDLE_AT + MASK, f"{MASK}-after"]
     # The failure message quotes stderr: masked too.
     assert f"pw={MASK}" in done["state"]["message"]
     assert inspect["env"] == {
@@ -79,7 +84,7 @@ def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(
         "HANDED_OVER": MASK,  # not a secret name, but the value is the CLI's API key
     }
     everything = json.dumps([lines, done["state"], inspect]) + log_path.read_text()
-    for secret in (DEPLOY_TOKEN, DB_PASSWORD, API_KEY):
+    for secret in (DEPLOY_TOKEN, DEPLOY_TOKEN[:8], DEPLOY_TOKEN[8:], DB_PASSWORD, API_KEY):
         where = everything.find(secret)
         assert where < 0, everything[max(0, where - 300) : where + 100]
 

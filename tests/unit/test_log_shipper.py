@@ -23,7 +23,7 @@ def test_a_full_buffer_asks_for_a_pause_until_a_send_has_halved_it() -> None:
         line = "x" * (1000 - LINE_OVERHEAD)  # costs 1,000 bytes
         shipper = LogShipper(send, batch=10, max_buffer=20_000, max_batch_bytes=5_000)
         run = uuid.uuid4()
-        sink = shipper.sink_for(run, str.upper)
+        sink = shipper.sink_for(run, lambda _stream, line: line.upper())
         for _ in range(19):
             sink("stdout", line)
         assert output_room(sink) is None

@@ -24,6 +24,7 @@ from agent.redaction import (
     mask_env_fields,
     secret_values,
 )
+from runners.base import LINE_PIECE
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +143,49 @@ def test_wrap_sink_redacts_each_line() -> None:
     sink("stdout", "password is hunter2-hunter2")
 
     assert lines == [("stdout", f"password is {MASK}")]
+
+
+SECRET = "hunter2-hunter2"
+
+
+@pytest.mark.parametrize("cut", range(1, len(SECRET)))
+def test_a_secret_cut_between_two_pieces_is_masked_in_both(cut: int) -> None:
+    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines()
+    first = "a" * (LINE_PIECE - cut) + SECRET[:cut]
+    second = SECRET[cut:] + " and after"
+
+    out = [redact("stdout", first), redact("stdout", second)]
+
+    joined = "".join(out)
+    assert not any(SECRET[i : i + 4] in joined for i in range(len(SECRET) - 3)), out
+    assert out[0] == "a" * (LINE_PIECE - cut) + MASK
+    assert out[1] == MASK + " and after"
+
+
+def test_a_piece_cut_at_utf8_bytes_is_told_by_its_encoded_size() -> None:
+    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines()
+    # 3-byte characters: a byte-stream runner's 64 KiB piece is a third as many characters.
+    first = "€" * ((LINE_PIECE - 5) // 3) + SECRET[:5]
+    assert len(first.encode()) >= LINE_PIECE - 3
+
+    out = [redact("stderr", first), redact("stderr", SECRET[5:] + "!")]
+
+    assert out == ["€" * ((LINE_PIECE - 5) // 3) + MASK, MASK + "!"]
+
+
+def test_only_full_size_pieces_and_their_own_stream_are_joined() -> None:
+    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines()
+    # A short line is a whole line: its end is not a secret's start, the next line is its own.
+    assert redact("stdout", "ends with hunter") == "ends with hunter"
+    assert redact("stdout", "2-hunter2 starts") == "2-hunter2 starts"
+    # A piece on stdout says nothing about stderr's next line.
+    assert redact("stdout", "a" * (LINE_PIECE - 3) + "hun").endswith(MASK)
+    assert redact("stderr", "ter2-hunter2") == "ter2-hunter2"
+    assert redact("stdout", "ter2-hunter2 rest") == MASK + " rest"
+    # A piece that ends in no secret's start is left whole; the next line with it.
+    piece = "a" * LINE_PIECE
+    assert redact("stdout", piece) == piece
+    assert redact("stdout", "ter2-hunter2") == "ter2-hunter2"
 
 
 @pytest.fixture

@@ -125,3 +125,9 @@ def print_lines(count: int, width: int) -> int:
     for i in range(count):
         print(f"{i:08d} " + "x" * (width - 9))
     return count
+
+
+def long_line(before: int, text: str) -> int:
+    """One line: ``before`` filler characters, then ``text``, then more filler."""
+    print("x" * before + text + "y" * 1000)
+    return before
