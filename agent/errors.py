@@ -19,28 +19,26 @@ the run out.
 
 from __future__ import annotations
 
+# The root and the runners' branch live with the runners, which import nothing of the agent.
+from runners.errors import FlowAgentError, InputError, RunnerError, UnknownRunner
 
-class FlowAgentError(Exception):
-    """Root of every error flowagent raises on purpose.
-
-    ``hint`` tells the user what to do about it; the CLI prints it under the message.
-    """
-
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "ConfigError",
+    "Conflict",
+    "DamagedFile",
+    "FlowAgentError",
+    "InputError",
+    "NotFound",
+    "RunnerError",
+    "ServerUnavailable",
+    "UnknownRunner",
+]
 
 
 class ConfigError(FlowAgentError):
     """A setting has a bad value or an unknown key."""
-
-
-class InputError(FlowAgentError):
-    """The user gave input we cannot use."""
 
 
 class DamagedFile(FlowAgentError):
@@ -69,11 +67,3 @@ class AuthError(ApiError):
 
 class ServerUnavailable(ApiError):
     """The server could not be reached or kept answering 429/5xx after every retry."""
-
-
-class RunnerError(FlowAgentError):
-    """A runner could not start or supervise a run."""
-
-
-class UnknownRunner(RunnerError):
-    """No runner is installed under the requested name."""

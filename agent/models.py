@@ -414,6 +414,32 @@ class StateProposal(_Model):
     runner_info: dict[str, Any] | None = Field(default=None, description="merged into the run's")
 
 
+#: The most reports one ``POST /api/flow_runs/reports`` may carry.
+MAX_REPORTS = 1000
+
+
+class RunReport(_Model):
+    """One item of a batched report: a state proposal *or* a runner-info merge for one run."""
+
+    run_id: UUID
+    state: StateProposal | None = Field(default=None, description="as for set_state")
+    runner_info: dict[str, Any] | None = Field(default=None, description="as for PATCH")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RunReport:
+        if (self.state is None) == (self.runner_info is None):
+            raise ValueError("a report carries exactly one of 'state' and 'runner_info'")
+        return self
+
+
+class RunReportResult(_Model):
+    """What became of one report: the status the single-run route would have answered."""
+
+    status: int = Field(description="200 applied; 404 no such run (or agent); 409 refused")
+    flow_run: FlowRun | None = Field(default=None, description="the run after it (200 only)")
+    detail: str | None = Field(default=None, description="why not (404/409)")
+
+
 class RunnerInfoUpdate(_Model):
     runner_info: dict[str, Any]
 

@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import structlog
 from pydantic import ValidationError
 
-from agent.errors import RunnerError
 from runners.base import (
     AdoptingRunner,
     HeldRunHandle,
@@ -67,6 +66,7 @@ from runners.docker_config import (
     files_dir,
     our_files,
 )
+from runners.errors import RunnerError
 from runners.outcome import completed, ended, failure_message
 from runners.output import ThreadHandoff, cut_lines
 

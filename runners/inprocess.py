@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TextIO, TypeVar
 
 import structlog
 
-from agent.errors import RunnerError
 from runners import bootstrap
 from runners.base import (
     HeldRunHandle,
@@ -55,6 +54,7 @@ from runners.base import (
     RunResult,
     RunSpec,
 )
+from runners.errors import RunnerError
 from runners.output import ThreadHandoff, cut_lines
 
 log = structlog.get_logger(__name__)

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple, cast
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
-from agent.errors import InputError, RunnerError, UnknownRunner
 from runners.base import Runner
+from runners.errors import InputError, RunnerError, UnknownRunner
 
 GROUP = "flowagent.runners"
 

@@ -56,7 +56,6 @@ import psutil
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import RunnerError
 from runners.base import (
     LINE_PIECE,
     HeldRunHandle,
@@ -66,6 +65,7 @@ from runners.base import (
     RunResult,
     RunSpec,
 )
+from runners.errors import RunnerError
 from runners.outcome import completed, ended, failure_message
 from runners.output import output_room
 from runners.process_tree import signal_tree, watch_exit, watch_foreign_exit

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from agent.models import (
     AgentRecord,
     ClaimedRun,
@@ -17,35 +15,6 @@ from agent.models import (
     StateProposal,
     WorkQueue,
 )
-
-#: The most reports one ``POST /api/flow_runs/reports`` may carry.
-MAX_REPORTS = 1000
-
-
-class RunReport(BaseModel):
-    """One item of a batched report: a state proposal *or* a runner-info merge for one run."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    run_id: UUID
-    state: StateProposal | None = Field(default=None, description="as for set_state")
-    runner_info: dict[str, Any] | None = Field(default=None, description="as for PATCH")
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> RunReport:
-        if (self.state is None) == (self.runner_info is None):
-            raise ValueError("a report carries exactly one of 'state' and 'runner_info'")
-        return self
-
-
-class RunReportResult(BaseModel):
-    """What became of one report: the status the single-run route would have answered."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    status: int = Field(description="200 applied; 404 no such run (or agent); 409 refused")
-    flow_run: FlowRun | None = Field(default=None, description="the run after it (200 only)")
-    detail: str | None = Field(default=None, description="why not (404/409)")
 
 
 class Backend(Protocol):

@@ -10,7 +10,6 @@ import httpx
 import structlog
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from agent.backends.base import RunReport, RunReportResult
 from agent.backends.batching import Coalescer
 from agent.backends.http import HttpClient
 from agent.errors import ApiError, Conflict, NotFound
@@ -27,6 +26,8 @@ from agent.models import (
     LogLine,
     LogLineCreate,
     RunnerInfoUpdate,
+    RunReport,
+    RunReportResult,
     State,
     StateProposal,
     StateType,

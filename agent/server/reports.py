@@ -18,7 +18,7 @@ from fastapi import HTTPException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from agent.backends.base import RunReport, RunReportResult
+from agent.models import RunReport, RunReportResult
 from agent.server import lifecycle
 from agent.server.db import Database
 from agent.server.orm import FlowRunRow

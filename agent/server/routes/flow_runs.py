@@ -8,12 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, status
 from sqlalchemy import select
 
-from agent.backends.base import MAX_REPORTS, RunReport, RunReportResult
 from agent.models import (
+    MAX_REPORTS,
     FlowRun,
     LogLine,
     LogLineCreate,
     RunnerInfoUpdate,
+    RunReport,
+    RunReportResult,
     State,
     StateProposal,
     StateType,
