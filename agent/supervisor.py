@@ -9,10 +9,11 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
@@ -28,14 +29,16 @@ from agent.outbox import Outbox
 from agent.redaction import Redactor
 from runners.base import (
     AdoptingRunner,
-    HeldRunHandle,
     Outcome,
+    OutputSink,
     RunHandle,
     Runner,
     RunResult,
     RunSpec,
     starts_held,
 )
+
+H = TypeVar("H", bound=RunHandle)
 
 log = structlog.get_logger("agent.supervisor")
 
@@ -246,23 +249,23 @@ class RunSupervisor:
         hold a run is started once RUNNING is accepted, and listed right after.
         """
         due = self._run.expected_start_time.timestamp()
-        held = starts_held(self.runner)
-        if not held:
+        runner = self.runner
+        if not starts_held(runner):
             await self._until(due)
         if self.ctx.stop_requested.is_set():
             await self._report(StateType.CANCELLED, self._stop_message())
             return None
-        if isinstance(self.runner, RunnerError):
-            await self._report(StateType.FAILED, self.runner.message)
+        if isinstance(runner, RunnerError):
+            await self._report(StateType.FAILED, runner.message)
             return None
         self.fence.register_starting(self._run.id, adoption_record(self.ctx.claimed))
-        if not held:
+        if not starts_held(runner):
             refused = await self._propose_running()
             if refused is not None:
                 await self._not_started(refused)
                 return None
-            return await self._launch(held=False)
-        handle = await self._launch(held=True)
+            return await self._launch(runner.start, held=False)
+        handle = await self._launch(runner.start, held=True)
         if handle is None:
             return None
         await self._until(due)
@@ -270,7 +273,6 @@ class RunSupervisor:
         failed = None
         if not self.ctx.stop_requested.is_set() and refused is None:
             try:
-                assert isinstance(handle, HeldRunHandle)
                 await handle.release()
                 return handle
             except RunnerError as exc:
@@ -318,12 +320,14 @@ class RunSupervisor:
         log.warning("run_not_started", reason=why.message)
         await self._report(StateType.SCHEDULED, "agent could not reach the server to start it")
 
-    async def _launch(self, *, held: bool) -> RunHandle | None:
-        """Start the run's process (or container) and list it with the fence at once."""
-        assert not isinstance(self.runner, RunnerError)
+    async def _launch(
+        self, start: Callable[[RunSpec, OutputSink], Awaitable[H]], *, held: bool
+    ) -> H | None:
+        """Start the run's process (or container) with ``start`` (the runner's) and list it
+        with the fence at once."""
         try:
             sink = self.shipper.sink_for(self._run.id, self.redactor.lines())
-            handle = await self.runner.start(self._spec(held), sink)
+            handle = await start(self._spec(held), sink)
         except RunnerError as exc:
             log.warning("run_start_failed", error=self.redactor.redact(exc.message))
             await self._report(StateType.FAILED, exc.message)

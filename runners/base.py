@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeGuard, runtime_checkable
 from uuid import UUID
 
 #: Called for every line a run prints: ``sink(stream, line)`` with stream "stdout" or "stderr".
@@ -97,13 +97,24 @@ class Runner(Protocol):
         ...
 
 
-def starts_held(runner: object) -> bool:
-    """Whether ``runner`` starts runs held when asked (its class sets ``starts_held = True``).
+@runtime_checkable
+class HoldingRunner(Runner, Protocol):
+    """A runner that starts a run held when ``spec.held`` is set (its class says
+    ``starts_held = True``): the run's process or container exists, its flow has not begun, and
+    the handle is a :class:`HeldRunHandle`.
 
     The agent starts every run of such a runner held, and lets it begin only once it is listed
     with the agent's fence: no flow can then execute unseen by the fence (agent/supervisor.py).
     """
-    return getattr(type(runner), "starts_held", False) is True
+
+    starts_held: ClassVar[bool]
+
+    async def start(self, spec: RunSpec, sink: OutputSink) -> HeldRunHandle: ...
+
+
+def starts_held(runner: object) -> TypeGuard[HoldingRunner]:
+    """Whether ``runner`` is a :class:`HoldingRunner` (and says so: ``starts_held`` is True)."""
+    return isinstance(runner, HoldingRunner) and runner.starts_held is True
 
 
 @runtime_checkable

@@ -41,8 +41,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -67,13 +66,13 @@ from runners.docker_config import (
     our_files,
 )
 from runners.errors import RunnerError
-from runners.outcome import completed, ended, failure_message
-from runners.output import ThreadHandoff, cut_lines
+from runners.outcome import completed, ended, failure_message, signal_name
+from runners.output import Outlet, ThreadHandoff, cut_lines
+from runners.threads import in_thread
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-STDERR_CONTEXT_LINES = 5
 #: After the container exits, how long its log streams may take to deliver the rest.
 DRAIN_TIMEOUT = 5.0
 
@@ -100,7 +99,7 @@ class DockerRunner:
             parameters = json.dumps(spec.parameters)
         except (TypeError, ValueError) as exc:
             raise RunnerError(f"the run's parameters are not JSON-serialisable: {exc}") from None
-        client = await _blocking(self._connect, "docker-connect")
+        client = await in_thread(self._connect, "docker-connect")
         files = Path(tempfile.mkdtemp(prefix=FILES_PREFIX))
         try:
             # A file, not a directory, is mounted: the container's user may be anyone, and only
@@ -109,7 +108,7 @@ class DockerRunner:
             result_file.touch(mode=0o666)
             result_file.chmod(0o666)
             config = container_config(spec, options, parameters, result_file)
-            creating = _blocking(lambda: _create(client, options, config), "docker-create")
+            creating = in_thread(lambda: _create(client, options, config), "docker-create")
             try:
                 container = await asyncio.shield(creating)
             except asyncio.CancelledError:  # the container may yet appear: nobody would remove it
@@ -131,10 +130,10 @@ class DockerRunner:
         since = info.get("output_since")
         since = float(since) if isinstance(since, int | float) and since > 0 else None
         recorded = info.get("files")
-        client = await _blocking(self._connect, "docker-connect")
+        client = await in_thread(self._connect, "docker-connect")
         container_id = str(info.get("container_id") or "") or None
         find = functools.partial(_find, client, spec, container_id)
-        container = await _blocking(find, "docker-find")
+        container = await in_thread(find, "docker-find")
         if container is None:
             # Nothing will ever read its result file now; the record says where it is.
             if (files := our_files(recorded)) is not None:
@@ -255,16 +254,14 @@ class DockerHandle:
     ) -> None:
         self._client = client
         self._container = container
-        self._sink = sink
         self._options = options
         self._files = files
         self._since = since  # replay the logs from this Unix time (an adopted run), else all
         self._loop = asyncio.get_running_loop()
-        self._stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
+        self._outlet = Outlet(sink, container=container.name)
         self._streams: list[Any] = []  # the SDK's log streams, closed if they outlive the run
         self._followers: list[asyncio.Future[None]] = []
         self._done: asyncio.Future[RunResult] | None = None
-        self._sink_failed = False
         # Lines go from the log-following threads to the loop a bounded amount at a time.
         self._handoff = ThreadHandoff(self._loop, self._deliver, sink)
         self._delivered = 0  # lines handed to the sink: a draining log still making progress
@@ -283,7 +280,7 @@ class DockerHandle:
 
     async def _begin(self, name: str) -> None:
         try:
-            await _blocking(self._container.start, f"{name}-start")
+            await in_thread(self._container.start, f"{name}-start")
         except BaseException as exc:
             await self._cleanup(remove=True)
             if isinstance(exc, RunnerError | asyncio.CancelledError):
@@ -295,7 +292,7 @@ class DockerHandle:
         """Follow the container's output and supervise it until it ends."""
         for stream in ("stdout", "stderr"):
             follow = functools.partial(self._follow, stream)
-            self._followers.append(_blocking(follow, f"{name}-{stream}"))
+            self._followers.append(in_thread(follow, f"{name}-{stream}"))
         self._done = self._loop.create_task(self._supervise(), name=f"{name}-supervise")
 
     async def wait(self) -> RunResult:
@@ -324,16 +321,16 @@ class DockerHandle:
         if self._done is None or self._done.done():
             return
         with contextlib.suppress(Exception):  # exited meanwhile (409), removed (404)…
-            await _blocking(lambda: self._container.kill(signal=sig), "docker-kill")
+            await in_thread(lambda: self._container.kill(signal=sig), "docker-kill")
 
     async def _supervise(self) -> RunResult:
         try:
-            status = await _blocking(self._container.wait, "docker-wait")
+            status = await in_thread(self._container.wait, "docker-wait")
             if not await self._drained():
                 log.warning("run_output_abandoned", container=self._container.name)
                 self._close_streams()
                 await asyncio.wait(self._followers)
-            await _blocking(self._container.reload, "docker-inspect")
+            await in_thread(self._container.reload, "docker-inspect")
             state = self._container.attrs.get("State", {})
             result = self._result(status, state, self._read_result_file())
         except asyncio.CancelledError:
@@ -370,7 +367,7 @@ class DockerHandle:
     async def _cleanup(self, *, remove: bool) -> None:
         if remove:
             try:
-                await _blocking(lambda: self._container.remove(force=True), "docker-remove")
+                await in_thread(lambda: self._container.remove(force=True), "docker-remove")
             except Exception as exc:
                 log.warning("docker_remove_failed", container=self._container.name, error=str(exc))
         shutil.rmtree(self._files, ignore_errors=True)
@@ -399,19 +396,13 @@ class DockerHandle:
 
     def _emit(self, stream: str, line: str) -> None:
         """In a follower thread: waits while the sink is full, so Docker keeps the rest."""
-        if stream == "stderr":
-            self._stderr_tail.append(line)
+        self._outlet.note(stream, line)
         self._handoff.wait_for_room()
         self._handoff.put(stream, line)
 
     def _deliver(self, stream: str, line: str) -> None:
         self._delivered += 1
-        try:
-            self._sink(stream, line)
-        except Exception:
-            if not self._sink_failed:
-                self._sink_failed = True
-                log.exception("run_output_sink_failed", container=self._container.name)
+        self._outlet.deliver(stream, line)
 
     def _read_result_file(self) -> dict[str, Any] | None:
         try:
@@ -434,21 +425,12 @@ class DockerHandle:
             return completed(document)
         elif (error := (status.get("Error") or {}).get("Message")) or code < 0:
             outcome, headline = Outcome.CRASHED, f"the container failed: {error or code}"
-        elif (name := _signal_name(code)) and not (document and document.get("ok") is False):
-            outcome, headline = Outcome.CRASHED, f"killed by signal {name}"
+        elif 128 < code < 128 + signal.NSIG and not (document and document.get("ok") is False):
+            # docker-init exits 128+N for a signal N
+            outcome, headline = Outcome.CRASHED, f"killed by signal {signal_name(code - 128)}"
         else:
             outcome, headline = Outcome.FAILED, failure_message(code, document)
-        return ended(outcome, headline, code, self._stderr_tail)
-
-
-def _signal_name(code: int) -> str | None:
-    """The signal a 128+N exit status stands for (docker-init exits that way), if any."""
-    if not 128 < code < 128 + signal.NSIG:
-        return None
-    try:
-        return signal.Signals(code - 128).name
-    except ValueError:
-        return f"signal {code - 128}"
+        return ended(outcome, headline, code, self._outlet.stderr_tail)
 
 
 def _lines(chunks: Iterable[str], decoder: codecs.IncrementalDecoder) -> Iterable[str]:
@@ -459,32 +441,6 @@ def _lines(chunks: Iterable[str], decoder: codecs.IncrementalDecoder) -> Iterabl
     buffer += decoder.decode(b"", final=True)
     if buffer:
         yield buffer.removesuffix("\r")
-
-
-def _blocking(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
-    """Run ``fn`` in a daemon thread of its own (a hung dockerd must not hold up the agent's exit)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(value: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-    def target() -> None:
-        value, error = None, None
-        try:
-            value = fn()
-        except BaseException as exc:
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is exiting
-            loop.call_soon_threadsafe(settle, value, error)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return future
 
 
 def _import_sdk() -> Any:

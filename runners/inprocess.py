@@ -28,9 +28,7 @@ signal handlers; a crash of the flow is a crash of the agent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import functools
 import inspect
 import io
 import json
@@ -39,13 +37,12 @@ import os
 import sys
 import threading
 import traceback
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO, TypeVar
 
 import structlog
 
-from runners import bootstrap
+from runners import bootstrap, threads
 from runners.base import (
     HeldRunHandle,
     Outcome,
@@ -55,14 +52,14 @@ from runners.base import (
     RunSpec,
 )
 from runners.errors import RunnerError
-from runners.output import ThreadHandoff, cut_lines
+from runners.output import Outlet, ThreadHandoff, cut_lines
+from runners.threads import in_thread, settle_result
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 #: Longer lines are handed to the sink in pieces of at most this many characters.
-STDERR_CONTEXT_LINES = 5
-_OUR_FILES = {__file__, bootstrap.__file__}
+_OUR_FILES = {__file__, bootstrap.__file__, threads.__file__}
 
 #: The context callbacks from a run's threads run in: no run, so their output is the agent's.
 _NO_RUN = contextvars.Context()
@@ -167,7 +164,7 @@ class InProcessHandle:
     async def _main(self) -> RunResult:
         spec = self._spec
         try:
-            func = await _in_thread(self._load, f"load-{spec.run_id}")
+            func = await in_thread(self._load, f"load-{spec.run_id}", settle_in=_NO_RUN)
             if spec.held:
                 self._mode = "async"  # waiting on the loop: an interrupt can stop it
                 await self._released.wait()
@@ -176,7 +173,9 @@ class InProcessHandle:
                 result = await func(**spec.parameters)
             else:
                 self._mode = "sync"
-                result = await _in_thread(lambda: func(**spec.parameters), f"flow-{spec.run_id}")
+                result = await in_thread(
+                    lambda: func(**spec.parameters), f"flow-{spec.run_id}", settle_in=_NO_RUN
+                )
                 if inspect.isawaitable(result):  # a sync wrapper around a coroutine
                     self._mode = "async"
                     result = await result
@@ -241,7 +240,7 @@ class InProcessHandle:
         self._output.close()
         # Lines the flow printed are queued on the loop already; the result goes in behind them,
         # so wait() returns only once they have all reached the sink.
-        self._loop.call_soon(_settle, self._done, result)
+        self._loop.call_soon(settle_result, self._done, result)
 
 
 def _completed(result: Any) -> RunResult:
@@ -263,52 +262,17 @@ def _is_async(func: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
 
 
-def _settle(future: asyncio.Future[T], value: T) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _settle_error(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
-def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
-    """Run ``fn`` in a new daemon thread, in a copy of the current context.
-
-    Not the loop's default executor: that pool is small, and asyncio.run() joins it at exit, so
-    one flow that never returns would keep the agent from exiting.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-    context = contextvars.copy_context()
-
-    def target() -> None:
-        try:
-            value = context.run(fn)
-        except BaseException as exc:  # everything goes back to the run, SystemExit included
-            settle = functools.partial(_settle_error, future, exc)
-        else:
-            settle = functools.partial(_settle, future, value)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is exiting
-            loop.call_soon_threadsafe(settle, context=_NO_RUN)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return future
-
-
 class _RunOutput:
     """One run's output: written from any of its threads, handed to its sink on the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sink: OutputSink) -> None:
-        self._sink = sink
         # Delivered outside the run's context: whatever the sink prints is the agent's.
         self._handoff = ThreadHandoff(loop, self._deliver, sink, context=_NO_RUN)
         self._lock = threading.Lock()  # the run's own threads may print at once
         self._partial = {"stdout": "", "stderr": ""}
         self._closed = False
-        self._sink_failed = False
-        self.stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
+        self._outlet = Outlet(sink)
+        self.stderr_tail = self._outlet.stderr_tail
 
     def write(self, stream: str, text: str) -> None:
         # Outside the lock: close() takes it on the loop, which is what makes room. A write's
@@ -334,17 +298,11 @@ class _RunOutput:
 
     def _emit(self, stream: str, line: str) -> None:
         line = line.removesuffix("\r")
-        if stream == "stderr":
-            self.stderr_tail.append(line)
+        self._outlet.note(stream, line)
         self._handoff.put(stream, line)
 
     def _deliver(self, stream: str, line: str) -> None:
-        try:
-            self._sink(stream, line)
-        except Exception:
-            if not self._sink_failed:
-                self._sink_failed = True
-                log.exception("run_output_sink_failed")
+        self._outlet.deliver(stream, line)
 
 
 class _RunStream(io.TextIOBase):

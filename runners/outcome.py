@@ -7,6 +7,7 @@ a failure its context.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,3 +40,11 @@ def ended(outcome: Outcome, headline: str, code: int, stderr_tail: Iterable[str]
     if tail:
         headline += "\nlast lines of stderr:\n" + "\n".join(tail)
     return RunResult(outcome, headline, code)
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; real-time signals have no name: ``signal 40``."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -14,13 +14,52 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from collections import deque
 from collections.abc import Callable
+from typing import Any
+
+import structlog
 
 from runners.base import LINE_PIECE, OutputSink
+
+log = structlog.get_logger(__name__)
+
+#: How many of a run's last stderr lines its failure message quotes.
+STDERR_CONTEXT_LINES = 5
 
 #: At most this many characters of one run's output are on their way from a reader thread to
 #: the event loop (Docker's log streams, in-process flows' threads).
 IN_FLIGHT_CHARS = 256 * 1024
+
+
+class Outlet:
+    """Where a runner's lines go: its sink, with the last stderr lines kept for a failure's
+    message. A sink that raises is logged once and then ignored: the run's output must keep
+    draining whatever the sink does (a full pipe would block the run)."""
+
+    def __init__(self, sink: OutputSink, **context: Any) -> None:
+        self.sink = sink
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
+        self._context = context  # said with the failure: which pid, which container
+        self._failed = False
+
+    def __call__(self, stream: str, line: str) -> None:
+        self.note(stream, line)
+        self.deliver(stream, line)
+
+    def note(self, stream: str, line: str) -> None:
+        """Keep ``line`` for the failure message (where it is read, maybe another thread)."""
+        if stream == "stderr":
+            self.stderr_tail.append(line)
+
+    def deliver(self, stream: str, line: str) -> None:
+        """Hand ``line`` to the sink (on the event loop)."""
+        try:
+            self.sink(stream, line)
+        except Exception:
+            if not self._failed:
+                self._failed = True
+                log.exception("run_output_sink_failed", **self._context)
 
 
 def cut_lines(text: str) -> tuple[list[str], str]:

@@ -47,7 +47,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -66,8 +65,8 @@ from runners.base import (
     RunSpec,
 )
 from runners.errors import RunnerError
-from runners.outcome import completed, ended, failure_message
-from runners.output import output_room
+from runners.outcome import completed, ended, failure_message, signal_name
+from runners.output import Outlet, output_room
 from runners.process_tree import signal_tree, watch_exit, watch_foreign_exit
 
 log = structlog.get_logger(__name__)
@@ -76,7 +75,6 @@ BOOTSTRAP = Path(__file__).resolve().with_name("bootstrap.py")
 #: Longer lines are handed to the sink in pieces of at most this many bytes.
 MAX_LINE_BYTES = LINE_PIECE
 #: How many stderr lines a FAILED or CRASHED message ends with.
-STDERR_CONTEXT_LINES = 5
 #: The bootstrap's exit code when the entrypoint could not be loaded.
 EXIT_ENTRYPOINT_ERROR = 2
 #: How an adopted run's end is told when its process left no result file (not our child, so
@@ -394,8 +392,7 @@ class SubprocessHandle:
                 "_stderr_fd": outputs["stderr"],
                 "_pipe_inodes": [os.fstat(outputs[s]).st_ino for s in ("stdout", "stderr")],
             }
-        self._stderr_tail: deque[str] = deque(maxlen=STDERR_CONTEXT_LINES)
-        self._sink_failed = False
+        self._outlet = Outlet(sink, pid=self._pid)
         self._pipes: list[_LinePipe] = []
         self._exited = False
         self._done: asyncio.Future[RunResult] | None = None
@@ -488,7 +485,7 @@ class SubprocessHandle:
                 if not isinstance(recorded, int):
                     return RunResult(Outcome.CRASHED, f"{UNRECORDED} (killed by a signal?)")
                 code = recorded
-            return self.outcome(code, document, self._stderr_tail)
+            return self.outcome(code, document, self._outlet.stderr_tail)
         finally:
             if self._result_file is not None:
                 self._result_file.unlink(missing_ok=True)
@@ -514,15 +511,7 @@ class SubprocessHandle:
 
     def _emit(self, stream: str, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").removesuffix("\r")
-        if stream == "stderr":
-            self._stderr_tail.append(line)
-        try:
-            self._sink(stream, line)
-        except Exception:
-            # Keep draining whatever the sink does: a full pipe would block the run.
-            if not self._sink_failed:
-                self._sink_failed = True
-                log.exception("run_output_sink_failed", pid=self._pid)
+        self._outlet(stream, line)
 
     @staticmethod
     def outcome(
@@ -535,7 +524,7 @@ class SubprocessHandle:
             # Held, and its agent went away before saying go: none of the flow ran.
             return RunResult(Outcome.CRASHED, NOT_STARTED, code)
         if code < 0:
-            outcome, headline = Outcome.CRASHED, f"killed by signal {_signal_name(-code)}"
+            outcome, headline = Outcome.CRASHED, f"killed by signal {signal_name(-code)}"
         else:
             outcome, headline = Outcome.FAILED, failure_message(code, document)
         return ended(outcome, headline, code, stderr_tail)
@@ -551,13 +540,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None  # killed while writing it, or never written (os._exit, a signal)
     return document if isinstance(document, dict) else None
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:  # real-time signals have no name
-        return f"signal {number}"
 
 
 class _LinePipe(asyncio.Protocol):

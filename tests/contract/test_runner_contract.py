@@ -14,7 +14,7 @@ import time
 import pytest
 
 from agent.redaction import MASK, Redactor
-from runners.base import LINE_PIECE, Outcome
+from runners.base import LINE_PIECE, Outcome, starts_held
 from tests.contract.conftest import Harness, Sink, arun
 
 pytestmark = pytest.mark.integration
@@ -133,7 +133,7 @@ def test_a_non_zero_exit_fails_the_run(harness: Harness) -> None:
 def test_a_held_run_begins_only_once_released(harness: Harness) -> None:
     # A scheduled run handed over early is started held: what takes time is done at once, the
     # flow itself begins only when released (then the agent has the run RUNNING).
-    assert harness.runner.starts_held  # type: ignore[attr-defined]
+    assert starts_held(harness.runner)
 
     async def scenario() -> None:
         handle, sink = await harness.start("stamp", held=True)
