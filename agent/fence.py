@@ -47,7 +47,10 @@ import psutil
 import structlog
 
 from agent.errors import ConfigError
-from runners.process_tree import signal_tree
+from runners.base import OrphanKiller, Runner
+from runners.errors import RunnerError
+from runners.process_tree import kill_tree
+from runners.registry import runner_class
 
 log = structlog.get_logger("agent.fence")
 
@@ -127,17 +130,24 @@ class FenceDir:
         self._write(run_id, {"starting": True, "adoption": adoption})
 
     def register(
-        self, run_id: UUID, info: dict[str, Any], adoption: dict[str, Any] | None = None
+        self,
+        run_id: UUID,
+        info: dict[str, Any],
+        adoption: dict[str, Any] | None = None,
+        *,
+        runner: Runner,
     ) -> None:
-        """List a run's process (or container) so the fence can kill it.
+        """List a run's process (or container) so the fence can kill it: the runner that started
+        it is asked to (by name, from the fence's process), with ``info`` (the run's handle's).
 
-        ``adoption`` is what a restarted agent needs to supervise the run again. An in-process
-        run has nothing to kill (it dies with the agent): its entry only says so.
+        ``adoption`` is what a restarted agent needs to supervise the run again. A run of a
+        runner that cannot kill from outside the agent (in-process: its runs die with the
+        agent) has nothing to kill: its entry only says so.
         """
-        keys = ("pid", "pgid", "create_time", "container_id", "auto_remove")
-        listed: dict[str, Any] = {k: info[k] for k in keys if k in info}
-        if "container_id" not in listed and not {"pid", "create_time"} <= listed.keys():
-            listed = {"in_agent": True}
+        listed: dict[str, Any] = {"in_agent": True}
+        if isinstance(runner, OrphanKiller):
+            public = {k: v for k, v in info.items() if not k.startswith("_")}
+            listed = {"runner": runner.name, "info": public}
         if adoption is not None:
             listed["adoption"] = adoption
         self._write(run_id, listed)
@@ -187,11 +197,11 @@ class FenceDir:
                     _move_aside(path, exc)
         return found
 
-    def kill(self, run_id: UUID, info: dict[str, Any]) -> bool:
-        """Kill a listed run's whole process tree and forget it; False if it was already gone."""
-        killed = kill_process_tree(info)
+    def kill(self, run_id: UUID, entry: dict[str, Any]) -> bool:
+        """Kill what a listed run started and forget it; False if it was already gone."""
+        killed = kill_listed(entry)
         self.unregister(run_id)
-        _discard_result_file(info, only_unrecorded=False)
+        _discard_result_file(entry, only_unrecorded=False)
         return killed
 
     def fence(self, age: float) -> list[tuple[UUID, str]]:
@@ -220,7 +230,7 @@ class FenceDir:
                 what = "already ended (its outcome is recorded)"
             elif entry.get("in_agent"):
                 what = "ran inside the agent: ended with it"
-            elif kill_process_tree(entry):
+            elif kill_listed(entry):
                 what = "killed"
                 # Killed before it could record how it ended: nothing of it to report.
                 _discard_result_file(entry, only_unrecorded=True)
@@ -273,44 +283,23 @@ class FenceDir:
         return pid is not None and _is_fence(pid, self.directory)
 
 
-def kill_process_tree(info: dict[str, Any]) -> bool:
-    if "container_id" in info:
-        return kill_container(str(info["container_id"]), remove=bool(info.get("auto_remove")))
-    try:
-        root = psutil.Process(int(info["pid"]))
-        if abs(root.create_time() - float(info["create_time"])) > 0.01:
-            return False  # the pid now names another process
-    except (psutil.Error, KeyError, ValueError):
-        return False
-    signal_tree(root, int(info.get("pgid", info["pid"])), signal.SIGKILL)
-    return True
+def kill_listed(entry: dict[str, Any]) -> bool:
+    """Kill what a listed run started, asking the runner that started it (runners/base.py,
+    OrphanKiller); False if it was gone already.
 
-
-def kill_container(container_id: str, *, remove: bool = False) -> bool:
-    """SIGKILL a Docker run's container; False if it is gone or Docker cannot be reached.
-
-    ``remove``: the run asked for its container to go (auto_remove) and no agent will collect
-    it now, so it is removed here, or it would stay on the host for ever.
+    Entries written before they named their runner: a container is Docker's, a pid a process
+    tree's. A runner that cannot be loaded here still has its process tree killed, if it listed
+    one: the fence must not fail to kill for want of a plug-in.
     """
+    info = entry.get("info", entry)  # flat: an entry an earlier version wrote
+    name = entry.get("runner") or ("docker" if "container_id" in info else "subprocess")
     try:
-        # The `docker` extra: only agents that run Docker flows list containers.
-        import docker  # type: ignore[import-untyped]
-        from docker.errors import DockerException  # type: ignore[import-untyped]
-
-        client = docker.from_env(timeout=10)
-    except Exception:  # no SDK, no daemon: nothing we can do from here
-        return False
-    try:
-        container = client.containers.get(container_id)
-        if remove:
-            container.remove(force=True)  # kills it first
-        else:
-            container.kill()
-        return True
-    except DockerException:
-        return False
-    finally:
-        client.close()
+        cls = runner_class(str(name))
+    except RunnerError:
+        cls = None
+    if cls is not None and issubclass(cls, OrphanKiller):
+        return cls.kill_orphan(info)
+    return "pid" in info and kill_tree(info)
 
 
 def _read_pid(path: Path) -> int | None:

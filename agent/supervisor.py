@@ -264,8 +264,8 @@ class RunSupervisor:
             if refused is not None:
                 await self._not_started(refused)
                 return None
-            return await self._launch(runner.start, held=False)
-        handle = await self._launch(runner.start, held=True)
+            return await self._launch(runner, runner.start, held=False)
+        handle = await self._launch(runner, runner.start, held=True)
         if handle is None:
             return None
         await self._until(due)
@@ -321,10 +321,10 @@ class RunSupervisor:
         await self._report(StateType.SCHEDULED, "agent could not reach the server to start it")
 
     async def _launch(
-        self, start: Callable[[RunSpec, OutputSink], Awaitable[H]], *, held: bool
+        self, runner: Runner, start: Callable[[RunSpec, OutputSink], Awaitable[H]], *, held: bool
     ) -> H | None:
-        """Start the run's process (or container) with ``start`` (the runner's) and list it
-        with the fence at once."""
+        """Start the run's process (or container) with ``start`` (``runner``'s, typed as the
+        runner says: held or not) and list it with the fence at once."""
         try:
             sink = self.shipper.sink_for(self._run.id, self.redactor.lines())
             handle = await start(self._spec(held), sink)
@@ -335,7 +335,7 @@ class RunSupervisor:
         # Its timeout runs from its flow's start (a held run's, from when it is due).
         started_at = max(time.time(), self._run.expected_start_time.timestamp())
         record = adoption_record(self.ctx.claimed, handle.info, started_at)
-        self.fence.register(self._run.id, handle.info, record)
+        self.fence.register(self._run.id, handle.info, record, runner=runner)
         self.ctx.started_at = started_at
         return handle
 

@@ -118,6 +118,20 @@ def starts_held(runner: object) -> TypeGuard[HoldingRunner]:
 
 
 @runtime_checkable
+class OrphanKiller(Protocol):
+    """A runner class that can kill what one of its runs started from another process, with no
+    event loop and no instance: the agent's fence does so once the agent is gone
+    (agent/fence.py). A runner whose runs die with the agent (in-process) does not implement
+    it."""
+
+    @staticmethod
+    def kill_orphan(info: dict[str, Any]) -> bool:
+        """SIGKILL what ``info`` (a started handle's :attr:`RunHandle.info`) names, with all it
+        started; False if it was gone already (or cannot be reached)."""
+        ...
+
+
+@runtime_checkable
 class AdoptingRunner(Runner, Protocol):
     """A runner whose runs outlive the agent, so a restarted agent can supervise them again.
 

@@ -85,6 +85,28 @@ class DockerRunner:
     starts_held: ClassVar[bool] = True
     Options: ClassVar[type[DockerOptions]] = DockerOptions
 
+    @staticmethod
+    def kill_orphan(info: dict[str, Any]) -> bool:
+        """SIGKILL a run's container (runners/base.py, OrphanKiller); False if it is gone or
+        dockerd cannot be reached. A run that asked for ``auto_remove`` has its container
+        removed too: no agent will collect it now, and it would stay on the host for ever."""
+        try:
+            docker = _import_sdk()
+            client = docker.from_env(timeout=10)
+        except Exception:  # no SDK, no daemon: nothing we can do from here
+            return False
+        try:
+            container = client.containers.get(str(info["container_id"]))
+            if info.get("auto_remove"):
+                container.remove(force=True)  # kills it first
+            else:
+                container.kill()
+            return True
+        except (docker.errors.DockerException, KeyError):
+            return False
+        finally:
+            client.close()
+
     def __init__(self) -> None:
         self._client: Any = None  # docker.DockerClient, made on first use (it must reach dockerd)
         self._client_lock = threading.Lock()

@@ -19,12 +19,12 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 if TYPE_CHECKING:
-    # Imported where used: the fence process (agent/fence.py) needs signal_tree only, and
+    # Imported where used: the fence process (agent/fence.py) needs kill_tree only, and
     # asyncio would cost it 7 MiB.
     import asyncio
 
@@ -99,6 +99,19 @@ def _wait_in_thread(
 def _settle(exited: asyncio.Future[int], code: int) -> None:
     if not exited.done():
         exited.set_result(code)
+
+
+def kill_tree(info: dict[str, Any]) -> bool:
+    """SIGKILL the process tree of a run listed by ``info`` (``pid``, ``create_time``, ``pgid``);
+    False if its process is gone or the pid now names another."""
+    try:
+        root = psutil.Process(int(info["pid"]))
+        if abs(root.create_time() - float(info["create_time"])) > 0.01:
+            return False  # the pid now names another process
+    except (psutil.Error, KeyError, ValueError):
+        return False
+    signal_tree(root, int(info.get("pgid", info["pid"])), signal.SIGKILL)
+    return True
 
 
 def signal_tree(root: psutil.Process | None, pgid: int, sig: signal.Signals) -> None:

@@ -59,18 +59,21 @@ def available_runners() -> dict[str, type]:
 
 
 def runner_class(name: str) -> type:
-    """The class registered as ``name``; :class:`UnknownRunner` if none, RunnerError if broken."""
-    entries = runner_entries()
-    for entry in entries:
-        if entry.name != name:
-            continue
+    """The class registered as ``name``; :class:`UnknownRunner` if none, RunnerError if broken.
+
+    Only ``name``'s entry point is imported: the other plug-ins cannot break or slow it (the
+    fence looks runners up this way when it must kill).
+    """
+    eps = list(entry_points(group=GROUP, name=name))
+    if eps:
+        entry = _load_entry(name, eps)
         if entry.cls is None:
             raise RunnerError(
                 f"runner {name!r} is installed but cannot be loaded: {entry.error}",
                 hint=f"check or reinstall the package that provides it ({entry.package})",
             )
         return entry.cls
-    installed = ", ".join(e.name for e in entries) or "none"
+    installed = ", ".join(sorted({ep.name for ep in entry_points(group=GROUP)})) or "none"
     raise UnknownRunner(
         f"no runner named {name!r} is installed", hint=f"installed runners: {installed}"
     )

@@ -67,7 +67,7 @@ from runners.base import (
 from runners.errors import RunnerError
 from runners.outcome import completed, ended, failure_message, signal_name
 from runners.output import Outlet, output_room
-from runners.process_tree import signal_tree, watch_exit, watch_foreign_exit
+from runners.process_tree import kill_tree, signal_tree, watch_exit, watch_foreign_exit
 
 log = structlog.get_logger(__name__)
 
@@ -149,6 +149,8 @@ class SubprocessRunner:
     # A held run's process starts at once and waits for a line "go" on its stdin before the
     # flow begins: the bootstrap reads it after loading the flow, the wrapper before the command.
     starts_held: ClassVar[bool] = True
+    # What the fence kills after the agent died: the run's whole tree (runners/base.py).
+    kill_orphan = staticmethod(kill_tree)
 
     def __init__(self, *, drain_timeout: float = 5.0) -> None:
         # After the run's main process exits, how long its output pipes may stay open: a
