@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,9 +37,6 @@ from agent.notify import Notifier
 
 log = structlog.get_logger("agent.health")
 
-#: Test hook, never for production: with this set to N, SIGUSR1 blocks the agent's event loop
-#: for N seconds (a blocking sleep), so a test can watch the systemd watchdog pings stop.
-TEST_HOOK_BLOCK_LOOP = "AGENT_TEST_HOOK_BLOCK_LOOP_SECONDS"
 DEFAULT_HEALTH_PORT = 8080
 
 
@@ -187,26 +183,6 @@ class HealthServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-def install_test_hook(env: Mapping[str, str]) -> Callable[[], None]:
-    """Arm :data:`TEST_HOOK_BLOCK_LOOP` if it is set; returns what disarms it."""
-    raw = env.get(TEST_HOOK_BLOCK_LOOP)
-    if not raw:
-        return lambda: None
-    seconds = float(raw)
-    loop = asyncio.get_running_loop()
-
-    def block() -> None:
-        log.warning("test_hook_blocking_loop", seconds=seconds)
-        time.sleep(seconds)  # deliberately blocking: that is the point of the hook
-
-    loop.add_signal_handler(signal.SIGUSR1, block)
-
-    def disarm() -> None:
-        loop.remove_signal_handler(signal.SIGUSR1)
-
-    return disarm
 
 
 def probe(url: str, timeout: float = 5.0) -> int:

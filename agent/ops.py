@@ -14,7 +14,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 from agent.config import Settings, settings_redactor
-from agent.health import HealthMonitor, HealthServer, install_test_hook
+from agent.health import HealthMonitor, HealthServer
 from agent.heartbeat import Heartbeater
 from agent.metrics import AgentMetrics
 from agent.models import WorkQueue
@@ -36,7 +36,6 @@ class Operations:
     ) -> None:
         env = os.environ if env is None else env
         self.settings = settings
-        self._env = env
         self._runs_in_flight = runs_in_flight
         self._stopping = stopping
         self.notifier = Notifier.from_env(env)
@@ -57,7 +56,6 @@ class Operations:
             api_stale_after=3 * settings.heartbeat_seconds,
         )
         self._server: HealthServer | None = None
-        self._disarm_hook: Callable[[], None] = lambda: None
         self._heartbeater: Heartbeater | None = None
 
     def ready(self, queue: WorkQueue, heartbeater: Heartbeater) -> None:
@@ -73,7 +71,6 @@ class Operations:
                 self.metrics.exposition,
             )
             self._server.start()
-        self._disarm_hook = install_test_hook(self._env)
         self.notifier.ready(f"polling work queue {queue.name}; " + self.status())
 
     def supervise(self, side_tasks: Sequence[Any]) -> None:
@@ -100,7 +97,6 @@ class Operations:
     def close(self) -> None:
         self.monitor.stopped()
         self.stopping()
-        self._disarm_hook()
         if self._server is not None:
             self._server.close()
         self.notifier.close()

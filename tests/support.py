@@ -18,6 +18,16 @@ import httpx
 
 BIN = Path(sys.executable).parent
 FLOWS = Path(__file__).parent / "integration" / "flows"
+BLOCK_LOOP_HOOK = Path(__file__).parent / "fixtures" / "block_loop"
+
+
+def block_loop_on_sigusr1(seconds: float) -> dict[str, str]:
+    """Env for an agent whose event loop SIGUSR1 blocks for ``seconds`` (a test-only hook:
+    tests/fixtures/block_loop/sitecustomize.py)."""
+    path = os.pathsep.join(p for p in (str(BLOCK_LOOP_HOOK), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "AGENT_TEST_BLOCK_LOOP_SECONDS": str(seconds)}
+
+
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 AGENT = str(BIN / "agent")
 T = TypeVar("T")

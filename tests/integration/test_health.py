@@ -17,7 +17,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Server, free_port, running_server, start_agent, stop, wait_for
+from tests.support import (
+    Server,
+    block_loop_on_sigusr1,
+    free_port,
+    running_server,
+    start_agent,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +130,7 @@ def test_healthz_is_503_when_the_loop_is_blocked(server: Server, api: httpx.Clie
         queue["id"],
         "--health-port",
         str(port),
-        AGENT_TEST_HOOK_BLOCK_LOOP_SECONDS="8",
+        **block_loop_on_sigusr1(8),
     )
     agents.append(agent)
     wait_for(lambda: healthz(port)[0] == 200, timeout=20, what="/healthz to answer 200")

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from agent.notify import Notifier
-from tests.support import Server, running_server, start_agent, stop, wait_for
+from tests.support import Server, block_loop_on_sigusr1, running_server, start_agent, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -250,7 +250,7 @@ def test_agent_notifies_ready_watchdog_status_and_stopping(
         NOTIFY_SOCKET=str(notify_socket.path),
         WATCHDOG_USEC="600000",  # 0.6 s: the agent pings every 0.2 s
         AGENT_HEARTBEAT_SECONDS="0.5",
-        AGENT_TEST_HOOK_BLOCK_LOOP_SECONDS="3",
+        **block_loop_on_sigusr1(3),
     )
     try:
         # READY=1 comes once the queue is resolved and the agent registered with the server.
