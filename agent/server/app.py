@@ -16,11 +16,11 @@ from sqlalchemy.exc import OperationalError
 
 from agent import __version__
 from agent.models import utcnow
+from agent.server.body_limit import BodyLimit
 from agent.server.claims import Notifier
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
 from agent.server.leases import lease_keeper
-from agent.server.limits import BodyLimit
 from agent.server.metrics import install_metrics
 from agent.server.notifications import NotificationConfig
 from agent.server.routes import (

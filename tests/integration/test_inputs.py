@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from agent.models import MAX_ENV_VALUE_BYTES, MAX_PARAMETERS_BYTES
-from agent.server.limits import MAX_REQUEST_BYTES
+from agent.server.body_limit import MAX_REQUEST_BYTES
 from tests.support import Server, cli, make_deployment, make_queue, running_server
 
 pytestmark = pytest.mark.integration
