@@ -19,11 +19,19 @@ log = structlog.get_logger("agent.logs")
 
 
 def configure_logging(
-    level: str = "info", fmt: str = "auto", redactor: Redactor | None = None
+    level: str = "info",
+    fmt: str = "auto",
+    redactor: Redactor | None = None,
+    *,
+    route_stdlib: bool = False,
 ) -> None:
     """JSON lines when stderr is not a TTY (journald, Docker), readable columns when it is.
 
-    With a ``redactor``, secret values are masked in every line (see agent/redaction.py).
+    With a ``redactor``, secret values are masked in every line (see agent/redaction.py). With
+    ``route_stdlib`` (the server), records of stdlib loggers — uvicorn, SQLAlchemy, Alembic —
+    go through the same processors: one format on stderr, their message as the event. The agent
+    leaves the root logger alone: the in-process runner hands flows' log records to their runs
+    through it (runners/inprocess.py).
     """
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
@@ -46,6 +54,34 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    if route_stdlib:
+        _route_stdlib(level, renderer, redactor)
+
+
+def _route_stdlib(
+    level: str, renderer: structlog.typing.Processor, redactor: Redactor | None
+) -> None:
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            *([redactor] if redactor is not None else []),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Libraries that say every request at INFO: what they have to say that matters is a warning.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 SendLogs = Callable[[UUID, Sequence[LogLineCreate]], Awaitable[None]]

@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runners.base import LINE_PIECE
-
 MASK = "********"
 MIN_SECRET_LENGTH = 6
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
@@ -69,12 +67,12 @@ def mask_env_fields(value: Any, patterns: Iterable[str] = DEFAULT_SECRET_PATTERN
     return value
 
 
-def _is_piece(line: str) -> bool:
+def _is_piece(line: str, piece: int) -> bool:
     """Whether a runner cut ``line`` from a longer one (it is full size: runners/base.py)."""
-    if len(line) >= LINE_PIECE:
+    if len(line) >= piece:
         return True
-    # A byte-stream runner cuts at 64 KiB of UTF-8, moved back to a character's start.
-    return len(line) >= LINE_PIECE // 4 and len(line.encode()) >= LINE_PIECE - 3
+    # A byte-stream runner cuts at ``piece`` bytes of UTF-8, moved back to a character's start.
+    return len(line) >= piece // 4 and len(line.encode()) >= piece - 3
 
 
 def _open_tail(text: str, secrets: Iterable[str]) -> tuple[int, set[str]]:
@@ -157,19 +155,19 @@ class Redactor:
     def mask_env(self, env: Mapping[str, str]) -> dict[str, str]:
         return mask_env(env, self.patterns)
 
-    def wrap_sink(self, sink: Sink) -> Sink:
+    def wrap_sink(self, sink: Sink, piece: int) -> Sink:
         """A run-output sink that redacts each line before passing it on (see :meth:`lines`)."""
-        redact = self.lines()
+        redact = self.lines(piece)
 
         def redacting(stream: str, line: str) -> None:
             sink(stream, redact(stream, line))
 
         return redacting
 
-    def lines(self) -> Callable[[str, str], str]:
+    def lines(self, piece: int) -> Callable[[str, str], str]:
         """``redact(stream, line)`` for one run's output, a secret cut by a long line's split too.
 
-        A runner passes a line longer than ``LINE_PIECE`` on in pieces (runners/base.py). A
+        A runner passes a line longer than ``piece`` on in pieces (``LINE_PIECE``). A
         secret the cut falls inside is half in one piece and half in the next, and neither half
         matches on its own. So a full-size piece that ends with the start of a secret has that
         end masked, and the next piece of the stream is masked where it starts with the rest.
@@ -179,13 +177,13 @@ class Redactor:
         pending: dict[str, set[str]] = {}  # stream -> the rests a secret cut in two may end with
 
         def redact(stream: str, line: str) -> str:
-            piece = _is_piece(line)
+            cut_from_longer = _is_piece(line, piece)
             rests = pending.pop(stream, set())
             head = max((r for r in rests if line.startswith(r)), key=len, default="")
             text = self.redact(line[len(head) :])
             if head:
                 text = MASK + text
-            if piece and self.secrets:
+            if cut_from_longer and self.secrets:
                 cut, rests = _open_tail(text, self.secrets)
                 if rests:
                     pending[stream] = rests

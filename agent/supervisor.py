@@ -28,6 +28,7 @@ from agent.models import ClaimedRun, Deployment, FlowRun, StateProposal, StateTy
 from agent.outbox import Outbox
 from agent.redaction import Redactor
 from runners.base import (
+    LINE_PIECE,
     AdoptingRunner,
     Outcome,
     OutputSink,
@@ -219,7 +220,7 @@ class RunSupervisor:
         elif not isinstance(runner, AdoptingRunner):
             reason = f"the {runner.name} runner cannot take over runs"
         else:
-            sink = self.shipper.sink_for(self._run.id, self.redactor.lines())
+            sink = self.shipper.sink_for(self._run.id, self.redactor.lines(LINE_PIECE))
             try:
                 handle = await runner.adopt(self._spec(), leftover.info, sink)
             except RunnerError as exc:
@@ -326,7 +327,7 @@ class RunSupervisor:
         """Start the run's process (or container) with ``start`` (``runner``'s, typed as the
         runner says: held or not) and list it with the fence at once."""
         try:
-            sink = self.shipper.sink_for(self._run.id, self.redactor.lines())
+            sink = self.shipper.sink_for(self._run.id, self.redactor.lines(LINE_PIECE))
             handle = await start(self._spec(held), sink)
         except RunnerError as exc:
             log.warning("run_start_failed", error=self.redactor.redact(exc.message))

@@ -55,5 +55,5 @@ def start(
         raise server_not_installed(exc) from None
     from agent.logs import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, route_stdlib=True)
     serve(from_settings(settings))

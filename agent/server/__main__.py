@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agent.config import load_settings
+from agent.config import Settings, load_settings
 from agent.errors import FlowAgentError
+from agent.logs import configure_logging
 from agent.server.main import serve
-from agent.server.settings import ServerSettings, from_settings
+from agent.server.settings import from_settings
 
 
-def _settings(argv: list[str] | None) -> ServerSettings:
+def _settings(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(
         prog="python -m agent.server", description="Run the flowagent embedded server."
     )
@@ -23,12 +24,14 @@ def _settings(argv: list[str] | None) -> ServerSettings:
     parser.add_argument("--port", help="TCP port (default 4200)")
     args = parser.parse_args(argv)
     flags = {"server_host": args.host, "server_port": args.port}
-    return from_settings(load_settings(flags))
+    return load_settings(flags)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        serve(_settings(argv))
+        settings = _settings(argv)
+        configure_logging(settings.log_level, settings.log_format, route_stdlib=True)
+        serve(from_settings(settings))
     except FlowAgentError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import anyio
 import anyio.to_thread
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,7 +36,7 @@ from agent.server.scheduler import Clock, Scheduler, SchedulerConfig
 from agent.server.settings import ServerSettings
 from agent.server.webhooks import DeliveryWorker
 
-logger = logging.getLogger(__name__)
+log = structlog.get_logger("agent.server")
 
 _DESCRIPTION = (
     "The flowagent work-queue API: work queues, deployments, flow runs, agents and logs. "
@@ -76,7 +76,7 @@ def create_app(
             try:
                 await scheduler.tick_now()
             except Exception:
-                logger.exception("first scheduler pass failed; the scheduler will retry")
+                log.exception("first_scheduler_pass_failed")
             background.start_soon(scheduler.run, name="scheduler")
             background.start_soon(webhooks.run, name="notification-delivery")
             try:
@@ -140,7 +140,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
         detail = "the database disk is full; free some space on the server, then retry"
     else:
         detail = f"the database is unavailable ({reason}); retry shortly"
-    logger.warning("database unavailable for %s %s: %s", request.method, request.url.path, reason)
+    log.warning("database_unavailable", method=request.method, path=request.url.path, reason=reason)
     return JSONResponse(
         {"detail": detail},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,

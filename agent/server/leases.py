@@ -12,11 +12,11 @@ of the agent's last heartbeat and the moment this server process started.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import datetime, timedelta
 
 import anyio
+import structlog
 from sqlalchemy import select
 
 from agent.models import StateType, utcnow
@@ -25,7 +25,7 @@ from agent.server.db import Database
 from agent.server.lifecycle import ACTIVE_STATES, finish_transition
 from agent.server.orm import AgentRow, FlowRunRow
 
-logger = logging.getLogger(__name__)
+log = structlog.get_logger("agent.server.leases")
 
 
 def expire_leases(db: Database, lease_seconds: float, server_started: datetime) -> set[uuid.UUID]:
@@ -48,7 +48,14 @@ def expire_leases(db: Database, lease_seconds: float, server_started: datetime) 
                 f"agent {agent.name} stopped heartbeating at "
                 f"{agent.last_heartbeat.isoformat(timespec='seconds')}"
             )
-            logger.warning("lease expired: run %s %s → %s (%s)", run.id, current, target, message)
+            log.warning(
+                "lease_expired",
+                run_id=str(run.id),
+                agent=agent.name,
+                state=current.value,
+                to=target.value,
+                message=message,
+            )
             outcome = finish_transition(session, run, target, now=now, message=message)
             wake |= outcome.wake_queues
     return wake
@@ -64,6 +71,6 @@ async def lease_keeper(
         try:
             wake = await db.run(expire_leases, db, lease_seconds, started)
         except Exception:  # a locked database now and then must not end lease keeping
-            logger.exception("lease check failed; trying again in %ss", interval)
+            log.exception("lease_check_failed", retry_in=interval)
             continue
         notifier.notify(wake)

@@ -7,13 +7,13 @@ changes they guard happen under SQLite's write lock.
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,7 +22,7 @@ from agent.server import notifications
 from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, FlowRunStateRow
 from agent.server.views import conflict, get_run, not_found
 
-logger = logging.getLogger(__name__)
+log = structlog.get_logger("agent.server.lifecycle")
 
 DEFAULT_STATE_NAMES: dict[StateType, str] = {
     StateType.SCHEDULED: "Scheduled",
@@ -138,12 +138,12 @@ def check_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) ->
     if proposal.attempt is not None and proposal.attempt != run.attempt:
         # A report about an attempt that is over (its lease expired and the run moved on):
         # applying it would let a dead execution overwrite a live one.
-        logger.warning(
-            "refused stale report on run %s: %s about attempt %s, run is on attempt %s",
-            run.id,
-            proposal.type.value,
-            proposal.attempt,
-            run.attempt,
+        log.warning(
+            "stale_report_refused",
+            run_id=str(run.id),
+            state=proposal.type.value,
+            attempt=proposal.attempt,
+            run_attempt=run.attempt,
         )
         raise conflict(
             f"stale report: attempt {proposal.attempt} of run {run.id} is over "
@@ -335,6 +335,12 @@ def resolve_dropped_runs(
             target, message = StateType.CANCELLED, f"agent {agent.name} no longer runs it"
         else:
             target, message = StateType.CRASHED, f"agent {agent.name} no longer runs it"
-        logger.warning("run %s dropped by agent %s: %s → %s", run.id, agent.name, current, target)
+        log.warning(
+            "run_dropped",
+            run_id=str(run.id),
+            agent=agent.name,
+            state=current.value,
+            to=target.value,
+        )
         wake |= finish_transition(session, run, target, now=now, message=message).wake_queues
     return wake

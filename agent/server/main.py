@@ -53,6 +53,7 @@ def _run(settings: ServerSettings, sock: socket.socket) -> None:
     config = uvicorn.Config(
         app,
         log_level="warning",
+        log_config=None,  # its records go through our logging (agent/logs.py), not its own
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

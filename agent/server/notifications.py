@@ -10,7 +10,6 @@ worker, queues one OFFLINE event per agent silence (keyed, so once). Sending the
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,8 +22,6 @@ from agent.models import LATE_EVENT, OFFLINE_EVENT, AgentStatus, DeliveryStatus,
 from agent.server.db import Database
 from agent.server.orm import AgentRow, DeliveryRow, FlowRunRow, NotificationRow, WorkQueueRow
 from agent.server.views import agent_model
-
-logger = logging.getLogger(__name__)
 
 TEST_EVENT = "TEST"
 _CACHE_KEY = "flowagent.notifications"

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import structlog
 from croniter import croniter
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
@@ -44,7 +44,7 @@ from agent.server.db import Database
 from agent.server.lifecycle import new_run, record_state
 from agent.server.orm import DeploymentRow, FlowRunRow, ScheduleRow
 
-logger = logging.getLogger(__name__)
+log = structlog.get_logger("agent.server.scheduler")
 
 Clock = Callable[[], datetime]
 
@@ -412,11 +412,11 @@ class Scheduler:
         # Claimers waiting on a later next-due time must see runs that are due sooner.
         self.notifier.notify(report.wake_queues)
         if report.created or report.skipped or report.late:
-            logger.info(
-                "scheduler: %d run(s) made, %d skipped, %d marked late",
-                report.created,
-                report.skipped,
-                report.late,
+            log.info(
+                "scheduler_tick",
+                runs_made=report.created,
+                skipped=report.skipped,
+                marked_late=report.late,
             )
         return report
 
@@ -427,8 +427,6 @@ class Scheduler:
             try:
                 await self.tick_now()
             except Exception:  # a locked database now and then must not end scheduling
-                logger.exception(
-                    "scheduler tick failed; trying again in %ss", self.config.tick_seconds
-                )
+                log.exception("scheduler_tick_failed", retry_in=self.config.tick_seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poked.wait(), self.config.tick_seconds)

@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
+import structlog
 from sqlalchemy import select, update
 from tenacity import (
     AsyncRetrying,
@@ -50,7 +50,7 @@ from agent.server.db import Database
 from agent.server.notifications import NotificationConfig, queue_offline_events
 from agent.server.orm import DeliveryAttemptRow, DeliveryRow, NotificationRow
 
-logger = logging.getLogger(__name__)
+log = structlog.get_logger("agent.server.webhooks")
 
 SIGNATURE_HEADER = "X-Flowagent-Signature"
 # A 4xx other than these is the receiver refusing the event: sending it again will not help.
@@ -349,15 +349,15 @@ class DeliveryWorker:
                     )
                     if final is None:
                         raise _Retry(outcome)
-                    log = logger.info if final is DeliveryStatus.DELIVERED else logger.warning
-                    log(
-                        "notification %s (%s) to %s: %s after %d attempt(s)%s",
-                        job.delivery_id,
-                        job.event,
-                        job.url,
-                        final.value,
-                        number,
-                        f" ({outcome.error})" if outcome.error else "",
+                    say = log.info if final is DeliveryStatus.DELIVERED else log.warning
+                    say(
+                        "notification_delivery_ended",
+                        delivery_id=str(job.delivery_id),
+                        on=job.event,
+                        url=job.url,
+                        status=final.value,
+                        attempts=number,
+                        error=outcome.error,
                     )
                     return final
         except _Retry:  # out of attempts (the count said otherwise): the row stays PENDING
@@ -382,7 +382,7 @@ class DeliveryWorker:
         try:
             await self.deliver(client, job)
         except Exception:
-            logger.exception("notification %s: delivery failed", job.delivery_id)
+            log.exception("notification_delivery_failed", delivery_id=str(job.delivery_id))
         finally:
             self._in_flight.discard(job.delivery_id)
 
@@ -410,7 +410,7 @@ class DeliveryWorker:
                                 take_due, self.db, now, free, self.config.lease
                             )
                     except Exception:
-                        logger.exception("notification outbox check failed")
+                        log.exception("notification_outbox_check_failed")
                         jobs = []
                     for job in jobs:
                         self._in_flight.add(job.delivery_id)

@@ -299,7 +299,7 @@ def test_a_secret_cut_by_a_long_lines_split_is_masked(harness: Harness) -> None:
     async def scenario() -> None:
         sink = Sink()
         spec = harness.spec("long_line", parameters={"before": before, "text": secret})
-        handle = await harness.runner.start(spec, redactor.wrap_sink(sink))
+        handle = await harness.runner.start(spec, redactor.wrap_sink(sink, LINE_PIECE))
         result = await handle.wait()
         assert result.outcome is Outcome.COMPLETED, result
         pieces = sink.of("stdout")

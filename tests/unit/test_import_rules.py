@@ -84,7 +84,7 @@ def test_runners_import_nothing_of_the_agent() -> None:
 @pytest.mark.parametrize(
     ("modules", "forbidden", "allowed"),
     [
-        (["agent.server.app", "agent.server.main"], AGENT_SIDE, RUNNERS_MAY_LOAD),
+        (["agent.server.app", "agent.server.__main__"], AGENT_SIDE, RUNNERS_MAY_LOAD),
         (
             ["runners.subprocess", "runners.docker", "runners.inprocess", "runners.registry"],
             ("agent",),

@@ -139,7 +139,7 @@ def test_wrap_sink_redacts_each_line() -> None:
     lines: list[tuple[str, str]] = []
     redactor = Redactor.build(env={"DB_PASSWORD": "hunter2-hunter2"})
 
-    sink = redactor.wrap_sink(lambda stream, line: lines.append((stream, line)))
+    sink = redactor.wrap_sink(lambda stream, line: lines.append((stream, line)), LINE_PIECE)
     sink("stdout", "password is hunter2-hunter2")
 
     assert lines == [("stdout", f"password is {MASK}")]
@@ -150,7 +150,7 @@ SECRET = "hunter2-hunter2"
 
 @pytest.mark.parametrize("cut", range(1, len(SECRET)))
 def test_a_secret_cut_between_two_pieces_is_masked_in_both(cut: int) -> None:
-    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines()
+    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines(LINE_PIECE)
     first = "a" * (LINE_PIECE - cut) + SECRET[:cut]
     second = SECRET[cut:] + " and after"
 
@@ -163,7 +163,7 @@ def test_a_secret_cut_between_two_pieces_is_masked_in_both(cut: int) -> None:
 
 
 def test_a_piece_cut_at_utf8_bytes_is_told_by_its_encoded_size() -> None:
-    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines()
+    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines(LINE_PIECE)
     # 3-byte characters: a byte-stream runner's 64 KiB piece is a third as many characters.
     first = "€" * ((LINE_PIECE - 5) // 3) + SECRET[:5]
     assert len(first.encode()) >= LINE_PIECE - 3
@@ -174,7 +174,7 @@ def test_a_piece_cut_at_utf8_bytes_is_told_by_its_encoded_size() -> None:
 
 
 def test_only_full_size_pieces_and_their_own_stream_are_joined() -> None:
-    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines()
+    redact = Redactor.build(env={"DB_PASSWORD": SECRET}).lines(LINE_PIECE)
     # A short line is a whole line: its end is not a secret's start, the next line is its own.
     assert redact("stdout", "ends with hunter") == "ends with hunter"
     assert redact("stdout", "2-hunter2 starts") == "2-hunter2 starts"
