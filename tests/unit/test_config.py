@@ -290,3 +290,16 @@ def _row(table: str, key: str) -> list[str]:
         if cells and cells[0] == key:
             return cells
     raise AssertionError(f"no row {key!r} in:\n{table}")
+
+
+def test_readme_lists_every_setting_with_its_environment_variable() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("## Configuration")
+    table = readme[start : readme.index("\n### ", start)]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    missing = [
+        s.key
+        for s in SETTINGS
+        if not any(f"`{s.key}`" in row.split("|")[1] and f"`{s.env}`" in row for row in rows)
+    ]
+    assert missing == [], f"settings missing from README's configuration table: {missing}"
