@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
+import pytest
 
 BIN = Path(sys.executable).parent
 FLOWS = Path(__file__).parent / "integration" / "flows"
@@ -31,6 +32,19 @@ def block_loop_on_sigusr1(seconds: float) -> dict[str, str]:
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 AGENT = str(BIN / "agent")
 T = TypeVar("T")
+
+
+def require(problem: str | None) -> None:
+    """A component CI installs (dockerd, a Prefect venv, systemd…) is missing when ``problem``
+    says why: the test fails when ``CI`` is set, and skips, saying so, elsewhere."""
+    if problem is not None:
+        unavailable(problem)
+
+
+def unavailable(problem: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs it, and {problem}", pytrace=False)
+    pytest.skip(problem)
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import AGENT, free_port, stop, wait_for
+from tests.support import AGENT, free_port, stop, unavailable, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 FLOWS = Path(__file__).parent / "flows"
@@ -310,12 +310,7 @@ def venv_or_skip(name: str, setup: str) -> Path:
     venv = REPO / name
     if (venv / "bin" / "prefect").exists():
         return venv
-    message = f"{name} is missing: run `bash scripts/prefect-setup.sh{setup}`"
-    if os.environ.get("CI"):
-        raise AssertionError(message)
-    import pytest
-
-    pytest.skip(message)
+    unavailable(f"{name} is missing: run `bash scripts/prefect-setup.sh{setup}`")
 
 
 @contextlib.contextmanager

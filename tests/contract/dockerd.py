@@ -12,7 +12,7 @@ import traceback
 import warnings
 from typing import Any
 
-import pytest
+from tests.support import require
 
 #: Built by scripts/build-base-image.sh (debootstrap + docker import); never pulled.
 BASE_IMAGE = os.environ.get("FLOWAGENT_BASE_IMAGE", "flowagent/python-base:bookworm")
@@ -53,12 +53,7 @@ def _clear(exc: BaseException | None) -> None:
 
 def require_dockerd() -> None:
     """Fail (in CI) or skip (elsewhere) unless dockerd answers and the base image exists."""
-    problem = _problem()
-    if problem is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI needs a real dockerd: {problem}", pytrace=False)
-    pytest.skip(problem)
+    require(_problem())
 
 
 def client() -> Any:

@@ -25,7 +25,15 @@ import httpx
 import pytest
 
 from agent.notify import Notifier
-from tests.support import Server, block_loop_on_sigusr1, running_server, start_agent, stop, wait_for
+from tests.support import (
+    Server,
+    block_loop_on_sigusr1,
+    running_server,
+    start_agent,
+    stop,
+    unavailable,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +49,7 @@ SYSTEM_UNITS = next(
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        problem = f"{name} is not installed (Debian package: systemd)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs {problem}", pytrace=False)
-        pytest.skip(problem)
+        unavailable(f"{name} is not installed (Debian package: systemd)")
     return path
 
 
