@@ -63,7 +63,15 @@ class AgentOptions:
 
 
 class Agent:
-    def __init__(self, settings: Settings, options: AgentOptions, backend: Backend) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: AgentOptions,
+        backend: Backend,
+        *,
+        runners: Mapping[str, Runner] | None = None,
+    ) -> None:
+        """``runners``: instances to use by name instead of the installed ones (a test's)."""
         self.settings = settings
         self.options = options
         self.backend = backend
@@ -73,7 +81,7 @@ class Agent:
         self.shipper = LogShipper(self.outbox.send_logs)
         self.stopping = asyncio.Event()  # first signal: stop claiming
         self._slot_freed = asyncio.Event()
-        self._runners: dict[str, Runner | RunnerError] = {}
+        self._runners: dict[str, Runner | RunnerError] = dict(runners or {})
         self._signals = 0
         self._startup: asyncio.Task[Heartbeater] | None = None
         self._adopted: list[RunSupervisor] = []  # taken over at start-up, not yet supervised
@@ -198,6 +206,7 @@ class Agent:
         finally:
             self._remove_signal_handlers()
             self.ops.close()
+        self.fence.stop_fence()
         log.info("agent_stopped")
         return EXIT_OK
 
@@ -500,14 +509,16 @@ class Agent:
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(sig, self.on_signal, sig)
 
     def _remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
-    def _on_signal(self, sig: signal.Signals) -> None:
+    def on_signal(self, sig: signal.Signals) -> None:
+        """What SIGTERM or SIGINT does: stop claiming and drain; the 2nd cancels runs now; the
+        3rd exits at once."""
         self._signals += 1
         if self._startup is not None and not self._startup.done():
             log.info("agent_stopping", signal=sig.name, during="start-up")

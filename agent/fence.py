@@ -251,16 +251,27 @@ class FenceDir:
         pid = _read_pid(self.fence_pid)
         if pid is not None and _is_fence(pid, self.directory):
             return False
-        self._fence_process = subprocess.Popen(
-            [sys.executable, "-m", "agent.fence", str(self.directory)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.directory / "fence.log").open("ab"),
-            start_new_session=True,  # outlives the agent, and a Ctrl-C meant for the agent
-            close_fds=True,
-        )
+        with (self.directory / "fence.log").open("ab") as log:  # the child keeps its own copy
+            self._fence_process = subprocess.Popen(
+                [sys.executable, "-m", "agent.fence", str(self.directory)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,  # outlives the agent, and a Ctrl-C meant for the agent
+                close_fds=True,
+            )
         self.fence_pid.write_text(str(self._fence_process.pid))
         return True
+
+    def stop_fence(self, timeout: float = 5.0) -> None:
+        """At a clean exit that leaves no run listed, the fence has nothing to watch: stop the
+        one this agent started now (and reap it) rather than let it find that out later."""
+        process = self._fence_process
+        if process is None or process.poll() is not None or self.any_registered():
+            return
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
 
     def fence_pidfd(self) -> int | None:
         """A pidfd of the running fence, readable the instant it ends; None when none runs
