@@ -34,6 +34,7 @@ from agent.logs import LogShipper
 from agent.models import ClaimedRun, StateProposal, StateType, WorkQueue
 from agent.ops import Operations
 from agent.outbox import Outbox
+from agent.sources.cache import SourceCache
 from agent.spool import Spool
 from agent.supervisor import RunContext, RunSupervisor, StopReason, SupervisionPolicy
 from runners.base import Runner, starts_held
@@ -71,6 +72,7 @@ class Agent:
         self.fence = FenceDir.for_agent(settings.home, options.name)
         self.outbox = Outbox(backend, Spool(self.fence.directory / "spool"))
         self.shipper = LogShipper(self.outbox.send_logs)
+        self.sources = SourceCache(settings.home, self.fence.directory / "checkouts")
         self.stopping = asyncio.Event()  # first signal: stop claiming
         self._slot_freed = asyncio.Event()
         self._runners: dict[str, Runner | RunnerError] = {}
@@ -144,6 +146,8 @@ class Agent:
         # Reports an earlier life of this agent could not deliver go first, in order.
         await self.outbox.drain()
         await self._take_over(leftovers)
+        # What an earlier life (SIGKILLed, say) left on disk of runs no one takes over.
+        self.sources.checkouts.remove_all_but({s.ctx.run_id for s in self._adopted})
         await self._release_orphans()
         self.ops.ready(self.queue, heartbeater)
         return heartbeater
@@ -308,6 +312,7 @@ class Agent:
                 redactor=self.ops.redactor,
                 metrics=self.ops.metrics,
                 start_lead_seconds=self.settings.start_lead_seconds,
+                sources=self.sources,
             ),
         )
 

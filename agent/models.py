@@ -266,6 +266,63 @@ class Schedule(ScheduleCreate):
 
 # --------------------------------------------------------------------------- deployments
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# user:password@ in a URL: a credential that would be stored by the server and shown to all.
+_URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", re.IGNORECASE)
+
+
+class GitSource(_Model):
+    """Where an agent fetches a deployment's code: a git repository, at a ref, from a path."""
+
+    git: str = Field(
+        min_length=1, description="repository URL: https://, ssh://, user@host:path or file://"
+    )
+    ref: str | None = Field(
+        default=None, description="branch, tag or commit; default: the repository's HEAD"
+    )
+    path: str | None = Field(
+        default=None,
+        description="directory inside the repository the run works in (entrypoint relative to it)",
+    )
+    token_env: str | None = Field(
+        default=None,
+        description="name of an environment variable of the AGENT holding an https token; "
+        "the token itself never reaches the server",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> GitSource:
+        _nul_free(self.git)
+        if _URL_CREDENTIALS.match(self.git):
+            raise ValueError(
+                "the git URL holds a password or token; the server would store it: remove it "
+                "and name an environment variable of the agent with token_env instead"
+            )
+        if self.ref is not None and (not self.ref.strip() or self.ref.startswith("-")):
+            raise ValueError(f"ref {self.ref!r} is not a branch, tag or commit")
+        if self.path is not None:
+            parts = self.path.replace("\\", "/").split("/")
+            if self.path.startswith("/") or ".." in parts:
+                raise ValueError(
+                    f"path {self.path!r} must be a directory inside the repository "
+                    "(relative, without '..')"
+                )
+        if self.token_env is not None and not _ENV_NAME.match(self.token_env):
+            raise ValueError(
+                f"token_env {self.token_env!r} must be an environment variable NAME "
+                "(like GIT_TOKEN), not the token"
+            )
+        return self
+
+
+class RunSource(_Model):
+    """The code one run executes: the exact commit, recorded when its first attempt starts."""
+
+    git: str
+    ref: str | None = None
+    commit: str = Field(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+    path: str | None = None
+
 
 class DeploymentCreate(_Model):
     """A deployment says what to run: a Python entrypoint or a command argv, and how."""
@@ -292,6 +349,9 @@ class DeploymentCreate(_Model):
         description="when given, the deployment's schedules become these (an unchanged one "
         "keeps its id and its runs); left out, they stay as they are",
     )
+    source: GitSource | None = Field(
+        default=None, description="fetch the code from git for each run (docs/SOURCES.md)"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> DeploymentCreate:
@@ -303,7 +363,23 @@ class DeploymentCreate(_Model):
             )
         if self.command is not None and not self.command:
             raise ValueError("command must not be empty")
+        if self.source is not None:
+            check_source_target(self.entrypoint, self.working_dir)
         return self
+
+
+def check_source_target(entrypoint: str | None, working_dir: str | None) -> None:
+    """A deployment with a source runs in its checkout: nothing may point outside it."""
+    if working_dir is not None:
+        raise ValueError(
+            "a deployment with a source works in its checkout: give source.path (a directory "
+            "inside the repository), not working_dir"
+        )
+    if entrypoint is not None and entrypoint.startswith("/"):
+        raise ValueError(
+            f"entrypoint {entrypoint!r} is an absolute path; with a source it must be relative "
+            "to the source's path inside the repository"
+        )
 
 
 class Deployment(DeploymentCreate):
@@ -346,6 +422,9 @@ class FlowRun(_Model):
     agent_id: UUID | None = None
     runner_info: dict[str, Any] = Field(default_factory=dict)
     attempt: int = 1
+    source: RunSource | None = Field(
+        default=None, description="the commit the run executes; kept by every retry attempt"
+    )
     created: datetime
     start_time: datetime | None = None
     end_time: datetime | None = None
@@ -362,6 +441,11 @@ class StateProposal(_Model):
         "attempt that is over is refused (409)",
     )
     runner_info: dict[str, Any] | None = Field(default=None, description="merged into the run's")
+    source: RunSource | None = Field(
+        default=None,
+        description="the code the attempt runs; recorded when the run has none yet (a retry "
+        "keeps the first attempt's)",
+    )
 
 
 class RunnerInfoUpdate(_Model):

@@ -111,6 +111,11 @@ class Redactor:
         more = secret_values(env, self.patterns) - self.secrets
         return self if not more else Redactor(self.patterns, self.secrets | more)
 
+    def with_secrets(self, secrets: Iterable[str]) -> Redactor:
+        """This redactor plus ``secrets`` (e.g. a git token the agent read for a run)."""
+        more = frozenset(s for s in secrets if s) - self.secrets
+        return self if not more else Redactor(self.patterns, self.secrets | more)
+
     def redact(self, text: str) -> str:
         if self._pattern is not None:
             text = self._pattern.sub(MASK, text)

@@ -38,6 +38,7 @@ from agent.models import Deployment, DeploymentCreate, FlowRun, FlowRunCreate, S
 app = typer.Typer(help="Deployments: what to run, where, and how.", no_args_is_help=True)
 
 SCHEDULE: dict[str, Any] = {"rich_help_panel": "Schedule (see agent deployment schedule)"}
+SOURCE: dict[str, Any] = {"rich_help_panel": "Code from git (see docs/SOURCES.md)"}
 
 NameArg = Annotated[
     str, typer.Argument(help="The deployment's name (or UUID).", show_default=False)
@@ -89,9 +90,17 @@ def _specs(
                 "nothing to run: give an ENTRYPOINT (path/to/file.py:func) or --command",
                 hint="or describe the deployment in a file: --file deployment.yaml",
             )
-        workdir = Path(flags.pop("working_dir") or ".").resolve()
+        given_dir = flags.pop("working_dir")
         values = _flag_values(entrypoint, flags, lists["param"], lists["option"], lists["env"])
-        spec = spec_from_flags(values | {"working_dir": str(workdir)})
+        if values.get("source") is None:
+            # Without a source the code is here: the agent finds it at this absolute path.
+            values["working_dir"] = str(Path(given_dir or ".").resolve())
+        elif given_dir is not None:
+            raise InputError(
+                "--workdir and --git do not go together: the run works in its checkout",
+                hint="use --path for a directory inside the repository",
+            )
+        spec = spec_from_flags(values)
         return [(spec, f"deployment {spec.name!r}")]
     given = [FLAG_NAMES[k] for k, v in flags.items() if v is not None and k != "queue"]
     given += [LIST_FLAGS[k] for k, v in lists.items() if v]
@@ -105,17 +114,35 @@ def _specs(
     result = []
     for entry in load_deployment_file(file):
         spec = entry.spec
-        workdir = file.parent / (spec.working_dir or ".")
-        spec = spec.model_copy(update={"working_dir": str(workdir.resolve())})
+        if spec.source is None:
+            workdir = file.parent / (spec.working_dir or ".")
+            spec = spec.model_copy(update={"working_dir": str(workdir.resolve())})
         if spec.queue is None and flags.get("queue") is None:
             raise InputError(f"{entry.where}: no queue: add a 'queue' field or pass --queue")
         result.append((spec, entry.where))
     return result
 
 
+def _source_flags(
+    git: str | None, ref: str | None, path: str | None, token_env: str | None
+) -> dict[str, Any] | None:
+    if git is None:
+        others = [
+            flag for flag, v in (("--ref", ref), ("--path", path), ("--token-env", token_env)) if v
+        ]
+        if others:
+            raise InputError(f"{', '.join(others)} go with --git URL", hint="add --git URL")
+        return None
+    given = {"git": git, "ref": ref, "path": path, "token_env": token_env}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _check_locally(spec: DeploymentSpec, where: str | None) -> None:
     """What can be known here: the working directory, the entrypoint, the runner's options."""
     try:
+        if spec.source is not None:  # the code is in the repository, not here
+            check_runner_options(spec.runner, spec.runner_options)
+            return
         workdir = Path(spec.working_dir or ".")
         if not workdir.is_dir():
             raise InputError(
@@ -193,6 +220,24 @@ def create(
     catchup: Annotated[
         str | None, typer.Option("--catchup", help="After downtime: one or none.", **SCHEDULE)
     ] = None,
+    git: Annotated[
+        str | None,
+        typer.Option("--git", help="Repository URL: agents fetch the code from it.", **SOURCE),
+    ] = None,
+    ref: Annotated[
+        str | None,
+        typer.Option("--ref", help="Branch, tag or commit (default: HEAD).", **SOURCE),
+    ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option("--path", help="Directory in the repository to run in.", **SOURCE),
+    ] = None,
+    token_env: Annotated[
+        str | None,
+        typer.Option(
+            "--token-env", help="Agent env var holding an https token (its NAME).", **SOURCE
+        ),
+    ] = None,
 ) -> None:
     """Create (or update, by name) a deployment and print its id."""
     flags: dict[str, Any] = {
@@ -208,6 +253,7 @@ def create(
         "schedules": schedules_from_flags(
             cron=cron, interval=interval, at=at, timezone=timezone, anchor=anchor, catchup=catchup
         ),
+        "source": _source_flags(git, ref, path, token_env),
     }
     lists = {"param": param or [], "option": runner_option or [], "env": env or []}
     if file is None:

@@ -17,7 +17,7 @@ from uuid import UUID
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import InputError
-from agent.models import ScheduleCreate
+from agent.models import GitSource, ScheduleCreate, check_source_target
 
 if TYPE_CHECKING:
     # PyYAML is imported for deployment files only: `agent start` never reads one.
@@ -125,6 +125,7 @@ class DeploymentSpec(BaseModel):
     retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float = Field(default=0, ge=0)
     schedules: list[ScheduleCreate] | None = None
+    source: GitSource | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> DeploymentSpec:
@@ -136,6 +137,8 @@ class DeploymentSpec(BaseModel):
             )
         if self.command is not None and not self.command:
             raise ValueError("command must not be empty")
+        if self.source is not None:
+            check_source_target(self.entrypoint, self.working_dir)
         return self
 
 
@@ -157,6 +160,7 @@ FLAG_NAMES = {
     "retries": "--retries",
     "retry_delay_seconds": "--retry-delay",
     "schedules": "--cron/--interval/--at",
+    "source": "--git",
 }
 
 

@@ -40,6 +40,7 @@ def _upsert(db: Database, body: DeploymentCreate) -> tuple[Deployment, bool]:
         row.timeout_seconds = body.timeout_seconds
         row.retries = body.retries
         row.retry_delay_seconds = body.retry_delay_seconds
+        row.source = None if body.source is None else body.source.model_dump(mode="json")
         row.updated = now
         if body.schedules is not None:
             session.flush()  # the deployment's row first: schedules point at it

@@ -1,0 +1,188 @@
+"""One bare mirror per repository per host, shared by every agent there.
+
+Agents on one host fetch a repository into the same mirror under an exclusive ``flock``. A fetch
+that starts after another began while we waited for the lock finds nothing new, so it is
+skipped: twenty runs starting at once cost one fetch, not twenty. Git fetches only objects the
+mirror lacks. Exports (checkout.py) read the mirror without the lock: git writes new objects
+and refs atomically, and the agent never runs ``gc`` while others may read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from agent.errors import SourceError, TransientSourceError
+from agent.private import write_private
+from agent.sources.git import Credentials, fetch_error, run_git
+
+log = structlog.get_logger("agent.sources")
+
+LOCK_POLL_SECONDS = 0.02
+#: Tries of a fetch that failed for a reason that may pass (connection refused, 5xx…).
+FETCH_ATTEMPTS = 4
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_HEAD_REF = "refs/flowagent/HEAD"
+
+
+def mirror_key(url: str) -> str:
+    """The mirror's directory name: the same URL on every agent of the host, one mirror."""
+    return hashlib.sha256(url.strip().rstrip("/").encode()).hexdigest()[:24]
+
+
+class Mirror:
+    """The bare mirror of ``url`` under ``root`` (``$AGENT_HOME/sources/git``)."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.url = url
+        self.key = mirror_key(url)
+        self.path = root / self.key
+        self.meta = root / f"{self.key}.json"
+        self.lock_path = root / f"{self.key}.lock"
+
+    # ------------------------------------------------------------------ locking
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the mirror's flock; polled, so a cancelled run stops waiting at once."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL_SECONDS)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    # ------------------------------------------------------------------ metadata
+
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.meta.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_meta(self, **changes: Any) -> None:
+        data = self.read_meta() | {"url": self.url} | changes
+        write_private(self.meta, json.dumps(data, sort_keys=True))
+
+    def touch(self) -> None:
+        """Mark the mirror used now (pruning removes mirrors unused for long)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.meta)
+
+    # ------------------------------------------------------------------ git
+
+    async def _git(self, *args: str, credentials: Credentials = Credentials()) -> str | None:
+        result = await run_git(["--git-dir", str(self.path), *args], credentials=credentials)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    async def has_commit(self, commit: str) -> bool:
+        if not (self.path / "HEAD").exists():
+            return False
+        return await self._git("cat-file", "-e", f"{commit}^{{commit}}") is not None
+
+    async def fetch(
+        self, credentials: Credentials, token_env: str | None, *, extra: tuple[str, ...] = ()
+    ) -> bool:
+        """Bring the mirror up to date with the remote; False when another agent just did.
+
+        Retries network failures with backoff; raises SourceError when the fetch fails.
+        """
+        asked = time.time()
+        async with self.locked():
+            if not extra and self.read_meta().get("fetch_started", 0) >= asked:
+                return False  # someone fetched after we asked: nothing newer to get
+            if not (self.path / "HEAD").exists():
+                result = await run_git(["init", "--quiet", "--bare", str(self.path)])
+                if result.returncode != 0:
+                    raise SourceError(f"cannot create the git mirror {self.path}: {result.stderr}")
+            started = time.time()
+            refspecs = extra or (
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+                f"+HEAD:{_HEAD_REF}",
+            )
+            args = [
+                "--git-dir",
+                str(self.path),
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--no-write-fetch-head",
+                "--",
+                self.url,
+                *refspecs,
+            ]
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(TransientSourceError),
+                stop=stop_after_attempt(FETCH_ATTEMPTS),
+                wait=wait_exponential(multiplier=0.25, max=4),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    result = await run_git(args, credentials=credentials)
+                    if result.returncode != 0:
+                        error = fetch_error(self.url, result.stderr, token_env)
+                        if isinstance(error, TransientSourceError):
+                            log.warning("source_fetch_retrying", url=self.url, error=error.message)
+                        raise error
+            self._write_meta(fetch_started=started, fetched=time.time())
+            log.info("source_fetched", url=self.url, seconds=round(time.time() - started, 3))
+            return True
+
+    async def resolve(self, ref: str | None) -> str | None:
+        """The commit ``ref`` names in the mirror (a branch, tag, HEAD or commit), or None."""
+        candidates = (
+            [_HEAD_REF]
+            if ref is None
+            else [f"refs/heads/{ref}", f"refs/tags/{ref}", ref]
+            if not ref.startswith("refs/")
+            else [ref]
+        )
+        for name in candidates:
+            commit = await self._git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")
+            if commit:
+                return commit
+        return None
+
+    async def near_misses(self, ref: str) -> list[str]:
+        listed = await self._git(
+            "for-each-ref", "--format=%(refname:lstrip=2)", "refs/heads", "refs/tags"
+        )
+        names = listed.splitlines() if listed else []
+        return difflib.get_close_matches(ref, names, n=3, cutoff=0.6)
+
+    def record_use(self) -> None:
+        if self.meta.exists():
+            self.touch()
+        else:
+            self._write_meta()
+
+
+def looks_like_commit(ref: str | None) -> bool:
+    return ref is not None and _FULL_SHA.match(ref) is not None

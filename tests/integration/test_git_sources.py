@@ -1,0 +1,330 @@
+"""Deployments whose code comes from git: real repositories, real server, agents and flows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gitrepos import FLOW, Repo, loose_objects, make_repo, serving
+from tests.support import (
+    Server,
+    cli,
+    get_run,
+    log_lines,
+    make_deployment,
+    make_queue,
+    make_run,
+    running_server,
+    start_agent,
+    stop,
+    wait_for,
+    wait_state,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("sources")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    repo = make_repo(tmp_path / "git")
+    repo.commit({"flows/hello.py": FLOW, "flows/VERSION": "v1\n"}, "first")
+    return repo
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    path = tmp_path / "out"
+    path.mkdir()
+    path.chmod(0o777)  # a container's user writes here too
+    return path
+
+
+@pytest.fixture
+def agent_on(server: Server, tmp_path: Path) -> Iterator[Any]:
+    """Start agents (each with its own home unless given one); all must exit 0 at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        queue: dict[str, Any],
+        *args: str,
+        home: Path | None = None,
+        name: str | None = None,
+        **env: str,
+    ) -> subprocess.Popen[bytes]:
+        home = home or tmp_path / f"agent-home-{len(started)}"
+        home.mkdir(exist_ok=True)
+        name = name or f"a-{time.monotonic_ns()}"
+        process = start_agent(
+            server,
+            queue["id"],
+            "--name",
+            name,
+            *args,
+            log_path=home / f"{name}.log",
+            AGENT_HOME=str(home),
+            **env,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            assert stop(process) == 0, f"agent exited {process.returncode}"
+
+
+def git_deployment(
+    api: httpx.Client,
+    queue: dict[str, Any],
+    url: str,
+    fields: dict[str, Any] | None = None,
+    **source: Any,
+) -> Any:
+    return make_deployment(
+        api,
+        queue,
+        working_dir=None,
+        entrypoint="hello.py:main",
+        source={"git": url, "path": "flows", **source},
+        **(fields or {}),
+    )
+
+
+def written(out: Path, run: dict[str, Any], attempt: int = 1) -> list[str]:
+    return (out / f"{run['id']}-{attempt}").read_text().splitlines()
+
+
+def checkouts(home: Path) -> list[Path]:
+    return sorted(home.glob("agents/*/checkouts/*"))
+
+
+def test_run_from_git_completes_records_the_commit_and_leaves_no_checkout(
+    api, server, agent_on, repo, out, tmp_path
+) -> None:
+    queue = make_queue(api)
+    deployment = git_deployment(api, queue, repo.url, ref="main")
+    home = tmp_path / "h"
+    agent_on(queue, home=home)
+
+    run = make_run(api, deployment, parameters={"out": str(out)})
+    done = wait_state(api, run["id"])
+
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["source"]["commit"] == repo.head()
+    assert done["source"]["ref"] == "main"
+    version, cwd = written(out, run)
+    assert version == "v1"
+    # It ran in its own checkout, under the agent's home, at the source's path.
+    assert cwd.startswith(str(home / "agents")) and cwd.endswith(f"{run['id']}/flows")
+    assert not Path(cwd).exists()
+    assert checkouts(home) == []
+    shown = cli(server, "flow-run", "inspect", run["id"]).stdout
+    assert repo.head() in shown and '"commit"' in shown
+    assert any(repo.head() in line for line in log_lines(api, run["id"]))
+
+
+def test_a_new_commit_is_fetched_alone_and_recorded_by_the_next_run(
+    api, agent_on, repo, out, tmp_path
+) -> None:
+    queue = make_queue(api)
+    home = tmp_path / "h"
+    with serving(repo.bare.parent) as http:
+        deployment = git_deployment(api, queue, http.url(repo))
+        agent_on(queue, home=home)
+        first = wait_state(api, make_run(api, deployment, parameters={"out": str(out)})["id"])
+        (mirror,) = [p for p in (home / "sources" / "git").iterdir() if p.is_dir()]
+        before = loose_objects(mirror)
+
+        second_commit = repo.commit({"flows/VERSION": "v2\n"}, "second")
+        second = wait_state(api, make_run(api, deployment, parameters={"out": str(out)})["id"])
+
+    assert first["state"]["type"] == second["state"]["type"] == "COMPLETED"
+    assert first["source"]["commit"] != second_commit
+    assert second["source"]["commit"] == second_commit
+    assert written(out, second)[0] == "v2"
+    # One commit, one tree per changed directory level (root, flows/), one blob: 4 objects.
+    assert loose_objects(mirror) - before == 4
+
+
+RETRY_FLOW = """\
+import os
+import pathlib
+import subprocess
+
+
+def main(out: str, work: str) -> str:
+    version = pathlib.Path("VERSION").read_text().strip()
+    attempt = os.environ["FLOWAGENT_ATTEMPT"]
+    pathlib.Path(out, f"{os.environ['FLOWAGENT_RUN_ID']}-{attempt}").write_text(version + "\\n")
+    if attempt == "1":
+        # Move the branch on while this attempt runs, then fail: the retry must not see it.
+        pathlib.Path(work, "flows", "VERSION").write_text("moved\\n")
+        for args in (["add", "-A"], ["commit", "-qm", "moved"], ["push", "-q", "origin", "HEAD:main"]):
+            subprocess.run(["git", *args], cwd=work, check=True)
+        raise RuntimeError("attempt 1 fails on purpose")
+    return version
+"""
+
+
+def test_a_retry_runs_the_first_attempts_commit_after_the_branch_moved(
+    api, agent_on, repo, out
+) -> None:
+    first_commit = repo.commit({"flows/hello.py": RETRY_FLOW}, "retrying flow")
+    queue = make_queue(api)
+    deployment = git_deployment(api, queue, repo.url, fields={"retries": 1})
+    agent_on(
+        queue,
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@e.invalid",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@e.invalid",
+    )
+
+    run = make_run(api, deployment, parameters={"out": str(out), "work": str(repo.work)})
+    done = wait_state(api, run["id"], timeout=60)
+
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["attempt"] == 2
+    assert repo.head() != first_commit  # the branch did move
+    assert done["source"]["commit"] == first_commit
+    assert written(out, run, 1) == ["v1"] and written(out, run, 2) == ["v1"]
+
+
+def test_a_token_is_used_but_never_stored_or_logged(
+    api, server, agent_on, repo, out, tmp_path
+) -> None:
+    token = "s3cr3t-tok-" + str(time.monotonic_ns())
+    queue = make_queue(api)
+    home = tmp_path / "h"
+    with serving(repo.bare.parent, token=token) as http:
+        good = git_deployment(api, queue, http.url(repo), token_env="FLOWS_PAT")
+        bad = git_deployment(api, queue, http.url(repo), token_env="WRONG_PAT")
+        unset = git_deployment(api, queue, http.url(repo), token_env="UNSET_PAT")
+        agent_on(queue, home=home, FLOWS_PAT=token, WRONG_PAT="not-the-token")
+        ok = wait_state(api, make_run(api, good, parameters={"out": str(out)})["id"])
+        refused = wait_state(api, make_run(api, bad, parameters={"out": str(out)})["id"])
+        missing = wait_state(api, make_run(api, unset, parameters={"out": str(out)})["id"])
+        assert any(request.startswith("POST") for request in http.requests)
+
+    assert ok["state"]["type"] == "COMPLETED", ok["state"]
+    assert refused["state"]["type"] == "FAILED"
+    assert "git fetch failed" in refused["state"]["message"]
+    assert "credentials refused" in refused["state"]["message"]
+    assert "$WRONG_PAT" in refused["state"]["message"]
+    assert missing["state"]["type"] == "FAILED"
+    assert "$UNSET_PAT" in missing["state"]["message"]
+    encoded = __import__("base64").b64encode(f"x-access-token:{token}".encode())
+    for root in (home, server.home):
+        for path in root.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert token.encode() not in data and encoded not in data, path
+    assert token not in json.dumps(api.get("deployments").json())
+
+
+def test_bad_refs_and_repositories_fail_the_run_and_the_agent_goes_on(
+    api, agent_on, repo, out, tmp_path
+) -> None:
+    queue = make_queue(api)
+    typo = git_deployment(api, queue, repo.url, ref="mian")
+    nowhere = git_deployment(api, queue, (tmp_path / "no-such.git").as_uri())
+    closed = git_deployment(api, queue, "http://127.0.0.1:9/flows.git")  # discard port: refused
+    fine = git_deployment(api, queue, repo.url)
+    agent_on(queue)
+
+    states = {
+        name: wait_state(api, make_run(api, d, parameters={"out": str(out)})["id"], timeout=60)
+        for name, d in [("typo", typo), ("nowhere", nowhere), ("closed", closed), ("fine", fine)]
+    }
+
+    assert states["typo"]["state"]["type"] == "FAILED"
+    assert (
+        f"ref 'mian' not found in {repo.url}; did you mean 'main'?"
+        in (states["typo"]["state"]["message"])
+    )
+    assert states["nowhere"]["state"]["type"] == "FAILED"
+    assert "git fetch failed" in states["nowhere"]["state"]["message"]
+    assert states["closed"]["state"]["type"] == "FAILED"
+    assert "repository unreachable" in states["closed"]["state"]["message"]
+    assert states["fine"]["state"]["type"] == "COMPLETED"
+    assert states["typo"]["source"] is None
+
+
+def test_two_agents_on_one_host_share_one_mirror_for_twenty_runs(
+    api, agent_on, repo, out, tmp_path
+) -> None:
+    queue = make_queue(api)
+    home = tmp_path / "shared"
+    with serving(repo.bare.parent) as http:
+        deployment = git_deployment(api, queue, http.url(repo))
+        agent_on(queue, "--limit", "10", home=home)
+        agent_on(queue, "--limit", "10", home=home)
+        runs = [make_run(api, deployment, parameters={"out": str(out)}) for _ in range(20)]
+        done = [wait_state(api, run["id"], timeout=90) for run in runs]
+        fetches = [r for r in http.requests if r.startswith("POST") and "upload-pack" in r]
+
+    assert [d["state"]["type"] for d in done] == ["COMPLETED"] * 20
+    assert {d["source"]["commit"] for d in done} == {repo.head()}
+    assert len({d["agent_id"] for d in done}) == 2  # both agents took runs
+    assert all(written(out, run)[0] == "v1" for run in runs)
+    mirrors = [p for p in (home / "sources" / "git").iterdir() if p.is_dir()]
+    assert len(mirrors) == 1
+    # Runs that asked while a fetch was under way share it: far fewer fetches than runs.
+    assert 1 <= len(fetches) < 20, fetches
+    assert checkouts(home) == []
+
+
+def test_a_sigkilled_agents_checkouts_are_removed_when_it_starts_again(
+    api, agent_on, repo, out, tmp_path
+) -> None:
+    repo.commit(
+        {"flows/slow.py": "import time\n\ndef main() -> None:\n    time.sleep(600)\n"}, "slow"
+    )
+    queue = make_queue(api)
+    deployment = make_deployment(
+        api,
+        queue,
+        working_dir=None,
+        entrypoint="slow.py:main",
+        source={"git": repo.url, "path": "flows"},
+    )
+    home = tmp_path / "h"
+    agent = agent_on(queue, home=home, name="killed")
+    run = make_run(api, deployment)
+    wait_state(api, run["id"], {"RUNNING"})
+    assert len(checkouts(home)) == 1
+    pid = get_run(api, run["id"])["runner_info"]["pid"]
+
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    with __import__("contextlib").suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)  # the flow dies too: nothing to take over
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), what="the flow to die")
+    assert len(checkouts(home)) == 1  # left behind
+
+    agent_on(queue, home=home, name="killed")
+    ended = wait_state(api, run["id"], timeout=60)
+
+    assert ended["state"]["type"] in {"CRASHED", "FAILED"}
+    wait_for(lambda: checkouts(home) == [], what="the leftover checkout to go")
