@@ -460,6 +460,8 @@ class RunSupervisor:
         log.info(
             "run_finished", state=state.value, message=proposal.message, exit_code=result.exit_code
         )
+        # Its code goes before its end is reported: whoever sees the run over sees it gone.
+        self._release_source()
         await self.shipper.flush(self._run.id)
         await self._deliver(proposal)
 

@@ -168,8 +168,16 @@ import pathlib
 
 
 def main(out: str) -> str:
-    version = pathlib.Path("VERSION").read_text().strip()
-    name = f"{os.environ['FLOWAGENT_RUN_ID']}-{os.environ['FLOWAGENT_ATTEMPT']}"
-    pathlib.Path(out, name).write_text(f"{version}\\n{os.getcwd()}\\n")
+    # From the flow's own directory: the in-process runner does not chdir (docs/RUNNERS.md).
+    here = pathlib.Path(__file__).resolve().parent
+    version = (here / "VERSION").read_text().strip()
+    try:  # the Docker runner mounts the checkout read-only
+        (here / "probe").write_text("x")
+        mode = "rw"
+    except OSError:
+        mode = "ro"
+    # The in-process runner does not set the run's environment in the agent's either.
+    attempt = os.environ.get("FLOWAGENT_ATTEMPT", "1")
+    pathlib.Path(f"{out}-{attempt}").write_text(f"{version}\\n{here}\\n{mode}\\n")
     return version
 """

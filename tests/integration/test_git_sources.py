@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.contract.dockerd import BASE_IMAGE, our_containers, require_dockerd
 from tests.gitrepos import FLOW, Repo, loose_objects, make_repo, serving
 from tests.support import (
     Server,
@@ -111,8 +113,13 @@ def git_deployment(
     )
 
 
+def params(out: Path) -> dict[str, str]:
+    """Where a run's flow writes what it saw: a file of its own (out-<attempt>)."""
+    return {"out": str(out / uuid.uuid4().hex)}
+
+
 def written(out: Path, run: dict[str, Any], attempt: int = 1) -> list[str]:
-    return (out / f"{run['id']}-{attempt}").read_text().splitlines()
+    return Path(f"{run['parameters']['out']}-{attempt}").read_text().splitlines()
 
 
 def checkouts(home: Path) -> list[Path]:
@@ -127,14 +134,14 @@ def test_run_from_git_completes_records_the_commit_and_leaves_no_checkout(
     home = tmp_path / "h"
     agent_on(queue, home=home)
 
-    run = make_run(api, deployment, parameters={"out": str(out)})
+    run = make_run(api, deployment, parameters=params(out))
     done = wait_state(api, run["id"])
 
     assert done["state"]["type"] == "COMPLETED", done["state"]
     assert done["source"]["commit"] == repo.head()
     assert done["source"]["ref"] == "main"
-    version, cwd = written(out, run)
-    assert version == "v1"
+    version, cwd, mode = written(out, run)
+    assert version == "v1" and mode == "rw"
     # It ran in its own checkout, under the agent's home, at the source's path.
     assert cwd.startswith(str(home / "agents")) and cwd.endswith(f"{run['id']}/flows")
     assert not Path(cwd).exists()
@@ -152,12 +159,12 @@ def test_a_new_commit_is_fetched_alone_and_recorded_by_the_next_run(
     with serving(repo.bare.parent) as http:
         deployment = git_deployment(api, queue, http.url(repo))
         agent_on(queue, home=home)
-        first = wait_state(api, make_run(api, deployment, parameters={"out": str(out)})["id"])
+        first = wait_state(api, make_run(api, deployment, parameters=params(out))["id"])
         (mirror,) = [p for p in (home / "sources" / "git").iterdir() if p.is_dir()]
         before = loose_objects(mirror)
 
         second_commit = repo.commit({"flows/VERSION": "v2\n"}, "second")
-        second = wait_state(api, make_run(api, deployment, parameters={"out": str(out)})["id"])
+        second = wait_state(api, make_run(api, deployment, parameters=params(out))["id"])
 
     assert first["state"]["type"] == second["state"]["type"] == "COMPLETED"
     assert first["source"]["commit"] != second_commit
@@ -176,7 +183,7 @@ import subprocess
 def main(out: str, work: str) -> str:
     version = pathlib.Path("VERSION").read_text().strip()
     attempt = os.environ["FLOWAGENT_ATTEMPT"]
-    pathlib.Path(out, f"{os.environ['FLOWAGENT_RUN_ID']}-{attempt}").write_text(version + "\\n")
+    pathlib.Path(f"{out}-{attempt}").write_text(version + "\\n")
     if attempt == "1":
         # Move the branch on while this attempt runs, then fail: the retry must not see it.
         pathlib.Path(work, "flows", "VERSION").write_text("moved\\n")
@@ -201,7 +208,7 @@ def test_a_retry_runs_the_first_attempts_commit_after_the_branch_moved(
         GIT_COMMITTER_EMAIL="t@e.invalid",
     )
 
-    run = make_run(api, deployment, parameters={"out": str(out), "work": str(repo.work)})
+    run = make_run(api, deployment, parameters=params(out) | {"work": str(repo.work)})
     done = wait_state(api, run["id"], timeout=60)
 
     assert done["state"]["type"] == "COMPLETED", done["state"]
@@ -222,9 +229,9 @@ def test_a_token_is_used_but_never_stored_or_logged(
         bad = git_deployment(api, queue, http.url(repo), token_env="WRONG_PAT")
         unset = git_deployment(api, queue, http.url(repo), token_env="UNSET_PAT")
         agent_on(queue, home=home, FLOWS_PAT=token, WRONG_PAT="not-the-token")
-        ok = wait_state(api, make_run(api, good, parameters={"out": str(out)})["id"])
-        refused = wait_state(api, make_run(api, bad, parameters={"out": str(out)})["id"])
-        missing = wait_state(api, make_run(api, unset, parameters={"out": str(out)})["id"])
+        ok = wait_state(api, make_run(api, good, parameters=params(out))["id"])
+        refused = wait_state(api, make_run(api, bad, parameters=params(out))["id"])
+        missing = wait_state(api, make_run(api, unset, parameters=params(out))["id"])
         assert any(request.startswith("POST") for request in http.requests)
 
     assert ok["state"]["type"] == "COMPLETED", ok["state"]
@@ -254,7 +261,7 @@ def test_bad_refs_and_repositories_fail_the_run_and_the_agent_goes_on(
     agent_on(queue)
 
     states = {
-        name: wait_state(api, make_run(api, d, parameters={"out": str(out)})["id"], timeout=60)
+        name: wait_state(api, make_run(api, d, parameters=params(out))["id"], timeout=60)
         for name, d in [("typo", typo), ("nowhere", nowhere), ("closed", closed), ("fine", fine)]
     }
 
@@ -280,7 +287,7 @@ def test_two_agents_on_one_host_share_one_mirror_for_twenty_runs(
         deployment = git_deployment(api, queue, http.url(repo))
         agent_on(queue, "--limit", "10", home=home)
         agent_on(queue, "--limit", "10", home=home)
-        runs = [make_run(api, deployment, parameters={"out": str(out)}) for _ in range(20)]
+        runs = [make_run(api, deployment, parameters=params(out)) for _ in range(20)]
         done = [wait_state(api, run["id"], timeout=90) for run in runs]
         fetches = [r for r in http.requests if r.startswith("POST") and "upload-pack" in r]
 
@@ -328,3 +335,33 @@ def test_a_sigkilled_agents_checkouts_are_removed_when_it_starts_again(
 
     assert ended["state"]["type"] in {"CRASHED", "FAILED"}
     wait_for(lambda: checkouts(home) == [], what="the leftover checkout to go")
+
+
+@pytest.mark.parametrize("runner", ["subprocess", "inprocess", "docker"])
+def test_every_runner_runs_the_same_git_deployment(
+    api, agent_on, repo, out, tmp_path, runner
+) -> None:
+    options: dict[str, Any] = {}
+    if runner == "docker":
+        require_dockerd()
+        options = {"image": BASE_IMAGE, "volumes": [f"{out}:{out}:rw"]}
+    queue = make_queue(api)
+    deployment = git_deployment(
+        api, queue, repo.url, fields={"runner": runner, "runner_options": options}
+    )
+    home = tmp_path / "h"
+    agent_on(queue, home=home)
+
+    run = make_run(api, deployment, parameters=params(out))
+    done = wait_state(api, run["id"], timeout=90)
+
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["source"]["commit"] == repo.head()
+    version, cwd, mode = written(out, run)
+    assert version == "v1"
+    assert cwd.endswith("/flows")
+    # Docker gets the checkout read-only; the others run in it as it is.
+    assert mode == ("ro" if runner == "docker" else "rw")
+    assert checkouts(home) == []
+    if runner == "docker":
+        wait_for(lambda: not our_containers(), timeout=15, what="the run's container removed")
