@@ -130,7 +130,11 @@ class Redactor:
         if isinstance(value, Mapping):
             return {
                 k: MASK
-                if isinstance(k, str) and is_secret_name(k, self.patterns) and v not in (None, "")
+                if isinstance(k, str)
+                and is_secret_name(k, self.patterns)
+                and v not in (None, "")
+                # "token_env" and the like hold the NAME of a variable, which hides nothing.
+                and not k.endswith("_env")
                 else self.redact_value(v)
                 for k, v in value.items()
             }

@@ -365,3 +365,94 @@ def test_every_runner_runs_the_same_git_deployment(
     assert checkouts(home) == []
     if runner == "docker":
         wait_for(lambda: not our_containers(), timeout=15, what="the run's container removed")
+
+
+def test_deployment_create_takes_a_git_source_from_flags_and_files(
+    api, server, repo, tmp_path
+) -> None:
+    queue = make_queue(api)
+    name = f"git-{time.monotonic_ns()}"
+    # From a directory without the code: it is in the repository, nothing is checked here.
+    made = cli(
+        server,
+        "deployment",
+        "create",
+        "hello.py:main",
+        "--name",
+        name,
+        "--queue",
+        queue["name"],
+        "--git",
+        repo.url,
+        "--ref",
+        "main",
+        "--path",
+        "flows",
+        "--token-env",
+        "GIT_TOKEN",
+    )
+    shown = json.loads(cli(server, "deployment", "inspect", made.stdout.strip()).stdout)
+    assert shown["source"] == {
+        "git": repo.url,
+        "ref": "main",
+        "path": "flows",
+        "token_env": "GIT_TOKEN",
+    }
+    assert shown["working_dir"] is None
+
+    file = tmp_path / "deploy.yaml"
+    file.write_text(
+        f"name: {name}-file\nqueue: {queue['name']}\nentrypoint: hello.py:main\n"
+        f"source: {{git: '{repo.url}', ref: v1, path: flows}}\n"
+    )
+    made = cli(server, "deployment", "create", "--file", str(file))
+    shown = json.loads(cli(server, "deployment", "inspect", made.stdout.strip()).stdout)
+    assert shown["source"]["ref"] == "v1" and shown["working_dir"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--git", "https://bob:ghp_abc@example.com/r.git"], "token_env"),
+        (["--ref", "main"], "--ref go with --git URL"),
+        (["--git", "file:///r.git", "--workdir", "/tmp"], "--workdir and --git"),
+        (["--git", "file:///r.git", "--path", "../up"], "inside the repository"),
+        (["--git", "file:///r.git", "--token-env", "ghp_abc-def"], "NAME"),
+    ],
+)
+def test_deployment_create_refuses_bad_sources_clearly(api, server, args, message) -> None:
+    queue = make_queue(api)
+    result = cli(
+        server,
+        "deployment",
+        "create",
+        "hello.py:main",
+        "--name",
+        "x",
+        "--queue",
+        queue["name"],
+        *args,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "ghp_abc@" not in result.stderr
+
+
+def test_an_absolute_entrypoint_is_refused_with_a_source(api, server) -> None:
+    queue = make_queue(api)
+    result = cli(
+        server,
+        "deployment",
+        "create",
+        "/srv/flows/hello.py:main",
+        "--name",
+        "x",
+        "--queue",
+        queue["name"],
+        "--git",
+        "file:///r.git",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "absolute path" in result.stderr and "relative" in result.stderr
