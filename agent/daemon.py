@@ -34,7 +34,7 @@ from agent.logs import LogShipper
 from agent.models import ClaimedRun, StateProposal, StateType, WorkQueue
 from agent.ops import Operations
 from agent.outbox import Outbox
-from agent.sources.cache import SourceCache
+from agent.sources.cache import BundleDownloader, SourceCache
 from agent.spool import Spool
 from agent.supervisor import RunContext, RunSupervisor, StopReason, SupervisionPolicy
 from runners.base import Runner, starts_held
@@ -72,7 +72,12 @@ class Agent:
         self.fence = FenceDir.for_agent(settings.home, options.name)
         self.outbox = Outbox(backend, Spool(self.fence.directory / "spool"))
         self.shipper = LogShipper(self.outbox.send_logs)
-        self.sources = SourceCache(settings.home, self.fence.directory / "checkouts")
+        self.sources = SourceCache(
+            settings.home,
+            self.fence.directory / "checkouts",
+            # A Prefect server keeps no bundles: its runs bring their code with pull steps.
+            downloader=backend if isinstance(backend, BundleDownloader) else None,
+        )
         self.stopping = asyncio.Event()  # first signal: stop claiming
         self._slot_freed = asyncio.Event()
         self._runners: dict[str, Runner | RunnerError] = {}

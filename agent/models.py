@@ -315,13 +315,31 @@ class GitSource(_Model):
         return self
 
 
-class RunSource(_Model):
-    """The code one run executes: the exact commit, recorded when its first attempt starts."""
+class BundleSource(_Model):
+    """Code uploaded to the server (``deployment create --upload DIR``), named by its digest."""
 
-    git: str
+    bundle: str = Field(
+        pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<hex> of the uploaded archive"
+    )
+
+
+class Bundle(_Model):
+    """An uploaded bundle as the server keeps it."""
+
+    digest: str
+    size: int
+    created: bool = Field(description="false: the same content was stored already")
+
+
+class RunSource(_Model):
+    """The code one run executes, recorded when its first attempt starts: a git commit, or a
+    bundle's digest."""
+
+    git: str | None = None
     ref: str | None = None
-    commit: str = Field(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")
     path: str | None = None
+    bundle: str | None = None
 
 
 class DeploymentCreate(_Model):
@@ -349,8 +367,9 @@ class DeploymentCreate(_Model):
         description="when given, the deployment's schedules become these (an unchanged one "
         "keeps its id and its runs); left out, they stay as they are",
     )
-    source: GitSource | None = Field(
-        default=None, description="fetch the code from git for each run (docs/SOURCES.md)"
+    source: GitSource | BundleSource | None = Field(
+        default=None,
+        description="where agents get the code: git, or an uploaded bundle (docs/SOURCES.md)",
     )
 
     @model_validator(mode="after")

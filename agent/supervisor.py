@@ -194,10 +194,7 @@ class RunSupervisor:
             await self._report(StateType.FAILED, message)
             return False
         self.redactor = self.redactor.with_secrets(self.source.secrets)
-        self._agent_line(
-            f"code from {source.git} at commit {self.source.record.commit}"
-            + (f" (ref {source.ref})" if source.ref else "")
-        )
+        self._agent_line(self.source.summary)
         return True
 
     def _release_source(self) -> None:

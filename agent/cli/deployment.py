@@ -26,6 +26,7 @@ from agent.cli.output import (
 from agent.cli.parsing import (
     FLAG_NAMES,
     DeploymentSpec,
+    UploadSource,
     load_deployment_file,
     parse_pairs,
     spec_from_flags,
@@ -34,6 +35,7 @@ from agent.cli.runner import check_runner_options
 from agent.cli.schedule import describe, schedules_from_flags
 from agent.errors import InputError
 from agent.models import Deployment, DeploymentCreate, FlowRun, FlowRunCreate, StateType, WorkQueue
+from agent.sources.bundle import pack
 
 app = typer.Typer(help="Deployments: what to run, where, and how.", no_args_is_help=True)
 
@@ -96,9 +98,10 @@ def _specs(
             # Without a source the code is here: the agent finds it at this absolute path.
             values["working_dir"] = str(Path(given_dir or ".").resolve())
         elif given_dir is not None:
+            flag = "--upload" if "upload" in values["source"] else "--git"
             raise InputError(
-                "--workdir and --git do not go together: the run works in its checkout",
-                hint="use --path for a directory inside the repository",
+                f"--workdir and {flag} do not go together: the run works in its own copy",
+                hint="with --git, --path names a directory inside the repository",
             )
         spec = spec_from_flags(values)
         return [(spec, f"deployment {spec.name!r}")]
@@ -117,6 +120,9 @@ def _specs(
         if spec.source is None:
             workdir = file.parent / (spec.working_dir or ".")
             spec = spec.model_copy(update={"working_dir": str(workdir.resolve())})
+        elif isinstance(spec.source, UploadSource):  # relative to the file, like working_dir
+            upload = UploadSource(upload=str((file.parent / spec.source.upload).resolve()))
+            spec = spec.model_copy(update={"source": upload})
         if spec.queue is None and flags.get("queue") is None:
             raise InputError(f"{entry.where}: no queue: add a 'queue' field or pass --queue")
         result.append((spec, entry.where))
@@ -124,8 +130,12 @@ def _specs(
 
 
 def _source_flags(
-    git: str | None, ref: str | None, path: str | None, token_env: str | None
+    git: str | None, ref: str | None, path: str | None, token_env: str | None, upload: Path | None
 ) -> dict[str, Any] | None:
+    if upload is not None:
+        if git is not None:
+            raise InputError("give --git or --upload, not both")
+        return {"upload": str(upload.resolve())}
     if git is None:
         others = [
             flag for flag, v in (("--ref", ref), ("--path", path), ("--token-env", token_env)) if v
@@ -137,9 +147,25 @@ def _source_flags(
     return {k: v for k, v in given.items() if v is not None}
 
 
+async def _upload(backend: NativeBackend, directory: Path) -> str:
+    data = pack(directory)
+    bundle = await backend.upload_bundle(data)
+    stored = "uploaded" if bundle.created else "already on the server"
+    info(f"bundle {bundle.digest} ({bundle.size:,} bytes) of {directory}: {stored}")
+    return bundle.digest
+
+
 def _check_locally(spec: DeploymentSpec, where: str | None) -> None:
     """What can be known here: the working directory, the entrypoint, the runner's options."""
     try:
+        if isinstance(spec.source, UploadSource):  # the code is here, to be uploaded
+            directory = Path(spec.source.upload)
+            if not directory.is_dir():
+                raise InputError(f"--upload {str(directory)!r} is not a directory")
+            if spec.entrypoint is not None:
+                check_entrypoint(spec.entrypoint, directory)
+            check_runner_options(spec.runner, spec.runner_options)
+            return
         if spec.source is not None:  # the code is in the repository, not here
             check_runner_options(spec.runner, spec.runner_options)
             return
@@ -238,6 +264,14 @@ def create(
             "--token-env", help="Agent env var holding an https token (its NAME).", **SOURCE
         ),
     ] = None,
+    upload: Annotated[
+        Path | None,
+        typer.Option(
+            "--upload",
+            help="Pack this directory (minus .flowagentignore) and upload it to the server.",
+            rich_help_panel="Code uploaded to the server",
+        ),
+    ] = None,
 ) -> None:
     """Create (or update, by name) a deployment and print its id."""
     flags: dict[str, Any] = {
@@ -253,7 +287,7 @@ def create(
         "schedules": schedules_from_flags(
             cron=cron, interval=interval, at=at, timezone=timezone, anchor=anchor, catchup=catchup
         ),
-        "source": _source_flags(git, ref, path, token_env),
+        "source": _source_flags(git, ref, path, token_env, upload),
     }
     lists = {"param": param or [], "option": runner_option or [], "env": env or []}
     if file is None:
@@ -276,6 +310,8 @@ def create(
             if ref not in queues:
                 queues[ref] = await resolve_queue(backend, ref)
             fields = spec.model_dump(exclude={"queue"})
+            if isinstance(spec.source, UploadSource):
+                fields["source"] = {"bundle": await _upload(backend, Path(spec.source.upload))}
             body = DeploymentCreate(work_queue_id=queues[ref].id, **fields)
             done.append((await backend.create_deployment(body), queues[ref]))
         return done

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from agent.models import (
     AgentRecord,
     AgentStatus,
+    BundleSource,
     Deployment,
     FlowRun,
     GitSource,
@@ -113,10 +115,18 @@ def deployment_model(row: DeploymentRow) -> Deployment:
         timeout_seconds=row.timeout_seconds,
         retries=row.retries,
         retry_delay_seconds=row.retry_delay_seconds,
-        source=None if row.source is None else GitSource.model_validate(row.source),
+        source=source_model(row.source),
         created=row.created,
         updated=row.updated,
     )
+
+
+def source_model(data: dict[str, Any] | None) -> GitSource | BundleSource | None:
+    if data is None:
+        return None
+    if "bundle" in data:
+        return BundleSource.model_validate(data)
+    return GitSource.model_validate(data)
 
 
 def run_model(row: FlowRunRow) -> FlowRun:

@@ -1,23 +1,29 @@
-"""What the supervisor asks of sources: a run's code on disk, at one recorded commit.
+"""What the supervisor asks of sources: a run's code on disk, at one recorded version.
 
-``prepare`` resolves the deployment's ref to a commit (or takes the commit an earlier attempt
+``prepare`` resolves a git deployment's ref to a commit (or takes the commit an earlier attempt
 of the run recorded), fetches it into the host's mirror when missing, and exports it for the
-run. Every failure is a :class:`SourceError` whose message the run is FAILED with.
+run; or gets a bundle into the host's cache (checked against its digest at every use) and
+unpacks it for the run. Every failure is a :class:`SourceError` whose message the run is
+FAILED with.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 import structlog
 
-from agent.errors import SourceError
-from agent.models import FlowRun, GitSource, RunSource
+from agent.errors import FlowAgentError, SourceError
+from agent.models import BundleSource, FlowRun, GitSource, RunSource
+from agent.sources.bundle import extract
+from agent.sources.bundles import BundleCache
 from agent.sources.checkout import Checkouts
 from agent.sources.git import Credentials
 from agent.sources.mirror import Mirror, looks_like_commit
@@ -33,16 +39,37 @@ class PreparedSource:
     record: RunSource
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
+    @property
+    def summary(self) -> str:
+        record = self.record
+        if record.bundle is not None:
+            return f"code from bundle {record.bundle}"
+        ref = f" (ref {record.ref})" if record.ref else ""
+        return f"code from {record.git} at commit {record.commit}{ref}"
+
+
+@runtime_checkable
+class BundleDownloader(Protocol):
+    """The server a bundle comes from (the native backend)."""
+
+    async def download_bundle(self, digest: str) -> bytes: ...
+
 
 class SourceCache:
     """The host's mirrors (shared) and one agent's checkouts."""
 
     def __init__(
-        self, home: Path, checkouts: Path, environ: Mapping[str, str] | None = None
+        self,
+        home: Path,
+        checkouts: Path,
+        environ: Mapping[str, str] | None = None,
+        downloader: BundleDownloader | None = None,
     ) -> None:
         self.root = home / "sources" / "git"
+        self.bundles = BundleCache(home / "sources" / "bundles")
         self.checkouts = Checkouts(checkouts)
         self._environ = os.environ if environ is None else environ
+        self._downloader = downloader
 
     def mirror(self, url: str) -> Mirror:
         return Mirror(self.root, url)
@@ -59,15 +86,43 @@ class SourceCache:
             )
         return Credentials(token)
 
-    def working_dir(self, run_id: UUID, source: GitSource) -> Path:
+    def working_dir(self, run_id: UUID, source: GitSource | BundleSource) -> Path:
         base = self.checkouts.path(run_id)
-        return base / source.path if source.path else base
+        return base / source.path if isinstance(source, GitSource) and source.path else base
 
-    async def prepare(self, run: FlowRun, source: GitSource) -> PreparedSource:
+    async def prepare(self, run: FlowRun, source: GitSource | BundleSource) -> PreparedSource:
+        if isinstance(source, BundleSource):
+            return await self._prepare_bundle(run, source)
+        return await self._prepare_git(run, source)
+
+    async def _prepare_bundle(self, run: FlowRun, source: BundleSource) -> PreparedSource:
+        downloader = self._downloader
+        if downloader is None:
+            raise SourceError("this agent's server cannot serve bundles (not a flowagent server)")
+
+        async def download() -> bytes:
+            try:
+                return await downloader.download_bundle(source.bundle)
+            except FlowAgentError as exc:
+                raise SourceError(f"cannot download bundle {source.bundle}: {exc.message}") from exc
+
+        archive = await self.bundles.get(source.bundle, download)
+        target = self.checkouts.path(run.id)
+        self.checkouts.remove(run.id)
+        target.mkdir(parents=True, mode=0o755)
+        try:
+            await asyncio.to_thread(extract, archive, target)
+        except BaseException:
+            self.checkouts.remove(run.id)
+            raise
+        log.info("source_ready", bundle=source.bundle, checkout=str(target))
+        return PreparedSource(target, RunSource(bundle=source.bundle))
+
+    async def _prepare_git(self, run: FlowRun, source: GitSource) -> PreparedSource:
         credentials = self.credentials(source)
         mirror = self.mirror(source.git)
         recorded = run.source if run.source is not None and run.source.git == source.git else None
-        if recorded is not None:
+        if recorded is not None and recorded.commit is not None:
             commit = await self._recorded_commit(mirror, recorded.commit, source, credentials)
         else:
             commit = await self._resolve(mirror, source, credentials)
