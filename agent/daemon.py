@@ -35,6 +35,7 @@ from agent.models import ClaimedRun, StateProposal, StateType, WorkQueue
 from agent.ops import Operations
 from agent.outbox import Outbox
 from agent.sources.cache import BundleDownloader, SourceCache
+from agent.sources.inventory import prune as prune_sources
 from agent.spool import Spool
 from agent.supervisor import RunContext, RunSupervisor, StopReason, SupervisionPolicy
 from runners.base import Runner, starts_held
@@ -153,6 +154,11 @@ class Agent:
         await self._take_over(leftovers)
         # What an earlier life (SIGKILLed, say) left on disk of runs no one takes over.
         self.sources.checkouts.remove_all_but({s.ctx.run_id for s in self._adopted})
+        # Mirrors and bundles of the host no run used for long (never one a run is reading).
+        try:
+            prune_sources(self.settings.home, self.settings.source_max_idle)
+        except OSError as exc:
+            log.warning("sources_not_pruned", error=str(exc))
         await self._release_orphans()
         self.ops.ready(self.queue, heartbeater)
         return heartbeater

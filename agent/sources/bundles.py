@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
 
 from agent.errors import SourceError
 from agent.sources.bundle import digest_of, file_digest
+from agent.sources.locks import locked
 
 log = structlog.get_logger("agent.sources")
-
-LOCK_POLL_SECONDS = 0.02
 
 
 class BundleCache:
@@ -31,21 +29,12 @@ class BundleCache:
     def path(self, digest: str) -> Path:
         return self.directory / f"{digest.removeprefix('sha256:')}.tar.gz"
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, digest: str) -> AsyncIterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = self.directory / f"{digest.removeprefix('sha256:')}.lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(LOCK_POLL_SECONDS)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self, digest: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return locked(self.directory / f"{digest.removeprefix('sha256:')}.lock")
+
+    def in_use(self, digest: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held (shared) while a run unpacks it: prune leaves it alone."""
+        return locked(self.directory / f"{digest.removeprefix('sha256:')}.use", shared=True)
 
     async def get(self, digest: str, download: Callable[[], Awaitable[bytes]]) -> Path:
         """The cached archive of ``digest``, verified; downloaded when missing or damaged."""

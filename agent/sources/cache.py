@@ -106,15 +106,16 @@ class SourceCache:
             except FlowAgentError as exc:
                 raise SourceError(f"cannot download bundle {source.bundle}: {exc.message}") from exc
 
-        archive = await self.bundles.get(source.bundle, download)
         target = self.checkouts.path(run.id)
-        self.checkouts.remove(run.id)
-        target.mkdir(parents=True, mode=0o755)
-        try:
-            await asyncio.to_thread(extract, archive, target)
-        except BaseException:
+        async with self.bundles.in_use(source.bundle):
+            archive = await self.bundles.get(source.bundle, download)
             self.checkouts.remove(run.id)
-            raise
+            target.mkdir(parents=True, mode=0o755)
+            try:
+                await asyncio.to_thread(extract, archive, target)
+            except BaseException:
+                self.checkouts.remove(run.id)
+                raise
         log.info("source_ready", bundle=source.bundle, checkout=str(target))
         return PreparedSource(target, RunSource(bundle=source.bundle))
 
@@ -122,12 +123,13 @@ class SourceCache:
         credentials = self.credentials(source)
         mirror = self.mirror(source.git)
         recorded = run.source if run.source is not None and run.source.git == source.git else None
-        if recorded is not None and recorded.commit is not None:
-            commit = await self._recorded_commit(mirror, recorded.commit, source, credentials)
-        else:
-            commit = await self._resolve(mirror, source, credentials)
-        mirror.record_use()
-        base = await self.checkouts.export(mirror.path, commit, run.id)
+        async with mirror.in_use():
+            if recorded is not None and recorded.commit is not None:
+                commit = await self._recorded_commit(mirror, recorded.commit, source, credentials)
+            else:
+                commit = await self._resolve(mirror, source, credentials)
+            mirror.record_use()
+            base = await self.checkouts.export(mirror.path, commit, run.id)
         workdir = self.working_dir(run.id, source)
         if not workdir.is_dir():
             self.checkouts.remove(run.id)

@@ -9,16 +9,13 @@ and refs atomically, and the agent never runs ``gc`` while others may read.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import difflib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +30,10 @@ from tenacity import (
 from agent.errors import SourceError, TransientSourceError
 from agent.private import write_private
 from agent.sources.git import Credentials, fetch_error, run_git
+from agent.sources.locks import locked
 
 log = structlog.get_logger("agent.sources")
 
-LOCK_POLL_SECONDS = 0.02
 #: Tries of a fetch that failed for a reason that may pass (connection refused, 5xx…).
 FETCH_ATTEMPTS = 4
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -57,24 +54,17 @@ class Mirror:
         self.path = root / self.key
         self.meta = root / f"{self.key}.json"
         self.lock_path = root / f"{self.key}.lock"
+        self.use_path = root / f"{self.key}.use"
 
     # ------------------------------------------------------------------ locking
 
-    @contextlib.asynccontextmanager
-    async def locked(self) -> AsyncIterator[None]:
-        """Hold the mirror's flock; polled, so a cancelled run stops waiting at once."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(LOCK_POLL_SECONDS)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+    def locked(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held while the mirror is created or fetched."""
+        return locked(self.lock_path)
+
+    def in_use(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held (shared) while a run resolves and exports from it: prune leaves it alone."""
+        return locked(self.use_path, shared=True)
 
     # ------------------------------------------------------------------ metadata
 
