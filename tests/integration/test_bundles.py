@@ -213,3 +213,21 @@ def test_a_tampered_cached_bundle_is_detected_and_downloaded_again(
     log = (agent_home / "agent.log").read_text()
     assert "bundle_cache_damaged" in log and digest in log
     assert get_run(api, second["id"])["source"]["bundle"] == digest
+
+
+def test_a_deployment_naming_a_bundle_the_server_lacks_is_refused(api) -> None:
+    queue = make_queue(api)
+    response = api.post(
+        "deployments",
+        json={
+            "name": f"missing-{time.monotonic_ns()}",
+            "work_queue_id": queue["id"],
+            "entrypoint": "hello.py:main",
+            "source": {"bundle": "sha256:" + "ab" * 32},
+        },
+    )
+    assert response.status_code == 422
+    assert "upload it first" in response.json()["detail"]
+    bad = api.get("bundles/sha256:nothex")
+    assert bad.status_code == 422 and "not a bundle digest" in bad.json()["detail"]
+    assert api.get("bundles/sha256:" + "ab" * 32).status_code == 404
