@@ -456,3 +456,62 @@ def test_an_absolute_entrypoint_is_refused_with_a_source(api, server) -> None:
     )
     assert result.returncode != 0
     assert "absolute path" in result.stderr and "relative" in result.stderr
+
+
+WAITER = """\
+import os
+import pathlib
+import time
+
+
+def main(out: str) -> str:
+    here = pathlib.Path(__file__).resolve().parent
+    pathlib.Path(out, "started").write_text(f"{os.getpid()}\\n{here}\\n")
+    while not pathlib.Path(out, "release").exists():
+        time.sleep(0.02)
+    # Still there after the agent's restart: the taken-over run reads its own code.
+    return (here / "VERSION").read_text().strip()
+"""
+
+
+def test_a_run_taken_over_after_a_restart_keeps_its_checkout_until_it_ends(
+    api, agent_on, repo, out, tmp_path
+) -> None:
+    repo.commit({"flows/waiter.py": WAITER}, "waiter")
+    queue = make_queue(api)
+    deployment = make_deployment(
+        api,
+        queue,
+        working_dir=None,
+        entrypoint="waiter.py:main",
+        source={"git": repo.url, "path": "flows"},
+        parameters={"out": str(out)},
+    )
+    home = tmp_path / "h"
+    first = agent_on(queue, home=home, name="phoenix")
+    run = make_run(api, deployment)
+    started = out / "started"
+    wait_for(
+        lambda: started.exists() and len(started.read_text().splitlines()) == 2,
+        timeout=60,
+        what="the flow to start",
+    )
+    pid, where = started.read_text().splitlines()
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    agent_on(queue, home=home, name="phoenix")
+    wait_for(
+        lambda: any("took the run over" in line for line in log_lines(api, run["id"])),
+        timeout=60,
+        what="the restarted agent to take the run over",
+    )
+    assert Path(where).is_dir()  # kept for the run it took over
+    assert Path(f"/proc/{pid}").exists()
+    (out / "release").touch()
+    done = wait_state(api, run["id"], timeout=60)
+
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["runner_info"]["result"] == "v1"
+    assert done["attempt"] == 1
+    assert not Path(where).exists() and checkouts(home) == []
