@@ -1,4 +1,4 @@
-"""A run's own copy of one commit: ``git archive`` of the mirror, unpacked by ``tar``.
+"""A run's own copy of one commit: ``git archive`` of the mirror, unpacked as it streams.
 
 An export, not a clone or a worktree: nothing in the mirror refers to it, so removing it is
 ``rm -r`` and an agent SIGKILLed mid-run leaves nothing behind in the mirror. Each agent keeps
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 from uuid import UUID
 
@@ -40,45 +41,13 @@ class Checkouts:
         self.remove(run_id)
         # Readable by anyone: a container may run the flow as any user (runners/docker.py).
         target.mkdir(parents=True, mode=0o755)
-        read, write = os.pipe()
         try:
-            git = await asyncio.create_subprocess_exec(
-                "git",
-                "--git-dir",
-                str(mirror),
-                "archive",
-                "--format=tar",
-                commit,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=write,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            tar = await asyncio.create_subprocess_exec(
-                "tar",
-                "-x",
-                "--no-same-owner",
-                "-C",
-                str(target),
-                stdin=read,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        finally:
-            os.close(read)
-            os.close(write)
-        try:
-            (_, git_err), (_, tar_err) = await asyncio.wait_for(
-                asyncio.gather(git.communicate(), tar.communicate()), EXPORT_TIMEOUT_SECONDS
+            await asyncio.wait_for(
+                asyncio.to_thread(_export, mirror, commit, target), EXPORT_TIMEOUT_SECONDS
             )
         except BaseException:
-            for process in (git, tar):
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
             self.remove(run_id)
             raise
-        if git.returncode or tar.returncode:
-            self.remove(run_id)
-            detail = (git_err or tar_err).decode(errors="replace").strip()
-            raise SourceError(f"cannot check out commit {commit}: {detail}")
         return target
 
     def remove(self, run_id: UUID) -> None:
@@ -100,3 +69,30 @@ class Checkouts:
         if removed:
             log.info("source_checkouts_removed", count=len(removed))
         return removed
+
+
+def _export(mirror: Path, commit: str, target: Path) -> None:
+    """``git archive`` streamed into ``tarfile`` here: one process per run start, not two."""
+    git = subprocess.Popen(
+        ["git", "--git-dir", str(mirror), "archive", "--format=tar", commit],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert git.stdout is not None and git.stderr is not None
+    try:
+        # "tar" filter: paths stay inside the target; symlinks are kept as the commit has them
+        # (as a git checkout would), wherever they point.
+        with tarfile.open(fileobj=git.stdout, mode="r|") as tar:
+            tar.extractall(target, filter="tar")
+    except (tarfile.TarError, OSError) as exc:
+        git.kill()
+        git.wait()
+        detail = git.stderr.read().decode(errors="replace").strip()
+        raise SourceError(f"cannot check out commit {commit}: {detail or exc}") from exc
+    finally:
+        git.stdout.close()
+    err = git.stderr.read().decode(errors="replace").strip()
+    git.stderr.close()
+    if git.wait() != 0:
+        raise SourceError(f"cannot check out commit {commit}: {err}")

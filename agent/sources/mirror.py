@@ -145,8 +145,34 @@ class Mirror:
             log.info("source_fetched", url=self.url, seconds=round(time.time() - started, 3))
             return True
 
+    def read_branch(self, name: str) -> str | None:
+        """The commit a branch ref (``refs/heads/…``, or our HEAD) points at, read from the
+        mirror's files: a git process per run start costs more than the rest of the lookup.
+        None when it is not there as a plain ref (git is asked then)."""
+        path = self.path / name
+        if not path.resolve().is_relative_to(self.path.resolve()):
+            return None
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            text = path.read_text().strip()
+            if _FULL_SHA.match(text):
+                return text
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            for line in (self.path / "packed-refs").read_text().splitlines():
+                commit, _, ref = line.partition(" ")
+                if ref == name and _FULL_SHA.match(commit):
+                    return commit
+        return None
+
     async def resolve(self, ref: str | None) -> str | None:
         """The commit ``ref`` names in the mirror (a branch, tag, HEAD or commit), or None."""
+        # Branches always point at commits: read them; tags may need peeling: ask git.
+        branch = (
+            _HEAD_REF if ref is None else None if ref.startswith("refs/") else f"refs/heads/{ref}"
+        )
+        if branch is not None:
+            commit = self.read_branch(branch)
+            if commit is not None:
+                return commit
         candidates = (
             [_HEAD_REF]
             if ref is None
