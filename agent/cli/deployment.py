@@ -36,6 +36,7 @@ from agent.cli.schedule import describe, schedules_from_flags
 from agent.errors import InputError
 from agent.models import Deployment, DeploymentCreate, FlowRun, FlowRunCreate, StateType, WorkQueue
 from agent.sources.bundle import pack
+from runners.docker_config import outside_entrypoint
 
 app = typer.Typer(help="Deployments: what to run, where, and how.", no_args_is_help=True)
 
@@ -177,6 +178,10 @@ def _check_locally(spec: DeploymentSpec, where: str | None) -> None:
             )
         if spec.entrypoint is not None:
             check_entrypoint(spec.entrypoint, workdir)
+        if spec.runner == "docker" and spec.runner_options.get("mount_working_dir", True):
+            outside = outside_entrypoint(spec.entrypoint, workdir.resolve())
+            if outside is not None:
+                raise InputError(outside)
         check_runner_options(spec.runner, spec.runner_options)
     except InputError as exc:
         if where is not None:

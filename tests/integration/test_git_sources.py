@@ -515,3 +515,47 @@ def test_a_run_taken_over_after_a_restart_keeps_its_checkout_until_it_ends(
     assert done["runner_info"]["result"] == "v1"
     assert done["attempt"] == 1
     assert not Path(where).exists() and checkouts(home) == []
+
+
+def test_an_entrypoint_outside_the_working_dir_is_refused_for_docker(
+    api, server, agent_on, tmp_path
+) -> None:
+    workdir, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    workdir.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "flow.py").write_text("def main() -> None:\n    pass\n")
+    entrypoint = f"{elsewhere}/flow.py:main"
+    queue = make_queue(api)
+    refused = cli(
+        server,
+        "deployment",
+        "create",
+        entrypoint,
+        "--name",
+        "x",
+        "--queue",
+        queue["name"],
+        "--workdir",
+        str(workdir),
+        "--runner",
+        "docker",
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "outside the working directory" in refused.stderr
+
+    # Made through the API (no local check): the run FAILS with the same reason, before any
+    # container is made.
+    require_dockerd()
+    deployment = make_deployment(
+        api,
+        queue,
+        working_dir=str(workdir),
+        entrypoint=entrypoint,
+        runner="docker",
+        runner_options={"image": BASE_IMAGE},
+    )
+    agent_on(queue)
+    done = wait_state(api, make_run(api, deployment)["id"], timeout=60)
+    assert done["state"]["type"] == "FAILED"
+    assert "outside the working directory" in done["state"]["message"]
