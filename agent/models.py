@@ -20,6 +20,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
     model_validator,
 )
 
@@ -465,6 +467,14 @@ class StateProposal(_Model):
         description="the code the attempt runs; recorded when the run has none yet (a retry "
         "keeps the first attempt's)",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_source(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A server from before sources refuses unknown fields: say nothing when there is none.
+        data: dict[str, Any] = handler(self)
+        if self.source is None:
+            data.pop("source", None)
+        return data
 
 
 class RunnerInfoUpdate(_Model):
