@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
@@ -127,20 +128,30 @@ class Mirror:
                 self.url,
                 *refspecs,
             ]
+
+            def retrying_soon(state: RetryCallState) -> None:
+                error = state.outcome.exception() if state.outcome else None
+                delay = state.next_action.sleep if state.next_action else 0.0
+                log.warning(
+                    "source_fetch_retrying",
+                    url=self.url,
+                    error=str(error),
+                    attempt=state.attempt_number,
+                    delay=round(delay, 2),
+                )
+
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(TransientSourceError),
                 stop=stop_after_attempt(FETCH_ATTEMPTS),
                 wait=wait_exponential(multiplier=0.25, max=4),
+                before_sleep=retrying_soon,
                 reraise=True,
             )
             async for attempt in retrying:
                 with attempt:
                     result = await run_git(args, credentials=credentials)
                     if result.returncode != 0:
-                        error = fetch_error(self.url, result.stderr, token_env)
-                        if isinstance(error, TransientSourceError):
-                            log.warning("source_fetch_retrying", url=self.url, error=error.message)
-                        raise error
+                        raise fetch_error(self.url, result.stderr, token_env)
             self._write_meta(fetch_started=started, fetched=time.time())
             log.info("source_fetched", url=self.url, seconds=round(time.time() - started, 3))
             return True

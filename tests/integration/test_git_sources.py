@@ -274,6 +274,10 @@ def test_bad_refs_and_repositories_fail_the_run_and_the_agent_goes_on(
     assert "git fetch failed" in states["nowhere"]["state"]["message"]
     assert states["closed"]["state"]["type"] == "FAILED"
     assert "repository unreachable" in states["closed"]["state"]["message"]
+    # Retried with backoff before giving up (4 tries: 3 retries logged).
+    log = "".join(p.read_text() for p in (tmp_path / "agent-home-0").glob("*.log"))
+    retries = [line for line in log.splitlines() if "source_fetch_retrying" in line]
+    assert len(retries) == 3 and all("127.0.0.1:9" in line for line in retries)
     assert states["fine"]["state"]["type"] == "COMPLETED"
     assert states["typo"]["source"] is None
 
