@@ -131,7 +131,9 @@ class SourceCache:
             mirror.record_use()
             base = await self.checkouts.export(mirror.path, commit, run.id)
         workdir = self.working_dir(run.id, source)
-        if not workdir.is_dir():
+        # A symlink in the repository must not make the run work somewhere else on the host.
+        inside = workdir.resolve().is_relative_to(base.resolve())
+        if not inside or not workdir.is_dir():
             self.checkouts.remove(run.id)
             raise SourceError(
                 f"path {source.path!r} is not a directory in commit {commit[:12]} of {source.git}",
@@ -145,7 +147,16 @@ class SourceCache:
         ref = source.ref
         if looks_like_commit(ref) and await mirror.has_commit(str(ref)):
             return str(ref)  # a commit never moves: no need to ask the remote
-        await mirror.fetch(credentials, source.token_env)
+        try:
+            await mirror.fetch(credentials, source.token_env, head=ref is None)
+        except SourceError as exc:
+            if ref is None and "remote ref HEAD" in exc.message:
+                raise SourceError(
+                    f"{source.git} has no HEAD branch to run (its HEAD names a branch that does "
+                    "not exist)",
+                    hint="give the deployment's source a ref (a branch, tag or commit)",
+                ) from exc
+            raise
         commit = await mirror.resolve(ref)
         if commit is not None:
             return commit

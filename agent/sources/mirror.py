@@ -97,15 +97,24 @@ class Mirror:
         return await self._git("cat-file", "-e", f"{commit}^{{commit}}") is not None
 
     async def fetch(
-        self, credentials: Credentials, token_env: str | None, *, extra: tuple[str, ...] = ()
+        self,
+        credentials: Credentials,
+        token_env: str | None,
+        *,
+        head: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> bool:
-        """Bring the mirror up to date with the remote; False when another agent just did.
+        """Bring the mirror's branches and tags (and the remote's HEAD when ``head``) up to date
+        with the remote; False when another agent just did.
 
-        Retries network failures with backoff; raises SourceError when the fetch fails.
+        HEAD only when asked: a remote whose HEAD names a branch that does not exist (common on
+        self-hosted bare repositories) would fail the whole fetch. Retries network failures with
+        backoff; raises SourceError when the fetch fails.
         """
         asked = time.time()
+        done_key = "head_fetch_started" if head else "fetch_started"
         async with self.locked():
-            if not extra and self.read_meta().get("fetch_started", 0) >= asked:
+            if not extra and self.read_meta().get(done_key, 0) >= asked:
                 return False  # someone fetched after we asked: nothing newer to get
             if not (self.path / "HEAD").exists():
                 result = await run_git(["init", "--quiet", "--bare", str(self.path)])
@@ -115,7 +124,7 @@ class Mirror:
             refspecs = extra or (
                 "+refs/heads/*:refs/heads/*",
                 "+refs/tags/*:refs/tags/*",
-                f"+HEAD:{_HEAD_REF}",
+                *([f"+HEAD:{_HEAD_REF}"] if head else []),
             )
             args = [
                 "--git-dir",
@@ -152,7 +161,9 @@ class Mirror:
                     result = await run_git(args, credentials=credentials)
                     if result.returncode != 0:
                         raise fetch_error(self.url, result.stderr, token_env)
-            self._write_meta(fetch_started=started, fetched=time.time())
+            stamps = {"fetch_started": started} | ({"head_fetch_started": started} if head else {})
+            if not extra:
+                self._write_meta(**stamps, fetched=time.time())
             log.info("source_fetched", url=self.url, seconds=round(time.time() - started, 3))
             return True
 

@@ -563,3 +563,36 @@ def test_an_entrypoint_outside_the_working_dir_is_refused_for_docker(
     done = wait_state(api, make_run(api, deployment)["id"], timeout=60)
     assert done["state"]["type"] == "FAILED"
     assert "outside the working directory" in done["state"]["message"]
+
+
+def test_a_remote_whose_head_names_no_branch_still_serves_its_branches(
+    api, agent_on, repo, out
+) -> None:
+    # As `git init --bare` makes on many hosts: HEAD → master, while only main is pushed.
+    (repo.bare / "HEAD").write_text("ref: refs/heads/master\n")
+    repo.commit({"flows/link": ""}, "placeholder")
+    (repo.work / "flows" / "link").unlink()
+    (repo.work / "flows" / "link").symlink_to("/etc")
+    repo.commit({}, "a link out of the repository")
+    queue = make_queue(api)
+    named = git_deployment(api, queue, repo.url, ref="main")
+    headless = git_deployment(api, queue, repo.url)
+    linked = make_deployment(
+        api,
+        queue,
+        working_dir=None,
+        entrypoint="hello.py:main",
+        source={"git": repo.url, "ref": "main", "path": "flows/link"},
+    )
+    agent_on(queue)
+
+    ok = wait_state(api, make_run(api, named, parameters=params(out))["id"], timeout=60)
+    no_head = wait_state(api, make_run(api, headless, parameters=params(out))["id"], timeout=60)
+    escaped = wait_state(api, make_run(api, linked, parameters=params(out))["id"], timeout=60)
+
+    assert ok["state"]["type"] == "COMPLETED", ok["state"]
+    assert no_head["state"]["type"] == "FAILED"
+    assert "has no HEAD branch to run" in no_head["state"]["message"]
+    assert "give the deployment's source a ref" in no_head["state"]["message"]
+    assert escaped["state"]["type"] == "FAILED"
+    assert "path 'flows/link' is not a directory in commit" in escaped["state"]["message"]
