@@ -17,6 +17,7 @@ import pytest
 
 from tests.gitrepos import FLOW
 from tests.support import (
+    AGENT,
     Server,
     cli,
     get_run,
@@ -231,3 +232,32 @@ def test_a_deployment_naming_a_bundle_the_server_lacks_is_refused(api) -> None:
     bad = api.get("bundles/sha256:nothex")
     assert bad.status_code == 422 and "not a bundle digest" in bad.json()["detail"]
     assert api.get("bundles/sha256:" + "ab" * 32).status_code == 404
+
+
+def test_a_deployment_file_uploads_its_directory_relative_to_itself(
+    api, server, flows, tmp_path
+) -> None:
+    queue = make_queue(api)
+    file = flows.parent / "deploy.yaml"
+    file.write_text(
+        f"name: f-{time.monotonic_ns()}\nqueue: {queue['name']}\nentrypoint: hello.py:main\n"
+        "source: {upload: flows}\n"
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    made = subprocess.run(
+        [AGENT, "deployment", "create", "--file", str(file)],
+        cwd=elsewhere,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    shown = json.loads(cli(server, "deployment", "inspect", made.stdout.strip()).stdout)
+    assert shown["source"]["bundle"].startswith("sha256:")
+    assert (server.home / "bundles" / (shown["source"]["bundle"][7:] + ".tar.gz")).is_file()
+
+    (flows / "hello.py").unlink()  # the entrypoint is checked in the directory to upload
+    refused = cli(server, "deployment", "create", "--file", str(file), check=False)
+    assert refused.returncode != 0 and "hello.py" in refused.stderr
