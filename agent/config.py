@@ -202,6 +202,12 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "server: let webhooks target loopback, private and link-local addresses (off)",
     ),
+    Setting("bundle_max_size", parse_size, "server: largest uploaded bundle it stores (100M)"),
+    Setting(
+        "source_max_idle",
+        _positive_float,
+        "seconds a git mirror or bundle may go unused before `agent sources prune` removes it",
+    ),
     Setting("health_host", str, "address the agent's /healthz and /metrics listen on"),
     Setting("health_port", _optional(_port), "port of the agent's /healthz and /metrics (off)"),
     Setting("max_cpu_percent", _optional(_percent), "stop claiming while host CPU is above"),
@@ -240,6 +246,8 @@ class Settings:
     late_after_seconds: float = 15.0
     missed_after_seconds: float = 300.0
     webhook_allow_private: bool = False
+    bundle_max_size: int = 100 * 1024 * 1024
+    source_max_idle: float = 7 * 86400.0
     health_host: str = "127.0.0.1"
     health_port: int | None = None
     max_cpu_percent: float | None = None

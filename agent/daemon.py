@@ -34,6 +34,8 @@ from agent.logs import LogShipper
 from agent.models import ClaimedRun, StateProposal, StateType, WorkQueue
 from agent.ops import Operations
 from agent.outbox import Outbox
+from agent.sources.cache import BundleDownloader, SourceCache
+from agent.sources.inventory import prune as prune_sources
 from agent.spool import Spool
 from agent.supervisor import RunContext, RunSupervisor, StopReason, SupervisionPolicy
 from runners.base import Runner, starts_held
@@ -79,6 +81,12 @@ class Agent:
         self.fence = FenceDir.for_agent(settings.home, options.name)
         self.outbox = Outbox(backend, Spool(self.fence.directory / "spool"))
         self.shipper = LogShipper(self.outbox.send_logs)
+        self.sources = SourceCache(
+            settings.home,
+            self.fence.directory / "checkouts",
+            # A Prefect server keeps no bundles: its runs bring their code with pull steps.
+            downloader=backend if isinstance(backend, BundleDownloader) else None,
+        )
         self.stopping = asyncio.Event()  # first signal: stop claiming
         self._slot_freed = asyncio.Event()
         self._runners: dict[str, Runner | RunnerError] = dict(runners or {})
@@ -152,6 +160,13 @@ class Agent:
         # Reports an earlier life of this agent could not deliver go first, in order.
         await self.outbox.drain()
         await self._take_over(leftovers)
+        # What an earlier life (SIGKILLed, say) left on disk of runs no one takes over.
+        self.sources.checkouts.remove_all_but({s.ctx.run_id for s in self._adopted})
+        # Mirrors and bundles of the host no run used for long (never one a run is reading).
+        try:
+            prune_sources(self.settings.home, self.settings.source_max_idle)
+        except OSError as exc:
+            log.warning("sources_not_pruned", error=str(exc))
         await self._release_orphans()
         self.ops.ready(self.queue, heartbeater)
         return heartbeater
@@ -317,6 +332,7 @@ class Agent:
                 redactor=self.ops.redactor,
                 metrics=self.ops.metrics,
                 start_lead_seconds=self.settings.start_lead_seconds,
+                sources=self.sources,
             ),
         )
 

@@ -9,8 +9,10 @@
     │   ├── Conflict                    409: an impossible state transition, a duplicate name
     │   ├── AuthError                   401/403: unrecoverable, the agent stops
     │   └── ServerUnavailable           connection refused, timeout, 429/502/503/504 after retries
-    └── RunnerError                     a runner could not start or supervise a run
-        └── UnknownRunner               no runner installed under that name
+    ├── RunnerError                     a runner could not start or supervise a run
+    │   └── UnknownRunner               no runner installed under that name
+    └── SourceError                     a run's code could not be fetched (the run FAILS)
+        └── TransientSourceError        a network hiccup: retried with backoff first
 
 Recoverable API errors (ServerUnavailable) are retried with backoff before they surface;
 AuthError never is. A lost claim race is not an error at all: the server simply does not hand
@@ -67,3 +69,14 @@ class AuthError(ApiError):
 
 class ServerUnavailable(ApiError):
     """The server could not be reached or kept answering 429/5xx after every retry."""
+
+
+class SourceError(FlowAgentError):
+    """A deployment's code (a git source) could not be fetched or checked out for a run.
+
+    The run is FAILED with the message; the agent goes on.
+    """
+
+
+class TransientSourceError(SourceError):
+    """A failure that may pass (connection refused, timeout, 5xx): retried with backoff."""

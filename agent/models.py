@@ -21,6 +21,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
     model_validator,
 )
 
@@ -267,6 +269,81 @@ class Schedule(ScheduleCreate):
 
 # --------------------------------------------------------------------------- deployments
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# user:password@ in a URL: a credential that would be stored by the server and shown to all.
+_URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", re.IGNORECASE)
+
+
+class GitSource(_Model):
+    """Where an agent fetches a deployment's code: a git repository, at a ref, from a path."""
+
+    git: str = Field(
+        min_length=1, description="repository URL: https://, ssh://, user@host:path or file://"
+    )
+    ref: str | None = Field(
+        default=None, description="branch, tag or commit; default: the repository's HEAD"
+    )
+    path: str | None = Field(
+        default=None,
+        description="directory inside the repository the run works in (entrypoint relative to it)",
+    )
+    token_env: str | None = Field(
+        default=None,
+        description="name of an environment variable of the AGENT holding an https token; "
+        "the token itself never reaches the server",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> GitSource:
+        _nul_free(self.git)
+        if _URL_CREDENTIALS.match(self.git):
+            raise ValueError(
+                "the git URL holds a password or token; the server would store it: remove it "
+                "and name an environment variable of the agent with token_env instead"
+            )
+        if self.ref is not None and (not self.ref.strip() or self.ref.startswith("-")):
+            raise ValueError(f"ref {self.ref!r} is not a branch, tag or commit")
+        if self.path is not None:
+            parts = self.path.replace("\\", "/").split("/")
+            if self.path.startswith("/") or ".." in parts:
+                raise ValueError(
+                    f"path {self.path!r} must be a directory inside the repository "
+                    "(relative, without '..')"
+                )
+        if self.token_env is not None and not _ENV_NAME.match(self.token_env):
+            raise ValueError(
+                f"token_env {self.token_env!r} must be an environment variable NAME "
+                "(like GIT_TOKEN), not the token"
+            )
+        return self
+
+
+class BundleSource(_Model):
+    """Code uploaded to the server (``deployment create --upload DIR``), named by its digest."""
+
+    bundle: str = Field(
+        pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<hex> of the uploaded archive"
+    )
+
+
+class Bundle(_Model):
+    """An uploaded bundle as the server keeps it."""
+
+    digest: str
+    size: int
+    created: bool = Field(description="false: the same content was stored already")
+
+
+class RunSource(_Model):
+    """The code one run executes, recorded when its first attempt starts: a git commit, or a
+    bundle's digest."""
+
+    git: str | None = None
+    ref: str | None = None
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+    path: str | None = None
+    bundle: str | None = None
+
 
 # --------------------------------------------------------------------------- sizes
 
@@ -340,6 +417,10 @@ class DeploymentCreate(_Model):
         description="when given, the deployment's schedules become these (an unchanged one "
         "keeps its id and its runs); left out, they stay as they are",
     )
+    source: GitSource | BundleSource | None = Field(
+        default=None,
+        description="where agents get the code: git, or an uploaded bundle (docs/SOURCES.md)",
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> DeploymentCreate:
@@ -351,7 +432,23 @@ class DeploymentCreate(_Model):
             )
         if self.command is not None and not self.command:
             raise ValueError("command must not be empty")
+        if self.source is not None:
+            check_source_target(self.entrypoint, self.working_dir)
         return self
+
+
+def check_source_target(entrypoint: str | None, working_dir: str | None) -> None:
+    """A deployment with a source runs in its checkout: nothing may point outside it."""
+    if working_dir is not None:
+        raise ValueError(
+            "a deployment with a source works in its checkout: give source.path (a directory "
+            "inside the repository), not working_dir"
+        )
+    if entrypoint is not None and entrypoint.startswith("/"):
+        raise ValueError(
+            f"entrypoint {entrypoint!r} is an absolute path; with a source it must be relative "
+            "to the source's path inside the repository"
+        )
 
 
 class Deployment(DeploymentCreate):
@@ -396,6 +493,9 @@ class FlowRun(_Model):
     agent_id: UUID | None = None
     runner_info: dict[str, Any] = Field(default_factory=dict)
     attempt: int = 1
+    source: RunSource | None = Field(
+        default=None, description="the commit the run executes; kept by every retry attempt"
+    )
     created: datetime
     start_time: datetime | None = None
     end_time: datetime | None = None
@@ -412,6 +512,19 @@ class StateProposal(_Model):
         "attempt that is over is refused (409)",
     )
     runner_info: dict[str, Any] | None = Field(default=None, description="merged into the run's")
+    source: RunSource | None = Field(
+        default=None,
+        description="the code the attempt runs; recorded when the run has none yet (a retry "
+        "keeps the first attempt's)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_source(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A server from before sources refuses unknown fields: say nothing when there is none.
+        data: dict[str, Any] = handler(self)
+        if self.source is None:
+            data.pop("source", None)
+        return data
 
 
 #: The most reports one ``POST /api/flow_runs/reports`` may carry.

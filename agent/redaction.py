@@ -130,6 +130,11 @@ class Redactor:
         more = secret_values(env, self.patterns) - self.secrets
         return self if not more else Redactor(self.patterns, self.secrets | more)
 
+    def with_secrets(self, secrets: Iterable[str]) -> Redactor:
+        """This redactor plus ``secrets`` (e.g. a git token the agent read for a run)."""
+        more = frozenset(s for s in secrets if s) - self.secrets
+        return self if not more else Redactor(self.patterns, self.secrets | more)
+
     def redact(self, text: str) -> str:
         if self._pattern is not None:
             text = self._pattern.sub(MASK, text)
@@ -144,7 +149,11 @@ class Redactor:
         if isinstance(value, Mapping):
             return {
                 k: MASK
-                if isinstance(k, str) and is_secret_name(k, self.patterns) and v not in (None, "")
+                if isinstance(k, str)
+                and is_secret_name(k, self.patterns)
+                and v not in (None, "")
+                # "token_env" and the like hold the NAME of a variable, which hides nothing.
+                and not k.endswith("_env")
                 else self.redact_value(v)
                 for k, v in value.items()
             }

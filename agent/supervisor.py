@@ -20,13 +20,21 @@ import structlog
 
 from agent.adoption import Leftover, adoption_record
 from agent.backends.base import Backend
-from agent.errors import AuthError, Conflict, FlowAgentError, RunnerError, ServerUnavailable
+from agent.errors import (
+    AuthError,
+    Conflict,
+    FlowAgentError,
+    RunnerError,
+    ServerUnavailable,
+    SourceError,
+)
 from agent.fence import FenceDir
 from agent.logs import LogShipper
 from agent.metrics import AgentMetrics
 from agent.models import ClaimedRun, Deployment, FlowRun, StateProposal, StateType
 from agent.outbox import Outbox
 from agent.redaction import Redactor
+from agent.sources.cache import PreparedSource, SourceCache
 from runners.base import (
     LINE_PIECE,
     AdoptingRunner,
@@ -95,6 +103,8 @@ class SupervisionPolicy:
     # How long before a scheduled run is due a runner that starts runs held gets it, so its
     # interpreter or container is up when the flow is due (runners/base.py, RunSpec.held).
     start_lead_seconds: float = 0.5
+    # Fetches and checks out the code of deployments with a source (agent/sources/).
+    sources: SourceCache | None = None
 
 
 class RunSupervisor:
@@ -121,6 +131,7 @@ class RunSupervisor:
         self.policy = policy
         claimed = ctx.claimed
         self.redactor = policy.redactor.with_env(claimed.deployment.env | claimed.flow_run.env)
+        self.source: PreparedSource | None = None
 
     @property
     def _run(self) -> FlowRun:
@@ -144,7 +155,7 @@ class RunSupervisor:
         env["FLOWAGENT_ATTEMPT"] = str(run.attempt)
         return RunSpec(
             run_id=run.id,
-            working_dir=Path(deployment.working_dir or os.getcwd()),
+            working_dir=self._working_dir(),
             entrypoint=deployment.entrypoint,
             command=deployment.command,
             parameters=dict(run.parameters),
@@ -159,6 +170,41 @@ class RunSupervisor:
             held=held,
         )
 
+    def _working_dir(self) -> Path:
+        if self.source is not None:
+            return self.source.working_dir
+        source, sources = self._deployment.source, self.policy.sources
+        if source is not None and sources is not None:  # adopted: its checkout is still there
+            return sources.working_dir(self._run.id, source)
+        return Path(self._deployment.working_dir or os.getcwd())
+
+    async def _prepare_source(self) -> bool:
+        """Fetch and check out the run's code when its deployment has a source; False (and
+        the run FAILED with why) when that cannot be done."""
+        source, sources = self._deployment.source, self.policy.sources
+        if source is None:
+            return True
+        if sources is None:
+            await self._report(
+                StateType.FAILED, "this agent cannot fetch deployment sources (no source cache)"
+            )
+            return False
+        try:
+            self.source = await sources.prepare(self._run, source)
+        except SourceError as exc:
+            message = exc.message if exc.hint is None else f"{exc.message} ({exc.hint})"
+            log.warning("source_failed", error=self.redactor.redact(message))
+            self._agent_line(message)
+            await self._report(StateType.FAILED, message)
+            return False
+        self.redactor = self.redactor.with_secrets(self.source.secrets)
+        self._agent_line(self.source.summary)
+        return True
+
+    def _release_source(self) -> None:
+        if self._deployment.source is not None and self.policy.sources is not None:
+            self.policy.sources.release(self._run.id)
+
     def _agent_line(self, message: str) -> None:
         self.shipper.add(self._run.id, "agent", message)
 
@@ -166,16 +212,22 @@ class RunSupervisor:
         """Never raises (but for bad credentials): every failure becomes the run's state."""
         run_id = self._run.id
         structlog.contextvars.bind_contextvars(run_id=str(run_id))
+        keep_checkout = False
         try:
             await self._supervise()
         except AuthError:
             raise
         except asyncio.CancelledError:
+            # The agent is going down, maybe with the run alive: its next life adopts it (and
+            # its checkout) or removes the checkout.
+            keep_checkout = True
             raise
         except Exception as exc:  # a bug of ours must not leave the run RUNNING
             log.exception("run_supervision_failed")
             await self._report(StateType.CRASHED, f"agent error while supervising: {exc!r}")
         finally:
+            if not keep_checkout:
+                self._release_source()
             await self.shipper.flush(run_id)
             self.shipper.forget(run_id)
             structlog.contextvars.unbind_contextvars("run_id")
@@ -259,6 +311,11 @@ class RunSupervisor:
         if isinstance(runner, RunnerError):
             await self._report(StateType.FAILED, runner.message)
             return None
+        if not await self._prepare_source():
+            return None
+        if self.ctx.stop_requested.is_set():  # cancelled while the code was fetched
+            await self._report(StateType.CANCELLED, self._stop_message())
+            return None
         self.fence.register_starting(self._run.id, adoption_record(self.ctx.claimed))
         if not starts_held(runner):
             refused = await self._propose_running()
@@ -306,6 +363,7 @@ class RunSupervisor:
                     agent_id=self.policy.agent_id,
                     attempt=self._run.attempt,
                     message=f"started by agent {self.policy.agent_name}",
+                    source=None if self.source is None else self.source.record,
                 ),
             )
         except (Conflict, ServerUnavailable) as exc:
@@ -404,6 +462,8 @@ class RunSupervisor:
         log.info(
             "run_finished", state=state.value, message=proposal.message, exit_code=result.exit_code
         )
+        # Its code goes before its end is reported: whoever sees the run over sees it gone.
+        self._release_source()
         await self.shipper.flush(self._run.id)
         await self._deliver(proposal)
 

@@ -64,6 +64,7 @@ from runners.docker_config import (
     container_config,
     files_dir,
     our_files,
+    outside_entrypoint,
 )
 from runners.errors import RunnerError
 from runners.outcome import completed, ended, failure_message, signal_name
@@ -117,6 +118,9 @@ class DockerRunner:
             raise RunnerError(f"working directory not found: {spec.working_dir}")
         if (spec.entrypoint is None) == (spec.command is None):
             raise RunnerError("a run needs exactly one of an entrypoint or a command")
+        outside = outside_entrypoint(spec.entrypoint, spec.working_dir.resolve())
+        if options.mount_working_dir and outside is not None:
+            raise RunnerError(outside)
         try:
             parameters = json.dumps(spec.parameters)
         except (TypeError, ValueError) as exc:

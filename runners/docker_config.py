@@ -147,3 +147,20 @@ def mount_point(path: Path) -> str:
     text = str(PurePosixPath(path))
     hides_system = text == "/" or any(text == d or text.startswith(d + "/") for d in SYSTEM_DIRS)
     return "/flow" if hides_system else text
+
+
+def outside_entrypoint(entrypoint: str | None, working_dir: Path) -> str | None:
+    """Why a ``/abs/file.py:func`` entrypoint cannot run in a container that sees only its
+    mounted working directory, or None when it can."""
+    if entrypoint is None:
+        return None
+    target = entrypoint.rpartition(":")[0]
+    if not target.startswith("/") or not target.endswith(".py"):
+        return None
+    if PurePosixPath(target).is_relative_to(PurePosixPath(working_dir)):
+        return None
+    return (
+        f"entrypoint file {target} is outside the working directory {working_dir}, the only "
+        "part of this host a Docker run sees: give the entrypoint relative to the working "
+        "directory (or put the file in it)"
+    )

@@ -159,6 +159,7 @@ class HttpClient:
         *,
         json: Any = None,
         params: Any = None,
+        content: bytes | None = None,
         timeout: float | None = None,
         retry: bool = True,
         retry_for: float | None = None,
@@ -172,6 +173,8 @@ class HttpClient:
         ``priority`` requests (heartbeats) bypass the queue of the shared connection pool.
         """
         kwargs: dict[str, Any] = {"json": json, "params": params}
+        if content is not None:  # a bundle upload: raw bytes, not JSON
+            kwargs["content"] = content
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=5.0)
         retry_on: tuple[type[BaseException], ...] = (RetryableError,) if retry else (_NotSent,)

@@ -15,6 +15,7 @@ from agent.backends.http import HttpClient
 from agent.errors import ApiError, Conflict, NotFound
 from agent.models import (
     AgentRecord,
+    Bundle,
     ClaimedRun,
     ClaimRequest,
     Deployment,
@@ -191,6 +192,22 @@ class NativeBackend:
             params["state"] = [s.value for s in states]
         response = await self.http.request("GET", "flow_runs", params=params)
         return _parse(list[FlowRun], response)
+
+    async def upload_bundle(self, data: bytes) -> Bundle:
+        # Content-addressed: sending the same bytes again stores nothing new, so retrying is safe.
+        response = await self.http.request(
+            "POST",
+            "bundles",
+            content=data,
+            timeout=max(60.0, len(data) / 1_000_000),
+        )
+        return _parse(Bundle, response)
+
+    async def download_bundle(self, digest: str) -> bytes:
+        response = await self.http.request(
+            "GET", f"bundles/{digest}", timeout=600.0, retry_for=LOOP_RETRY_SECONDS
+        )
+        return response.content
 
     async def get_run(self, run_id: UUID) -> FlowRun:
         response = await self.http.request("GET", f"flow_runs/{run_id}")

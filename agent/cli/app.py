@@ -21,6 +21,7 @@ from agent.cli import (
     runner,
     schedule,
     server,
+    sources,
     start,
     work_queue,
 )
@@ -115,5 +116,6 @@ app.add_typer(flow_run.app, name="flow-run")
 app.add_typer(agents.app, name="agents")
 app.add_typer(notification.app, name="notification")
 app.add_typer(runner.app, name="runner")
+app.add_typer(sources.app, name="sources")
 app.add_typer(config.app, name="config")
 app.add_typer(database.app, name="database")

@@ -26,6 +26,7 @@ from agent.cli.output import (
 from agent.cli.parsing import (
     FLAG_NAMES,
     DeploymentSpec,
+    UploadSource,
     load_deployment_file,
     parse_pairs,
     spec_from_flags,
@@ -34,10 +35,13 @@ from agent.cli.runner import check_runner_options
 from agent.cli.schedule import describe, schedules_from_flags
 from agent.errors import InputError
 from agent.models import Deployment, DeploymentCreate, FlowRun, FlowRunCreate, StateType, WorkQueue
+from agent.sources.bundle import pack
+from runners.docker_config import outside_entrypoint
 
 app = typer.Typer(help="Deployments: what to run, where, and how.", no_args_is_help=True)
 
 SCHEDULE: dict[str, Any] = {"rich_help_panel": "Schedule (see agent deployment schedule)"}
+SOURCE: dict[str, Any] = {"rich_help_panel": "Code from git (see docs/SOURCES.md)"}
 
 NameArg = Annotated[
     str, typer.Argument(help="The deployment's name (or UUID).", show_default=False)
@@ -89,9 +93,18 @@ def _specs(
                 "nothing to run: give an ENTRYPOINT (path/to/file.py:func) or --command",
                 hint="or describe the deployment in a file: --file deployment.yaml",
             )
-        workdir = Path(flags.pop("working_dir") or ".").resolve()
+        given_dir = flags.pop("working_dir")
         values = _flag_values(entrypoint, flags, lists["param"], lists["option"], lists["env"])
-        spec = spec_from_flags(values | {"working_dir": str(workdir)})
+        if values.get("source") is None:
+            # Without a source the code is here: the agent finds it at this absolute path.
+            values["working_dir"] = str(Path(given_dir or ".").resolve())
+        elif given_dir is not None:
+            flag = "--upload" if "upload" in values["source"] else "--git"
+            raise InputError(
+                f"--workdir and {flag} do not go together: the run works in its own copy",
+                hint="with --git, --path names a directory inside the repository",
+            )
+        spec = spec_from_flags(values)
         return [(spec, f"deployment {spec.name!r}")]
     given = [FLAG_NAMES[k] for k, v in flags.items() if v is not None and k != "queue"]
     given += [LIST_FLAGS[k] for k, v in lists.items() if v]
@@ -105,17 +118,58 @@ def _specs(
     result = []
     for entry in load_deployment_file(file):
         spec = entry.spec
-        workdir = file.parent / (spec.working_dir or ".")
-        spec = spec.model_copy(update={"working_dir": str(workdir.resolve())})
+        if spec.source is None:
+            workdir = file.parent / (spec.working_dir or ".")
+            spec = spec.model_copy(update={"working_dir": str(workdir.resolve())})
+        elif isinstance(spec.source, UploadSource):  # relative to the file, like working_dir
+            upload = UploadSource(upload=str((file.parent / spec.source.upload).resolve()))
+            spec = spec.model_copy(update={"source": upload})
         if spec.queue is None and flags.get("queue") is None:
             raise InputError(f"{entry.where}: no queue: add a 'queue' field or pass --queue")
         result.append((spec, entry.where))
     return result
 
 
+def _source_flags(
+    git: str | None, ref: str | None, path: str | None, token_env: str | None, upload: Path | None
+) -> dict[str, Any] | None:
+    if upload is not None:
+        if git is not None:
+            raise InputError("give --git or --upload, not both")
+        return {"upload": str(upload.resolve())}
+    if git is None:
+        others = [
+            flag for flag, v in (("--ref", ref), ("--path", path), ("--token-env", token_env)) if v
+        ]
+        if others:
+            raise InputError(f"{', '.join(others)} go with --git URL", hint="add --git URL")
+        return None
+    given = {"git": git, "ref": ref, "path": path, "token_env": token_env}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+async def _upload(backend: NativeBackend, directory: Path) -> str:
+    data = pack(directory)
+    bundle = await backend.upload_bundle(data)
+    stored = "uploaded" if bundle.created else "already on the server"
+    info(f"bundle {bundle.digest} ({bundle.size:,} bytes) of {directory}: {stored}")
+    return bundle.digest
+
+
 def _check_locally(spec: DeploymentSpec, where: str | None) -> None:
     """What can be known here: the working directory, the entrypoint, the runner's options."""
     try:
+        if isinstance(spec.source, UploadSource):  # the code is here, to be uploaded
+            directory = Path(spec.source.upload)
+            if not directory.is_dir():
+                raise InputError(f"--upload {str(directory)!r} is not a directory")
+            if spec.entrypoint is not None:
+                check_entrypoint(spec.entrypoint, directory)
+            check_runner_options(spec.runner, spec.runner_options)
+            return
+        if spec.source is not None:  # the code is in the repository, not here
+            check_runner_options(spec.runner, spec.runner_options)
+            return
         workdir = Path(spec.working_dir or ".")
         if not workdir.is_dir():
             raise InputError(
@@ -124,6 +178,10 @@ def _check_locally(spec: DeploymentSpec, where: str | None) -> None:
             )
         if spec.entrypoint is not None:
             check_entrypoint(spec.entrypoint, workdir)
+        if spec.runner == "docker" and spec.runner_options.get("mount_working_dir", True):
+            outside = outside_entrypoint(spec.entrypoint, workdir.resolve())
+            if outside is not None:
+                raise InputError(outside)
         check_runner_options(spec.runner, spec.runner_options)
     except InputError as exc:
         if where is not None:
@@ -193,6 +251,32 @@ def create(
     catchup: Annotated[
         str | None, typer.Option("--catchup", help="After downtime: one or none.", **SCHEDULE)
     ] = None,
+    git: Annotated[
+        str | None,
+        typer.Option("--git", help="Repository URL: agents fetch the code from it.", **SOURCE),
+    ] = None,
+    ref: Annotated[
+        str | None,
+        typer.Option("--ref", help="Branch, tag or commit (default: HEAD).", **SOURCE),
+    ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option("--path", help="Directory in the repository to run in.", **SOURCE),
+    ] = None,
+    token_env: Annotated[
+        str | None,
+        typer.Option(
+            "--token-env", help="Agent env var holding an https token (its NAME).", **SOURCE
+        ),
+    ] = None,
+    upload: Annotated[
+        Path | None,
+        typer.Option(
+            "--upload",
+            help="Pack this directory (minus .flowagentignore) and upload it to the server.",
+            rich_help_panel="Code uploaded to the server",
+        ),
+    ] = None,
 ) -> None:
     """Create (or update, by name) a deployment and print its id."""
     flags: dict[str, Any] = {
@@ -208,6 +292,7 @@ def create(
         "schedules": schedules_from_flags(
             cron=cron, interval=interval, at=at, timezone=timezone, anchor=anchor, catchup=catchup
         ),
+        "source": _source_flags(git, ref, path, token_env, upload),
     }
     lists = {"param": param or [], "option": runner_option or [], "env": env or []}
     if file is None:
@@ -230,6 +315,8 @@ def create(
             if ref not in queues:
                 queues[ref] = await resolve_queue(backend, ref)
             fields = spec.model_dump(exclude={"queue"})
+            if isinstance(spec.source, UploadSource):
+                fields["source"] = {"bundle": await _upload(backend, Path(spec.source.upload))}
             body = DeploymentCreate(work_queue_id=queues[ref].id, **fields)
             done.append((await backend.create_deployment(body), queues[ref]))
         return done

@@ -17,7 +17,7 @@ from uuid import UUID
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import InputError
-from agent.models import ScheduleCreate
+from agent.models import BundleSource, GitSource, ScheduleCreate, check_source_target
 
 if TYPE_CHECKING:
     # PyYAML is imported for deployment files only: `agent start` never reads one.
@@ -106,6 +106,15 @@ def _stringify_values(value: Any) -> Any:
     return value
 
 
+class UploadSource(BaseModel):
+    """``source: {upload: DIR}`` in a deployment file (``--upload DIR``): packed and uploaded by
+    the CLI, then sent to the server as the bundle's digest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload: str = Field(min_length=1, description="directory to pack (relative to the file)")
+
+
 class DeploymentSpec(BaseModel):
     """One deployment as the user writes it: the queue by name or id, the command as a string."""
 
@@ -125,6 +134,7 @@ class DeploymentSpec(BaseModel):
     retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float = Field(default=0, ge=0)
     schedules: list[ScheduleCreate] | None = None
+    source: GitSource | BundleSource | UploadSource | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> DeploymentSpec:
@@ -136,6 +146,8 @@ class DeploymentSpec(BaseModel):
             )
         if self.command is not None and not self.command:
             raise ValueError("command must not be empty")
+        if self.source is not None:
+            check_source_target(self.entrypoint, self.working_dir)
         return self
 
 
@@ -157,6 +169,7 @@ FLAG_NAMES = {
     "retries": "--retries",
     "retry_delay_seconds": "--retry-delay",
     "schedules": "--cron/--interval/--at",
+    "source": "--git",
 }
 
 

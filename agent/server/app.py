@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from agent import __version__
 from agent.models import utcnow
 from agent.server.body_limit import BodyLimit
+from agent.server.bundles import BundleStore
 from agent.server.claims import Notifier
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
@@ -25,6 +26,7 @@ from agent.server.metrics import install_metrics
 from agent.server.notifications import NotificationConfig
 from agent.server.routes import (
     agents,
+    bundles,
     deployments,
     flow_runs,
     health,
@@ -114,16 +116,18 @@ def create_app(
     app.state.db = db
     app.state.notifier = notifier
     app.state.scheduler = scheduler
+    app.state.bundles = BundleStore(settings.home, settings.bundle_max_bytes)
 
     api = APIRouter(prefix="/api")
     api.include_router(health.router)
     protected = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (work_queues, deployments, flow_runs, agents, schedules, notifications):
+    for module in (work_queues, deployments, flow_runs, agents, schedules, notifications, bundles):
         protected.include_router(module.router)
     api.include_router(protected)
     app.include_router(api)
     install_metrics(app, db, settings.lease_seconds)  # GET /metrics, request counters
-    app.add_middleware(BodyLimit)  # a 413 before an oversized body is read into memory
+    # A 413 before an oversized body is read into memory; bundles stream to disk, bounded apart.
+    app.add_middleware(BodyLimit, exempt=("/api/bundles",))
 
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)

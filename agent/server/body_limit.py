@@ -19,12 +19,17 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 class BodyLimit:
     """ASGI middleware: a 413 for a body over ``limit``, declared or streamed (chunked)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES, exempt: tuple[str, ...] = ()
+    ) -> None:
+        """``exempt``: path prefixes whose routes stream the body to disk under a limit of
+        their own (bundle uploads)."""
         self.app = app
         self.limit = limit
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.exempt):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from agent.server.bundles import BundleStore
 from agent.server.claims import Notifier
 from agent.server.db import Database
 from agent.server.settings import ServerSettings
@@ -32,7 +33,13 @@ async def get_notifier(request: Request) -> Notifier:
     return notifier
 
 
+async def get_bundles(request: Request) -> BundleStore:
+    store: BundleStore = request.app.state.bundles
+    return store
+
+
 DB = Annotated[Database, Depends(get_db)]
+Bundles = Annotated[BundleStore, Depends(get_bundles)]
 Settings = Annotated[ServerSettings, Depends(get_settings)]
 Wakeups = Annotated[Notifier, Depends(get_notifier)]
 

@@ -185,6 +185,9 @@ def apply_state(session: Session, run: FlowRunRow, proposal: StateProposal) -> O
         info |= result_from_message(proposal.message)
     if info:
         run.runner_info = {**run.runner_info, **keep_result(info)}
+    if proposal.source is not None and run.source is None:
+        # First writer wins: a retry (or a racing report) never changes the recorded commit.
+        run.source = proposal.source.model_dump(mode="json")
     return finish_transition(
         session, run, proposal.type, now=now, name=proposal.name, message=proposal.message
     )

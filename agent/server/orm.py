@@ -103,6 +103,8 @@ class DeploymentRow(Base):
     retry_delay_seconds: Mapped[float] = mapped_column(Float)
     created: Mapped[datetime]
     updated: Mapped[datetime]
+    # Where agents fetch the code (models.GitSource); NULL: the code is at working_dir.
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class AgentRow(Base):
@@ -166,6 +168,9 @@ class FlowRunRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(300))
     # No foreign key: the run's history outlives its schedule.
     schedule_id: Mapped[uuid.UUID | None] = mapped_column(UUIDString())
+    # The commit the run executes (models.RunSource), set by its first attempt that starts and
+    # kept across retries, so no attempt runs other code than the one before it.
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class FlowRunStateRow(Base):

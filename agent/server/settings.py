@@ -38,6 +38,8 @@ class ServerSettings:
     late_after_seconds: float = 15.0
     missed_after_seconds: float = 300.0
     webhook_allow_private: bool = False
+    # The largest bundle (``deployment create --upload``) the server stores.
+    bundle_max_bytes: int = 100 * 1024 * 1024
 
     @property
     def database_path(self) -> Path:
@@ -57,6 +59,7 @@ def from_settings(settings: Settings) -> ServerSettings:
         late_after_seconds=settings.late_after_seconds,
         missed_after_seconds=settings.missed_after_seconds,
         webhook_allow_private=settings.webhook_allow_private,
+        bundle_max_bytes=settings.bundle_max_size,
     )
 
 

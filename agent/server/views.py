@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
@@ -15,11 +16,14 @@ from sqlalchemy.orm import Session
 from agent.models import (
     AgentRecord,
     AgentStatus,
+    BundleSource,
     Deployment,
     FlowRun,
+    GitSource,
     HostMetrics,
     LogLine,
     LogStream,
+    RunSource,
     State,
     StateType,
     WorkQueue,
@@ -111,9 +115,18 @@ def deployment_model(row: DeploymentRow) -> Deployment:
         timeout_seconds=row.timeout_seconds,
         retries=row.retries,
         retry_delay_seconds=row.retry_delay_seconds,
+        source=source_model(row.source),
         created=row.created,
         updated=row.updated,
     )
+
+
+def source_model(data: dict[str, Any] | None) -> GitSource | BundleSource | None:
+    if data is None:
+        return None
+    if "bundle" in data:
+        return BundleSource.model_validate(data)
+    return GitSource.model_validate(data)
 
 
 def run_model(row: FlowRunRow) -> FlowRun:
@@ -136,6 +149,7 @@ def run_model(row: FlowRunRow) -> FlowRun:
         agent_id=row.agent_id,
         runner_info=dict(row.runner_info),
         attempt=row.attempt,
+        source=None if row.source is None else RunSource.model_validate(row.source),
         created=row.created,
         start_time=row.start_time,
         end_time=row.end_time,

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 from sqlalchemy import select
 
-from agent.models import Deployment, DeploymentCreate, FlowRun, FlowRunCreate, StateType, utcnow
+from agent.models import (
+    BundleSource,
+    Deployment,
+    DeploymentCreate,
+    FlowRun,
+    FlowRunCreate,
+    StateType,
+    utcnow,
+)
 from agent.server.db import Database
-from agent.server.deps import DB, Wakeups
+from agent.server.deps import DB, Bundles, Wakeups
 from agent.server.lifecycle import new_run, record_state
 from agent.server.orm import DeploymentRow, FlowRunRow
 from agent.server.routes.schedules import Ticker, poke, replace_schedules, with_schedules
@@ -40,6 +48,7 @@ def _upsert(db: Database, body: DeploymentCreate) -> tuple[Deployment, bool]:
         row.timeout_seconds = body.timeout_seconds
         row.retries = body.retries
         row.retry_delay_seconds = body.retry_delay_seconds
+        row.source = None if body.source is None else body.source.model_dump(mode="json")
         row.updated = now
         if body.schedules is not None:
             session.flush()  # the deployment's row first: schedules point at it
@@ -114,8 +123,14 @@ def _create_run(db: Database, deployment_id: uuid.UUID, body: FlowRunCreate) -> 
     summary="Create a deployment, or update the one with that name (200)",
 )
 async def upsert_deployment(
-    body: DeploymentCreate, response: Response, db: DB, scheduler: Ticker
+    body: DeploymentCreate, response: Response, db: DB, scheduler: Ticker, bundles: Bundles
 ) -> Deployment:
+    if isinstance(body.source, BundleSource) and not bundles.exists(body.source.bundle):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            f"no bundle {body.source.bundle} on this server: upload it first "
+            "(agent deployment create --upload DIR does both)",
+        )
     deployment, created = await db.run(_upsert, db, body)
     if body.schedules:
         poke(scheduler)

@@ -1,0 +1,29 @@
+"""Uploaded bundles: store one (content-addressed), download one."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, status
+from fastapi.responses import FileResponse
+
+from agent.models import Bundle
+from agent.server.deps import Bundles
+from agent.server.views import not_found
+
+router = APIRouter(prefix="/bundles", tags=["bundles"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Upload a bundle (a gzipped tar); stored once per sha256 digest",
+)
+async def upload_bundle(request: Request, store: Bundles) -> Bundle:
+    return await store.put(request.stream())
+
+
+@router.get("/{digest}", summary="Download a bundle by its digest", response_class=FileResponse)
+async def download_bundle(digest: str, store: Bundles) -> FileResponse:
+    path = store.path(digest)
+    if not path.is_file():
+        raise not_found("bundle", digest)
+    return FileResponse(path, media_type="application/gzip")
