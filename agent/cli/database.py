@@ -8,7 +8,7 @@ import typer
 
 from agent.cli.context import settings_of
 from agent.cli.output import confirm, say
-from agent.cli.server import server_not_installed
+from agent.server import require_installed
 
 app = typer.Typer(help="The embedded server's database.", no_args_is_help=True)
 
@@ -20,11 +20,10 @@ def reset(
 ) -> None:
     """Drop every queue, deployment, run, log and agent, and start from an empty database."""
     settings = settings_of(ctx)
-    try:
-        from agent.server.db import reset_database
-        from agent.server.settings import database_path
-    except ModuleNotFoundError as exc:
-        raise server_not_installed(exc) from None
+    require_installed()
+    from agent.server.db import reset_database
+    from agent.server.settings import database_path
+
     path = database_path(settings.home)
     confirm(f"Erase everything in {path}?", yes)
     reset_database(settings.home)

@@ -8,22 +8,9 @@ import typer
 
 from agent.cli.context import settings_of
 from agent.config import with_overrides
-from agent.errors import FlowAgentError
+from agent.server import require_installed
 
 app = typer.Typer(help="The embedded work-queue server (needs the `server` extra).")
-
-SERVER_DEPENDENCIES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "starlette", "agent.server")
-
-
-def server_not_installed(exc: ModuleNotFoundError) -> FlowAgentError:
-    """The error for a missing `server` extra; re-raises anything else that failed to import."""
-    name = exc.name or ""
-    if not any(name == dep or name.startswith(dep + ".") for dep in SERVER_DEPENDENCIES):
-        raise exc
-    return FlowAgentError(
-        "the embedded server is not installed: pip install 'flowagent[server]'",
-        hint=f"(missing module: {name})",
-    )
 
 
 @app.command("start")
@@ -48,12 +35,10 @@ def start(
 ) -> None:
     """Serve the work-queue API (SQLite database under the agent home)."""
     settings = with_overrides(settings_of(ctx), server_host=host, server_port=port)
-    try:
-        from agent.server.main import serve
-        from agent.server.settings import from_settings
-    except ModuleNotFoundError as exc:
-        raise server_not_installed(exc) from None
+    require_installed()
     from agent.logs import configure_logging
+    from agent.server.main import serve
+    from agent.server.settings import from_settings
 
     configure_logging(settings.log_level, settings.log_format, route_stdlib=True)
     serve(from_settings(settings))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
 from agent.errors import ConfigError
+from agent.server import require_installed
 from agent.server.settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 # Held long polls are released at shutdown, so little should be left to wait for.
 GRACEFUL_SHUTDOWN_SECONDS = 3
-_SERVER_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter")
 
 
 def serve(settings: ServerSettings) -> None:
@@ -26,7 +25,7 @@ def serve(settings: ServerSettings) -> None:
         ConfigError: the server extra is missing, the host is exposed without an API key, or
             the port cannot be bound.
     """
-    _require_server_extra()
+    require_installed()
     _refuse_exposure_without_key(settings)
     sock = _bind(settings.host, settings.port)
     try:
@@ -77,15 +76,6 @@ def _run(settings: ServerSettings, sock: socket.socket) -> None:
             await super().shutdown(sockets)
 
     Server(config).run(sockets=[sock])
-
-
-def _require_server_extra() -> None:
-    missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConfigError(
-            f"the embedded server is not installed (missing: {', '.join(missing)})",
-            hint="pip install 'flowagent[server]'",
-        )
 
 
 def _is_loopback(host: str) -> bool:

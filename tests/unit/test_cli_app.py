@@ -3,9 +3,9 @@ checks that happen before any request (every case here fails or finishes without
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -135,12 +135,17 @@ def test_server_start_passes_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_server_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "agent.server.main", None)
-    result = invoke("server", "start")
-    assert result.exit_code == 1
-    assert result.stderr.startswith(
-        "error: the embedded server is not installed: pip install 'flowagent[server]'\n"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
     )
+    for command in (["server", "start"], ["database", "reset", "--yes"]):
+        result = invoke(*command)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(
+            "error: the embedded server is not installed (missing: uvicorn)\n"
+            "hint: pip install 'flowagent[server]'"
+        ), result.stderr
 
 
 def test_database_reset_needs_yes_without_a_terminal(tmp_path: Path) -> None:
