@@ -230,7 +230,7 @@ class NativeBackend:
 
     async def claim(
         self,
-        queue_id: UUID,
+        queue_ids: Sequence[UUID],
         agent_id: UUID,
         tags: Sequence[str],
         limit: int,
@@ -238,8 +238,13 @@ class NativeBackend:
         claim_id: UUID | None = None,
         lead_seconds: float = 0.0,
     ) -> list[ClaimedRun]:
+        # One queue keeps the per-queue route, which servers from before several queues per
+        # agent also answer.
+        several = len(queue_ids) > 1
+        path = "work_queues/claim" if several else f"work_queues/{queue_ids[0]}/claim"
         body = ClaimRequest(
             agent_id=agent_id,
+            work_queue_ids=list(queue_ids) if several else [],
             tags=list(tags),
             limit=limit,
             wait_seconds=wait_seconds,
@@ -250,7 +255,7 @@ class NativeBackend:
         # without one, only a request that never reached the server may be sent again.
         response = await self.http.request(
             "POST",
-            f"work_queues/{queue_id}/claim",
+            path,
             json=_body(body),
             timeout=wait_seconds + self.http_timeout_margin,
             retry=claim_id is not None,

@@ -103,6 +103,9 @@ class DeploymentRow(Base):
     retry_delay_seconds: Mapped[float] = mapped_column(Float)
     created: Mapped[datetime]
     updated: Mapped[datetime]
+    # At most this many runs active at once (None: no limit), enforced by the claim.
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    collision_strategy: Mapped[str] = mapped_column(String(20), server_default="enqueue")
 
 
 class AgentRow(Base):
@@ -113,6 +116,8 @@ class AgentRow(Base):
     work_queue_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("work_queues.id", ondelete="CASCADE"), index=True
     )
+    # Every queue it serves, in priority order; work_queue_id is the first that still exists.
+    work_queue_ids: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
     tags: Mapped[list[str]]
     hostname: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)
@@ -166,6 +171,19 @@ class FlowRunRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(300))
     # No foreign key: the run's history outlives its schedule.
     schedule_id: Mapped[uuid.UUID | None] = mapped_column(UUIDString())
+
+
+class ConcurrencyLimitRow(Base):
+    """At most ``limit`` runs carrying ``tag`` active at once, whatever their queue."""
+
+    __tablename__ = "concurrency_limits"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    tag: Mapped[str] = mapped_column(String(200), unique=True)
+    limit: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime]
+    updated: Mapped[datetime]
 
 
 class FlowRunStateRow(Base):

@@ -38,7 +38,7 @@ from croniter import croniter
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from agent.models import Catchup, FlowRun, StateType, utcnow
+from agent.models import AWAITING_SLOT, Catchup, FlowRun, StateType, utcnow
 from agent.server.claims import Notifier
 from agent.server.db import Database
 from agent.server.lifecycle import new_run, record_state
@@ -311,6 +311,8 @@ def _late_runs(threshold: datetime) -> Select[FlowRunRow]:
         FlowRunRow.state_type == StateType.SCHEDULED.value,
         FlowRunRow.expected_start_time < threshold,
         FlowRunRow.state_name != LATE,
+        # Held back by a concurrency limit, not late: it goes as soon as a slot frees.
+        FlowRunRow.state_name != AWAITING_SLOT,
     )
 
 
@@ -318,7 +320,7 @@ def shown_late(run: FlowRun, now: datetime, late_after: timedelta) -> FlowRun:
     """``run`` as it will be once the scheduler's next pass has looked at it: Late when due
     and not started for ``late_after`` (so a preview need not wait for the pass)."""
     late = run.state.type is StateType.SCHEDULED and run.expected_start_time < now - late_after
-    if not late or run.state.name == LATE:
+    if not late or run.state.name in (LATE, AWAITING_SLOT):
         return run
     return run.model_copy(update={"state": run.state.model_copy(update={"name": LATE})})
 

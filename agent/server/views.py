@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from agent.models import (
     AgentRecord,
     AgentStatus,
+    Collision,
     Deployment,
     FlowRun,
     HostMetrics,
@@ -111,6 +112,8 @@ def deployment_model(row: DeploymentRow) -> Deployment:
         timeout_seconds=row.timeout_seconds,
         retries=row.retries,
         retry_delay_seconds=row.retry_delay_seconds,
+        concurrency_limit=row.concurrency_limit,
+        collision_strategy=Collision(row.collision_strategy),
         created=row.created,
         updated=row.updated,
     )
@@ -156,6 +159,8 @@ def agent_model(row: AgentRow, now: datetime, lease_seconds: float) -> AgentReco
         id=row.id,
         name=row.name,
         work_queue_id=row.work_queue_id,
+        # An agent from before several queues per agent has an empty list: its one queue.
+        work_queue_ids=[uuid.UUID(q) for q in row.work_queue_ids] or [row.work_queue_id],
         tags=list(row.tags),
         hostname=row.hostname,
         pid=row.pid,

@@ -40,6 +40,8 @@ def _upsert(db: Database, body: DeploymentCreate) -> tuple[Deployment, bool]:
         row.timeout_seconds = body.timeout_seconds
         row.retries = body.retries
         row.retry_delay_seconds = body.retry_delay_seconds
+        row.concurrency_limit = body.concurrency_limit
+        row.collision_strategy = body.collision_strategy.value
         row.updated = now
         if body.schedules is not None:
             session.flush()  # the deployment's row first: schedules point at it
@@ -114,11 +116,13 @@ def _create_run(db: Database, deployment_id: uuid.UUID, body: FlowRunCreate) -> 
     summary="Create a deployment, or update the one with that name (200)",
 )
 async def upsert_deployment(
-    body: DeploymentCreate, response: Response, db: DB, scheduler: Ticker
+    body: DeploymentCreate, response: Response, db: DB, scheduler: Ticker, wakeups: Wakeups
 ) -> Deployment:
     deployment, created = await db.run(_upsert, db, body)
     if body.schedules:
         poke(scheduler)
+    # A raised (or removed) concurrency limit lets runs waiting for a slot go at once.
+    wakeups.notify([deployment.work_queue_id])
     if not created:
         response.status_code = status.HTTP_200_OK
     return deployment
