@@ -175,6 +175,37 @@ def _due_matching(
     return found
 
 
+# The most runs one claim marks as waiting for a slot; the scheduler's pass marks the rest.
+_MARK_BATCH = 200
+
+
+def _mark_held_back(
+    session: Session, queue_id: uuid.UUID, due_by: datetime, limits: ClaimLimits, now: datetime
+) -> None:
+    """Show the due runs of deployments now at their limit as waiting, at once: the scan
+    stops when the agent's slots are filled and would not reach them."""
+    full = limits.full_deployments()
+    if not full:
+        return
+    rows = session.scalars(
+        select(FlowRunRow)
+        .where(
+            FlowRunRow.work_queue_id == queue_id,
+            FlowRunRow.deployment_id.in_(full),
+            FlowRunRow.state_type == StateType.SCHEDULED.value,
+            FlowRunRow.expected_start_time <= due_by,
+            FlowRunRow.state_name != AWAITING_SLOT,
+        )
+        .order_by(FlowRunRow.expected_start_time)
+        .limit(_MARK_BATCH)
+    ).all()
+    for run in rows:
+        deployment = session.get(DeploymentRow, run.deployment_id)
+        blocked = None if deployment is None else limits.blocked(run, deployment)
+        if blocked is not None:
+            _hold_back(session, run, blocked, now)
+
+
 def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) -> ClaimAttempt:
     """One claim transaction: move due, matching runs to PENDING for the agent.
 
@@ -226,6 +257,8 @@ def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimReque
                 claimed.append(
                     ClaimedRun(flow_run=run_model(run), deployment=deployment_model(deployment))
                 )
+            if limits.any:  # after the take: the runs taken are PENDING now, not passed over
+                _mark_held_back(session, queue.id, due_by, limits, now)
             if len(claimed) >= request.limit:
                 break
         if request.claim_id is not None and claimed:

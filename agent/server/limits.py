@@ -89,6 +89,16 @@ class ClaimLimits:
                 return Blocked(f"tag {tag} at its concurrency limit ({self.tag_limits[tag]})")
         return None
 
+    def full_deployments(self) -> list[uuid.UUID]:
+        """The deployments this claim has seen at their limit (so far)."""
+        found = []
+        for deployment_id, active in self._deployment_active.items():
+            row = self._session.get(DeploymentRow, deployment_id)
+            limit = None if row is None else row.concurrency_limit
+            if limit is not None and active >= limit:
+                found.append(deployment_id)
+        return found
+
     def hold(self, run: FlowRunRow, deployment: DeploymentRow) -> None:
         """Count ``run`` as holding its slots from now on (it is being claimed)."""
         if deployment.concurrency_limit is not None:

@@ -42,6 +42,7 @@ from agent.models import AWAITING_SLOT, Catchup, FlowRun, StateType, utcnow
 from agent.server.claims import Notifier
 from agent.server.db import Database
 from agent.server.lifecycle import new_run, record_state
+from agent.server.limits import ClaimLimits
 from agent.server.orm import DeploymentRow, FlowRunRow, ScheduleRow
 
 logger = logging.getLogger(__name__)
@@ -330,10 +331,27 @@ def _first_late(session: Session, threshold: datetime) -> FlowRunRow | None:
 
 
 def mark_late(session: Session, now: datetime, late_after: timedelta) -> int:
-    """Mark SCHEDULED runs not started ``late_after`` past their time as Late."""
+    """Mark SCHEDULED runs not started ``late_after`` past their time as Late, or as
+    waiting for a concurrency slot when a limit holds them back (the claim that would show
+    that may not have reached them)."""
     query = _late_runs(now - late_after).order_by(FlowRunRow.expected_start_time)
     rows = session.scalars(query.limit(_LATE_BATCH)).all()
+    limits = ClaimLimits(session) if rows else None
     for run in rows:
+        deployment = session.get(DeploymentRow, run.deployment_id)
+        blocked = None
+        if limits is not None and limits.any and deployment is not None:
+            blocked = limits.blocked(run, deployment)
+        if blocked is not None:
+            record_state(
+                session,
+                run,
+                StateType.SCHEDULED,
+                now=now,
+                name=AWAITING_SLOT,
+                message=blocked.reason,
+            )
+            continue
         record_state(
             session,
             run,
