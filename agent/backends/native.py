@@ -18,6 +18,9 @@ from agent.models import (
     AgentRecord,
     ClaimedRun,
     ClaimRequest,
+    ConcurrencyLimit,
+    ConcurrencyLimitCreate,
+    ConcurrencyLimitUpdate,
     Deployment,
     DeploymentCreate,
     FlowRun,
@@ -211,6 +214,35 @@ class NativeBackend:
             params["after"] = after
         response = await self.http.request("GET", f"flow_runs/{run_id}/logs", params=params)
         return _parse(list[LogLine], response)
+
+    # ------------------------------------------------------------------ tag concurrency limits
+
+    async def create_limit(self, body: ConcurrencyLimitCreate) -> ConcurrencyLimit:
+        response = await self.http.request(
+            "POST", "concurrency_limits", json=_body(body), retry=False
+        )
+        return _parse(ConcurrencyLimit, response)
+
+    async def list_limits(self) -> list[ConcurrencyLimit]:
+        response = await self.http.request("GET", "concurrency_limits")
+        return _parse(list[ConcurrencyLimit], response)
+
+    async def get_limit(self, limit_id: UUID) -> ConcurrencyLimit:
+        response = await self.http.request("GET", f"concurrency_limits/{limit_id}")
+        return _parse(ConcurrencyLimit, response)
+
+    async def get_limit_by_name(self, name: str) -> ConcurrencyLimit:
+        response = await self.http.request("GET", f"concurrency_limits/name/{name}")
+        return _parse(ConcurrencyLimit, response)
+
+    async def update_limit(self, limit_id: UUID, body: ConcurrencyLimitUpdate) -> ConcurrencyLimit:
+        response = await self.http.request(
+            "PATCH", f"concurrency_limits/{limit_id}", json=_body(body)
+        )
+        return _parse(ConcurrencyLimit, response)
+
+    async def delete_limit(self, limit_id: UUID) -> None:
+        await self.http.request("DELETE", f"concurrency_limits/{limit_id}")
 
     # ------------------------------------------------------------------ the agent's conversation
 

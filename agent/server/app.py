@@ -24,6 +24,7 @@ from agent.server.metrics import install_metrics
 from agent.server.notifications import NotificationConfig
 from agent.server.routes import (
     agents,
+    concurrency_limits,
     deployments,
     flow_runs,
     health,
@@ -117,7 +118,15 @@ def create_app(
     api = APIRouter(prefix="/api")
     api.include_router(health.router)
     protected = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (work_queues, deployments, flow_runs, agents, schedules, notifications):
+    for module in (
+        work_queues,
+        deployments,
+        flow_runs,
+        agents,
+        schedules,
+        notifications,
+        concurrency_limits,
+    ):
         protected.include_router(module.router)
     api.include_router(protected)
     app.include_router(api)
