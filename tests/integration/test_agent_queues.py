@@ -282,3 +282,23 @@ def test_pause_and_delete_one_queue_while_the_agent_runs(
         assert "every work queue of this agent is gone" in log_path.read_text()
     finally:
         stop(agent)
+
+
+def test_run_once_takes_what_is_due_in_every_queue_and_exits(
+    server: Server, api: httpx.Client, tmp_path: Path
+) -> None:
+    first, second, paused = make_queue(api), make_queue(api), make_queue(api, paused=True)
+    out = tmp_path / "done"
+    runs = [
+        make_run(api, marker_deployment(api, second, out, "second")),
+        make_run(api, marker_deployment(api, first, out, "first")),
+    ]
+    held = make_run(api, marker_deployment(api, paused, out, "paused"))
+    agent = start_agent(
+        server, first["id"], second["id"], paused["id"], "--run-once", "--limit", "1",
+        "--name", f"once-{uuid.uuid4().hex[:8]}",
+    )  # fmt: skip
+    assert agent.wait(timeout=60) == 0
+    assert [get_run(api, r["id"])["state"]["type"] for r in runs] == ["COMPLETED"] * 2
+    assert get_run(api, held["id"])["state"]["type"] == "SCHEDULED"
+    assert out.read_text().split() == ["first", "second"]

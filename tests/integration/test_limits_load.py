@@ -5,7 +5,6 @@ the flows themselves wrote."""
 from __future__ import annotations
 
 import subprocess
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.support import (
+    ActiveSampler,
     Server,
     make_deployment,
     make_queue,
@@ -29,7 +29,6 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
-ACTIVE = ("PENDING", "RUNNING", "CANCELLING")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Each flow notes its start and end in one shared file (O_APPEND: lines do not interleave).
 FLOW = 'echo "start $DEP $SEQ" >> "$OUT"; sleep 0.2; echo "end $DEP $SEQ" >> "$OUT"'
@@ -74,33 +73,6 @@ def four_agents(server: Server, tmp_path: Path) -> Iterator[Any]:
         assert stop(process) == 0
 
 
-class Sampler:
-    """Reads the active runs from the API every 50 ms, each read one consistent snapshot."""
-
-    def __init__(self, api_url: str) -> None:
-        self.samples: list[list[dict[str, Any]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(api_url,), daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self, api_url: str) -> None:
-        with httpx.Client(base_url=api_url + "/", timeout=10) as client:
-            while not self._stop.wait(0.05):
-                response = client.get("flow_runs", params={"state": list(ACTIVE), "limit": 1000})
-                response.raise_for_status()
-                self.samples.append(response.json())
-
-    def most(self, matches: Any) -> int:
-        return max((sum(1 for run in sample if matches(run)) for sample in self.samples), default=0)
-
-
 def most_at_once(lines: list[str], matches: Any) -> int:
     """The most flows running together, from their own start/end lines."""
     running = peak = 0
@@ -143,7 +115,7 @@ def test_deployment_and_tag_limits_hold_across_four_agents(
     out = tmp_path / "flows.out"
     by_id = {d["id"]: key for key, d in deployments.items()}
 
-    with Sampler(server.url) as sampler:
+    with ActiveSampler(server.url) as sampler:
         made = make_runs(api, deployments, 20, out)  # 60 runs, before any agent is up
         four_agents(first, second)
         everything = [run for runs in made.values() for run in runs]
@@ -194,7 +166,7 @@ def test_cancel_new_cancels_the_surplus_across_four_agents(
         collision_strategy="cancel-new",
     )
     out = tmp_path / "flows.out"
-    with Sampler(server.url) as sampler:
+    with ActiveSampler(server.url) as sampler:
         made = make_runs(api, {"x": deployment}, 12, out)["x"]
         four_agents(queue)
 
