@@ -30,6 +30,7 @@ from benchmarks.scenarios import (
     output,
     pickup,
     prefect,
+    queues,
     throughput,
 )
 
@@ -55,6 +56,7 @@ SCENARIOS: list[tuple[Scenario, list[tuple[str, str]]]] = [
     (concurrency.run, [("concurrency", "(5) concurrent sleeping subprocess runs, one agent")]),
     (footprint.run, [("footprint", "(6) idle footprint of agent and server")]),
     (output.run, [("output", "(8) agent memory while a run prints a lot")]),
+    (queues.run, [("queues", "(9) pickup with several queues per agent")]),
     (prefect.run, [("prefect", "(7) side by side on a Prefect 3 server")]),
 ]
 NAMES = [name for _, sections in SCENARIOS for name, _ in sections]
