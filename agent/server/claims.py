@@ -132,6 +132,9 @@ def _due_matching(
     """
     found: list[tuple[FlowRunRow, DeploymentRow]] = []
     deployments: dict[uuid.UUID, DeploymentRow | None] = {}
+    # Deployments found at their own limit (enqueue): the rest of their runs wait too, so the
+    # next pages leave them out rather than read a long backlog of them on every claim.
+    full: set[uuid.UUID] = set()
     # Keyset paging: a run cancelled (cancel-new) while scanning must not shift the pages.
     after: tuple[datetime, uuid.UUID] | None = None
     while len(found) < wanted:
@@ -143,6 +146,8 @@ def _due_matching(
             FlowRunRow.state_type == StateType.SCHEDULED.value,
             FlowRunRow.expected_start_time <= due_by,
         )
+        if full:
+            query = query.where(FlowRunRow.deployment_id.not_in(full))
         if after is not None:
             query = query.where(
                 or_(
@@ -165,6 +170,8 @@ def _due_matching(
             blocked = limits.blocked(run, deployment) if limits.any else None
             if blocked is not None:
                 _hold_back(session, run, blocked, now)
+                if blocked.deployment_full and not blocked.cancel:
+                    full.add(deployment.id)
                 continue
             limits.hold(run, deployment)
             found.append((run, deployment))

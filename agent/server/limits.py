@@ -40,6 +40,8 @@ class Blocked:
 
     reason: str
     cancel: bool = False
+    # Held back by its deployment's own limit: every later run of the deployment is too.
+    deployment_full: bool = False
 
 
 class ClaimLimits:
@@ -83,6 +85,7 @@ class ClaimLimits:
             return Blocked(
                 f"deployment {deployment.name} at its concurrency limit ({limit})",
                 cancel=deployment.collision_strategy == Collision.CANCEL_NEW.value,
+                deployment_full=True,
             )
         for tag in sorted(set(run.tags) & self.tag_limits.keys()):
             if self._tag_active[tag] >= self.tag_limits[tag]:

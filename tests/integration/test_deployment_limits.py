@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,8 @@ from tests.support import (
     make_queue,
     make_run,
     running_server,
+    start_agent,
+    stop,
     wait_for,
 )
 
@@ -227,3 +230,43 @@ def test_cli_sets_and_updates_the_limit(server: Server, api: httpx.Client, tmp_p
     assert (found["concurrency_limit"], found["collision_strategy"]) == (2, "enqueue")
     listed = json.loads(cli(server, "deployment", "ls", "--json").stdout)
     assert {d["name"]: d["concurrency_limit"] for d in listed}[name] is None
+
+
+def test_real_agent_runs_other_deployments_past_a_full_one(
+    server: Server, api: httpx.Client, tmp_path: Path
+) -> None:
+    queue = make_queue(api)
+    hold = (
+        'touch "$OUT/a-$SEQ.started"; '
+        'while [ ! -e "$OUT/release" ]; do sleep 0.05; done; touch "$OUT/a-$SEQ.done"'
+    )
+    limited = make_deployment(api, queue, command=["sh", "-c", hold], concurrency_limit=1)
+    other = make_deployment(api, queue, command=["sh", "-c", 'touch "$OUT/b.done"'])
+    env = {"OUT": str(tmp_path)}
+    held = [
+        make_run(api, limited, expected_start_time=ago(30 - i), env=env | {"SEQ": str(i)})
+        for i in range(3)
+    ]
+    behind = make_run(api, other, expected_start_time=ago(1), env=env)
+    agent = start_agent(
+        server, queue["id"], "--limit", "4", "--name", f"hol-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        # The other deployment's run, due after all three, completes while the first holds
+        # the only slot and the two others wait.
+        wait_for(lambda: (tmp_path / "b.done").exists(), timeout=30, what="the other run")
+        wait_for(lambda: state(api, behind)[0] == "COMPLETED", timeout=10, what="its state")
+        assert (tmp_path / "a-0.started").exists()
+        assert not (tmp_path / "a-1.started").exists() and not (tmp_path / "a-2.started").exists()
+        assert [state(api, run)[1] for run in held[1:]] == [AWAITING, AWAITING]
+
+        (tmp_path / "release").touch()
+        for run in held:
+            wait_for(lambda run=run: state(api, run)[0] == "COMPLETED", timeout=30, what="A")
+        starts = [get_run(api, run["id"])["start_time"] for run in held]
+        assert starts == sorted(starts)  # one after another, in expected-start order
+        assert sorted(p.name for p in tmp_path.glob("a-*.done")) == [
+            f"a-{i}.done" for i in range(3)
+        ]
+    finally:
+        assert stop(agent) == 0
