@@ -270,3 +270,23 @@ def test_real_agent_runs_other_deployments_past_a_full_one(
         ]
     finally:
         assert stop(agent) == 0
+
+
+def test_a_slot_frees_when_its_holders_lease_expires(tmp_path: Path) -> None:
+    with (
+        running_server(tmp_path / "server", extra_env={"AGENT_LEASE_SECONDS": "2"}) as server,
+        server.client() as api,
+    ):
+        queue = make_queue(api)
+        deployment = make_deployment(api, queue, command=["true"], concurrency_limit=1)
+        first, second = runs_of(api, deployment, 2)
+        gone = register(api, queue)  # heartbeats once, claims, and is never heard of again
+        assert claim(api, queue, gone) == [first["id"]]
+        assert state(api, second)[1] == AWAITING
+
+        # Another agent's held claim gets the waiting run once the dead one's lease ends.
+        survivor = register(api, queue)
+        assert claim(api, queue, survivor, wait_seconds=30) == [second["id"]]
+        crashed = state(api, first)
+        assert crashed[0] == "CRASHED"
+        assert f"agent {gone['name']} stopped heartbeating" in (crashed[2] or "")
