@@ -127,9 +127,11 @@ class Agent:
 
     async def _resolve_queue(self, ref: str) -> WorkQueue:
         try:
-            return await self.backend.get_queue(UUID(ref))
+            queue_id = UUID(ref)
         except ValueError:
-            pass  # a name
+            queue_id = None  # a name
+        if queue_id is not None:
+            return await self.backend.get_queue(queue_id)
         by_name = getattr(self.backend, "get_queue_by_name", None)
         if by_name is None:
             raise ConfigError(
