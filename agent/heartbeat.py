@@ -54,7 +54,7 @@ class Heartbeater:
         return Heartbeat(
             name=self._name,
             work_queue_id=queues[0],
-            work_queue_ids=queues,
+            work_queue_ids=queues if len(queues) > 1 else None,
             tags=list(self._tags),
             hostname=socket.gethostname(),
             pid=os.getpid(),

@@ -62,6 +62,14 @@ def _body(model: BaseModel) -> Any:
     return model.model_dump(mode="json", exclude_unset=False)
 
 
+def _without_empty(body: dict[str, Any], key: str) -> dict[str, Any]:
+    """``body`` without ``key`` when it holds nothing: a one-queue agent's requests stay what
+    servers from before several queues per agent accept (their models forbid unknown fields)."""
+    if not body.get(key):
+        body.pop(key, None)
+    return body
+
+
 def _outcome(result: RunReportResult) -> FlowRun | BaseException:
     """One batched report's result as the single-run route's answer (or its error) would be."""
     if result.status == 200 and result.flow_run is not None:
@@ -250,7 +258,7 @@ class NativeBackend:
         response = await self.http.request(
             "POST",
             "agents/heartbeat",
-            json=_body(beat),
+            json=_without_empty(_body(beat), "work_queue_ids"),
             retry_for=LOOP_RETRY_SECONDS,
             priority=True,
         )
@@ -288,7 +296,7 @@ class NativeBackend:
         response = await self.http.request(
             "POST",
             path,
-            json=_body(body),
+            json=_without_empty(_body(body), "work_queue_ids"),
             timeout=wait_seconds + self.http_timeout_margin,
             retry=claim_id is not None,
             retry_for=LOOP_RETRY_SECONDS,
