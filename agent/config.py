@@ -7,11 +7,12 @@ each value came from so ``agent config view --show-sources`` can say it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -285,11 +286,21 @@ def mask(secret: str) -> str:
     return "********" if len(secret) <= 8 else f"{secret[:2]}******{secret[-2:]}"
 
 
-def default_agent_name(queue_id: UUID) -> str:
+def default_agent_name(queues: Sequence[str]) -> str:
     """HOSTNAME-<queue id's first 8 digits>: agents on one host serving different queues get
     names of their own without thinking about it (a name is an agent's identity: its runs,
-    lease and fence; a second live agent under one name is refused)."""
-    return f"{socket.gethostname()}-{queue_id.hex[:8]}"
+    lease and fence; a second live agent under one name is refused).
+
+    A queue given by name stands for itself; several queues are named by a digest of the
+    list, in order (the same queues in another order are another agent's).
+    """
+    if len(queues) > 1:
+        digest = hashlib.sha256("\n".join(queues).encode()).hexdigest()[:8]
+        return f"{socket.gethostname()}-{digest}"
+    try:
+        return f"{socket.gethostname()}-{UUID(queues[0]).hex[:8]}"
+    except ValueError:
+        return f"{socket.gethostname()}-{queues[0]}"
 
 
 def resolve_home(flag: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:

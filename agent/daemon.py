@@ -27,7 +27,14 @@ import structlog
 from agent.adoption import Leftover, Stage, find_leftovers, lost_message, still_ours
 from agent.backends.base import Backend
 from agent.config import Settings
-from agent.errors import AuthError, FlowAgentError, NotFound, RunnerError, ServerUnavailable
+from agent.errors import (
+    AuthError,
+    ConfigError,
+    FlowAgentError,
+    NotFound,
+    RunnerError,
+    ServerUnavailable,
+)
 from agent.fence import FenceDir
 from agent.heartbeat import Heartbeater
 from agent.logs import LogShipper
@@ -53,7 +60,8 @@ FENCE_CHECK_SECONDS = 1.0
 class AgentOptions:
     """What `agent start` was asked to do (settings hold everything else)."""
 
-    queue_id: UUID
+    # The work queues to serve, highest priority first: UUIDs, or names (the embedded server).
+    queues: tuple[str, ...]
     name: str
     tags: tuple[str, ...] = ()
     run_once: bool = False
@@ -97,7 +105,8 @@ class Agent:
         # be taken over: the message each is CRASHED with, exactly as it happened.
         self._lost: dict[UUID, str] = {}
         self.agent_id: UUID | None = None
-        self.queue: WorkQueue | None = None
+        # The queues served, in priority order; one deleted meanwhile is dropped from here.
+        self.queues: list[WorkQueue] = []
         # systemd notifications, /healthz and /metrics, the resource gate, secret redaction.
         self.ops = Operations(
             settings,
@@ -108,15 +117,50 @@ class Agent:
 
     # ------------------------------------------------------------------ start-up
 
-    async def _resolve_queue(self) -> WorkQueue:
+    async def _resolve_queues(self) -> list[WorkQueue]:
         try:
-            return await self.backend.get_queue(self.options.queue_id)
+            queues = [await self._resolve_queue(ref) for ref in self.options.queues]
         except ServerUnavailable as exc:
             raise ServerUnavailable(
                 f"{exc.message}; gave up after {self.settings.startup_timeout_seconds:g}s",
                 hint="start the server with `agent server start`, or point --api-url / "
                 "AGENT_API_URL at it",
             ) from exc
+        if len(queues) > 1 and getattr(self.backend, "kind", None) != "native":
+            raise ConfigError(
+                "several queues per agent need the embedded server (agent server start)",
+                hint="start one agent per queue on this server",
+            )
+        seen: set[UUID] = set()
+        for queue in queues:
+            if queue.id in seen:
+                raise ConfigError(
+                    f"work queue {queue.name} ({queue.id}) is given twice",
+                    hint="name each queue once, highest priority first",
+                )
+            seen.add(queue.id)
+        return queues
+
+    async def _resolve_queue(self, ref: str) -> WorkQueue:
+        try:
+            queue_id = UUID(ref)
+        except ValueError:
+            queue_id = None  # a name
+        if queue_id is not None:
+            return await self.backend.get_queue(queue_id)
+        by_name = getattr(self.backend, "get_queue_by_name", None)
+        if by_name is None:
+            raise ConfigError(
+                f"{ref!r} is not a work queue UUID",
+                hint="this server's queues are named by UUID: give the queue's UUID",
+            )
+        try:
+            queue: WorkQueue = await by_name(ref)
+        except NotFound:
+            raise NotFound(
+                f"no work queue named {ref!r}", hint="list the queues with `agent work-queue ls`"
+            ) from None
+        return queue
 
     def _runner(self, name: str) -> Runner | RunnerError:
         if name not in self._runners:
@@ -129,12 +173,12 @@ class Agent:
     # ------------------------------------------------------------------ main loop
 
     async def _start_up(self) -> Heartbeater:
-        """Resolve the queue, register, clean up after an earlier life; nothing claimed yet."""
-        self.queue = await self._resolve_queue()
+        """Resolve the queues, register, clean up after an earlier life; nothing claimed yet."""
+        self.queues = await self._resolve_queues()
         heartbeater = Heartbeater(
             self.backend,
             name=self.options.name,
-            queue=self.queue,
+            queues=lambda: [queue.id for queue in self.queues],
             tags=self.options.tags,
             interval=self.settings.heartbeat_seconds,
             runs_in_flight=lambda: len(self.runs),
@@ -152,8 +196,8 @@ class Agent:
         log.info(
             "agent_started",
             agent_id=str(self.agent_id),
-            queue=self.queue.name,
-            queue_id=str(self.queue.id),
+            queues=[queue.name for queue in self.queues],
+            queue_ids=[str(queue.id) for queue in self.queues],
             tags=list(self.options.tags),
             limit=self.settings.limit,
         )
@@ -168,7 +212,7 @@ class Agent:
         except OSError as exc:
             log.warning("sources_not_pruned", error=str(exc))
         await self._release_orphans()
-        self.ops.ready(self.queue, heartbeater)
+        self.ops.ready(self.queues, heartbeater)
         return heartbeater
 
     async def run(self) -> int:
@@ -226,7 +270,7 @@ class Agent:
         return EXIT_OK
 
     async def _claim_loop(self, runs: asyncio.TaskGroup) -> None:
-        assert self.queue is not None and self.agent_id is not None
+        assert self.queues and self.agent_id is not None
         backoff = 0.5
         claim_id = uuid4()
         while not self.stopping.is_set():
@@ -241,7 +285,7 @@ class Agent:
             wait = 0.0 if self.options.run_once else self.settings.claim_wait_seconds
             claim = asyncio.create_task(
                 self.backend.claim(
-                    self.queue.id,
+                    [queue.id for queue in self.queues],
                     self.agent_id,
                     self.options.tags,
                     free,
@@ -256,10 +300,12 @@ class Agent:
             except AuthError:
                 raise
             except NotFound as exc:
-                raise NotFound(
-                    f"work queue {self.queue.id} is gone: {exc.message}",
-                    hint="list the queues with `agent work-queue ls`",
-                ) from exc
+                if await self._drop_deleted_queues(exc):
+                    continue
+                log.warning("claim_failed", error=str(exc), retry_in=backoff)
+                await self._wait_or_stop(asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 10.0)
+                continue
             except FlowAgentError as exc:
                 log.warning("claim_failed", error=str(exc), retry_in=backoff)
                 await self._wait_or_stop(asyncio.sleep(backoff))
@@ -275,6 +321,33 @@ class Agent:
                 self._launch(runs, item)
             if self.options.run_once and not claimed:
                 break
+
+    async def _drop_deleted_queues(self, exc: NotFound) -> bool:
+        """After a claim's 404: stop serving the queues that are gone (each said once); True
+        when some were. When all are gone the agent has nothing to do: it stops, saying so."""
+        gone: list[WorkQueue] = []
+        for queue in self.queues:
+            try:
+                await self.backend.get_queue(queue.id)
+            except NotFound:
+                gone.append(queue)
+        if not gone:
+            return False  # not a queue of ours (the agent's row?): retried like any failure
+        self.queues = [queue for queue in self.queues if queue not in gone]
+        for queue in gone:
+            log.error(
+                "queue_deleted",
+                queue=queue.name,
+                queue_id=str(queue.id),
+                serving=[q.name for q in self.queues],
+            )
+        if not self.queues:
+            names = ", ".join(f"{q.name} ({q.id})" for q in gone)
+            raise NotFound(
+                f"every work queue of this agent is gone ({names}): {exc.message}",
+                hint="list the queues with `agent work-queue ls` and start the agent on one",
+            ) from exc
+        return True
 
     async def _wait_or_stop(self, awaitable: Any) -> Any:
         """Await ``awaitable`` unless a stop is requested first (then cancel it, return None)."""
@@ -292,7 +365,11 @@ class Agent:
 
     def _launch(self, runs: asyncio.TaskGroup, claimed: ClaimedRun) -> None:
         supervisor = self._prepare(claimed)
-        self.ops.metrics.runs_claimed.inc()
+        queue = next(
+            (q.name for q in self.queues if q.id == claimed.flow_run.work_queue_id),
+            str(claimed.flow_run.work_queue_id),
+        )
+        self.ops.metrics.runs_claimed.labels(queue=queue).inc()
         log.info("run_claimed", run_id=str(claimed.flow_run.id), deployment=claimed.deployment.name)
         self._supervise(runs, supervisor)
 

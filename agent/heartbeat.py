@@ -14,7 +14,7 @@ import structlog
 import agent
 from agent.backends.base import Backend
 from agent.errors import AuthError, FlowAgentError
-from agent.models import AgentRecord, Heartbeat, HostMetrics, WorkQueue
+from agent.models import AgentRecord, Heartbeat, HostMetrics
 from agent.resources import host_metrics
 
 log = structlog.get_logger("agent.heartbeat")
@@ -26,7 +26,7 @@ class Heartbeater:
         backend: Backend,
         *,
         name: str,
-        queue: WorkQueue,
+        queues: Callable[[], list[UUID]],
         tags: tuple[str, ...],
         interval: float,
         runs_in_flight: Callable[[], int],
@@ -35,7 +35,7 @@ class Heartbeater:
     ) -> None:
         self._backend = backend
         self._name = name
-        self._queue = queue
+        self._queues = queues
         self._tags = tags
         self._interval = interval
         self._runs_in_flight = runs_in_flight
@@ -50,9 +50,11 @@ class Heartbeater:
         self.on_renewed: Callable[[], None] = lambda: None
 
     def _beat(self) -> Heartbeat:
+        queues = self._queues()
         return Heartbeat(
             name=self._name,
-            work_queue_id=self._queue.id,
+            work_queue_id=queues[0],
+            work_queue_ids=queues if len(queues) > 1 else None,
             tags=list(self._tags),
             hostname=socket.gethostname(),
             pid=os.getpid(),

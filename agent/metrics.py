@@ -44,7 +44,9 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.runs_claimed = Counter(f"{PREFIX}_runs_claimed", "Flow runs claimed.", registry=r)
+        self.runs_claimed = Counter(
+            f"{PREFIX}_runs_claimed", "Flow runs claimed, by work queue.", ["queue"], registry=r
+        )
         self.runs_started = Counter(
             f"{PREFIX}_runs_started",
             "Flow runs whose process (or container, or task) was started.",

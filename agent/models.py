@@ -392,6 +392,17 @@ Parameters = Annotated[dict[str, Any], AfterValidator(_check_parameters)]
 Env = Annotated[dict[str, str], AfterValidator(_check_env)]
 
 
+class Collision(StrEnum):
+    """What happens to a run over its deployment's concurrency limit."""
+
+    ENQUEUE = "enqueue"  # it waits, SCHEDULED ("AwaitingConcurrencySlot"), for a slot
+    CANCEL_NEW = "cancel-new"  # it is CANCELLED at once
+
+
+#: The state name of a SCHEDULED run that is due but waits for a concurrency slot.
+AWAITING_SLOT = "AwaitingConcurrencySlot"
+
+
 class DeploymentCreate(_Model):
     """A deployment says what to run: a Python entrypoint or a command argv, and how."""
 
@@ -412,6 +423,17 @@ class DeploymentCreate(_Model):
     timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     retries: int = Field(default=0, ge=0, le=1000)
     retry_delay_seconds: float = Field(default=0, ge=0, le=MAX_SECONDS)
+    concurrency_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="at most this many of its runs PENDING, RUNNING or CANCELLING at once "
+        "(None: no limit); to stop it running at all, pause its queue",
+    )
+    collision_strategy: Collision = Field(
+        default=Collision.ENQUEUE,
+        description="a run over the limit: enqueue (waits for a slot) or cancel-new",
+    )
     schedules: Sequence[ScheduleCreate] | None = Field(
         default=None,
         description="when given, the deployment's schedules become these (an unchanged one "
@@ -557,8 +579,19 @@ class RunnerInfoUpdate(_Model):
     runner_info: dict[str, Any]
 
 
+#: The most queues one agent serves (one claim request covers them all).
+MAX_AGENT_QUEUES = 50
+
+
 class ClaimRequest(_Model):
     agent_id: UUID
+    work_queue_ids: list[UUID] = Field(
+        default_factory=list,
+        max_length=MAX_AGENT_QUEUES,
+        description="POST /work_queues/claim: the queues to take runs from, in strict priority "
+        "order (every due run of the first before any of the next); ignored by the per-queue "
+        "route, whose queue is in its path",
+    )
     tags: list[TagText] = Field(default_factory=list, description="the agent's --tag filters")
     limit: int = Field(default=1, ge=0, le=1000)
     wait_seconds: float = Field(default=0, ge=0, le=60, description="long-poll bound")
@@ -600,7 +633,13 @@ class AgentStatus(StrEnum):
 
 class Heartbeat(_Model):
     name: NameText
-    work_queue_id: UUID
+    work_queue_id: UUID = Field(description="the agent's first (highest priority) queue")
+    work_queue_ids: list[UUID] | None = Field(
+        default=None,
+        max_length=MAX_AGENT_QUEUES,
+        description="every queue the agent serves, in priority order (None: work_queue_id "
+        "alone); a deleted one is left out, and the agent is refused only when all are gone",
+    )
     tags: list[TagText] = Field(default_factory=list)
     hostname: str | None = None
     pid: int | None = None
@@ -619,6 +658,9 @@ class AgentRecord(_Model):
     id: UUID
     name: str
     work_queue_id: UUID
+    work_queue_ids: list[UUID] = Field(
+        default_factory=list, description="every queue it serves, in priority order"
+    )
     tags: list[str]
     hostname: str | None
     pid: int | None
@@ -631,6 +673,33 @@ class AgentRecord(_Model):
     lease_seconds: float = Field(
         default=30.0,
         description="the agent's runs are resolved (CRASHED) this long after its last heartbeat",
+    )
+
+
+# --------------------------------------------------------------------------- concurrency limits
+
+
+class ConcurrencyLimitCreate(_Model):
+    """At most ``limit`` runs carrying ``tag`` active at once, across deployments and queues."""
+
+    name: NameText | None = Field(default=None, description="unique; default: the tag")
+    tag: Annotated[TagText, Field(min_length=1, max_length=200)]
+    limit: int = Field(ge=1, le=100_000)
+
+
+class ConcurrencyLimitUpdate(_Model):
+    limit: int = Field(ge=1, le=100_000)
+
+
+class ConcurrencyLimit(_Model):
+    id: UUID
+    name: str
+    tag: str
+    limit: int
+    created: datetime
+    updated: datetime
+    active_run_ids: list[UUID] = Field(
+        default_factory=list, description="the runs holding its slots (PENDING/RUNNING/CANCELLING)"
     )
 
 

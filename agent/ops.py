@@ -58,8 +58,8 @@ class Operations:
         self._server: HealthServer | None = None
         self._heartbeater: Heartbeater | None = None
 
-    def ready(self, queue: WorkQueue, heartbeater: Heartbeater) -> None:
-        """The queue is resolved and the agent registered: serve health, tell systemd."""
+    def ready(self, queues: Sequence[WorkQueue], heartbeater: Heartbeater) -> None:
+        """The queues are resolved and the agent registered: serve health, tell systemd."""
         self._heartbeater = heartbeater
         self.monitor.attach_api(heartbeater.since_renewed)
         self.metrics.bind_heartbeat_failures(lambda: heartbeater.failures)
@@ -71,7 +71,8 @@ class Operations:
                 self.metrics.exposition,
             )
             self._server.start()
-        self.notifier.ready(f"polling work queue {queue.name}; " + self.status())
+        names = ", ".join(queue.name for queue in queues)
+        self.notifier.ready(f"polling work queue {names}; " + self.status())
 
     def supervise(self, side_tasks: Sequence[Any]) -> None:
         self.monitor.supervise(side_tasks)

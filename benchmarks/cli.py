@@ -30,6 +30,7 @@ from benchmarks.scenarios import (
     output,
     pickup,
     prefect,
+    queues,
     sources,
     throughput,
 )
@@ -57,6 +58,7 @@ SCENARIOS: list[tuple[Scenario, list[tuple[str, str]]]] = [
     (footprint.run, [("footprint", "(6) idle footprint of agent and server")]),
     (output.run, [("output", "(8) agent memory while a run prints a lot")]),
     (sources.run, [("sources", "(9) pickup of git-sourced and bundled deployments")]),
+    (queues.run, [("queues", "(10) pickup with several queues per agent")]),
     (prefect.run, [("prefect", "(7) side by side on a Prefect 3 server")]),
 ]
 NAMES = [name for _, sections in SCENARIOS for name, _ in sections]

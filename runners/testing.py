@@ -15,10 +15,10 @@ a flow that traps SIGTERM does) or terminated. Runs start held when asked, as ou
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
-from runners.base import Outcome, OutputSink, RunResult, RunSpec
+from runners.base import HoldingRunner, Outcome, OutputSink, RunResult, RunSpec
 
 #: What an interrupted run ends with when it obeys (a process exiting on SIGTERM).
 INTERRUPTED = RunResult(Outcome.CRASHED, "killed by signal SIGTERM", -15)
@@ -94,3 +94,7 @@ class FakeRunner:
         async with self._changed:
             await self._changed.wait_for(lambda: run_id in self.handles)
         return self.handles[run_id]
+
+
+if TYPE_CHECKING:  # mypy proves the fake meets the protocols it stands in for
+    _runner: HoldingRunner = FakeRunner()

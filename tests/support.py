@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -161,6 +162,43 @@ def start_agent(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+class ActiveSampler:
+    """Reads the runs holding slots (PENDING, RUNNING, CANCELLING) from the API every 50 ms
+    while in its ``with`` block; each read is one consistent snapshot of the database. Reads
+    that fail (a server being restarted) are counted and skipped."""
+
+    def __init__(self, api_url: str, interval: float = 0.05) -> None:
+        self.samples: list[list[dict[str, Any]]] = []
+        self.failed = 0
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(api_url,), daemon=True)
+
+    def __enter__(self) -> ActiveSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self, api_url: str) -> None:
+        active = ["PENDING", "RUNNING", "CANCELLING"]
+        with httpx.Client(base_url=api_url + "/", timeout=10) as client:
+            while not self._stop.wait(self._interval):
+                try:
+                    response = client.get("flow_runs", params={"state": active, "limit": 1000})
+                    response.raise_for_status()
+                except httpx.HTTPError:
+                    self.failed += 1
+                    continue
+                self.samples.append(response.json())
+
+    def most(self, matches: Callable[[dict[str, Any]], bool]) -> int:
+        """The most runs ``matches`` accepts in any one sample."""
+        return max((sum(1 for run in sample if matches(run)) for sample in self.samples), default=0)
 
 
 # ------------------------------------------------------------------ API helpers for tests

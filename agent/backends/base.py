@@ -30,7 +30,7 @@ class Backend(Protocol):
 
     async def claim(
         self,
-        queue_id: UUID,
+        queue_ids: Sequence[UUID],
         agent_id: UUID,
         tags: Sequence[str],
         limit: int,
@@ -39,6 +39,9 @@ class Backend(Protocol):
         lead_seconds: float = 0.0,
     ) -> list[ClaimedRun]:
         """Atomically take up to ``limit`` due runs; may wait up to ``wait_seconds`` for one.
+
+        ``queue_ids`` in strict priority order: one request covers them all. A backend that
+        serves one queue per agent refuses more with a ConfigError.
 
         ``claim_id`` is an idempotency key: the same id again answers what the first call took.
         ``lead_seconds``: runs due that soon may be handed over early (a backend may ignore it).

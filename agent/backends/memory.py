@@ -19,9 +19,10 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
+from agent.backends.base import Backend
 from agent.errors import Conflict, FlowAgentError, NotFound
 from agent.models import (
     AgentRecord,
@@ -131,6 +132,7 @@ class InMemoryBackend:
             id=known.id if known else uuid4(),
             name=beat.name,
             work_queue_id=beat.work_queue_id,
+            work_queue_ids=beat.work_queue_ids or [beat.work_queue_id],
             tags=list(beat.tags),
             hostname=beat.hostname,
             pid=beat.pid,
@@ -147,7 +149,7 @@ class InMemoryBackend:
 
     async def claim(
         self,
-        queue_id: UUID,
+        queue_ids: Sequence[UUID],
         agent_id: UUID,
         tags: Sequence[str],
         limit: int,
@@ -158,14 +160,15 @@ class InMemoryBackend:
         self._call("claim")
         if claim_id is not None and claim_id in self._claims:
             return self._claims[claim_id]
-        if queue_id not in self.queues:
-            raise NotFound(f"no work queue {queue_id}")
-        taken = self._take(queue_id, agent_id, limit, lead_seconds)
+        for queue_id in queue_ids:
+            if queue_id not in self.queues:
+                raise NotFound(f"no work queue {queue_id}")
+        taken = self._take(queue_ids, agent_id, limit, lead_seconds)
         if not taken and wait_seconds > 0:
             self._work.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), wait_seconds)
-            taken = self._take(queue_id, agent_id, limit, lead_seconds)
+            taken = self._take(queue_ids, agent_id, limit, lead_seconds)
         if claim_id is not None:
             self._claims[claim_id] = taken
         return taken
@@ -228,18 +231,19 @@ class InMemoryBackend:
         return self.runs[run_id]
 
     def _take(
-        self, queue_id: UUID, agent_id: UUID, limit: int, lead_seconds: float
+        self, queue_ids: Sequence[UUID], agent_id: UUID, limit: int, lead_seconds: float
     ) -> list[ClaimedRun]:
+        """Due runs in strict queue priority, each queue's in expected-start order."""
         horizon = utcnow() + timedelta(seconds=lead_seconds)
         due = sorted(
             (
                 r
                 for r in self.runs.values()
-                if r.work_queue_id == queue_id
+                if r.work_queue_id in queue_ids
                 and r.state.type is StateType.SCHEDULED
                 and r.expected_start_time <= horizon
             ),
-            key=lambda r: r.expected_start_time,
+            key=lambda r: (list(queue_ids).index(r.work_queue_id), r.expected_start_time),
         )[:limit]
         taken = []
         for run in due:
@@ -266,3 +270,7 @@ class InMemoryBackend:
             update["runner_info"] = run.runner_info | runner_info
         self.runs[run_id] = run.model_copy(update=update)
         self.history[run_id].append(state)
+
+
+if TYPE_CHECKING:  # mypy proves the fake meets the protocol the daemon uses
+    _backend: Backend = InMemoryBackend()

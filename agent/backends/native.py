@@ -18,6 +18,9 @@ from agent.models import (
     Bundle,
     ClaimedRun,
     ClaimRequest,
+    ConcurrencyLimit,
+    ConcurrencyLimitCreate,
+    ConcurrencyLimitUpdate,
     Deployment,
     DeploymentCreate,
     FlowRun,
@@ -59,6 +62,14 @@ def _parse(model: type[M] | Any, response: httpx.Response) -> M:
 
 def _body(model: BaseModel) -> Any:
     return model.model_dump(mode="json", exclude_unset=False)
+
+
+def _without_empty(body: dict[str, Any], key: str) -> dict[str, Any]:
+    """``body`` without ``key`` when it holds nothing: a one-queue agent's requests stay what
+    servers from before several queues per agent accept (their models forbid unknown fields)."""
+    if not body.get(key):
+        body.pop(key, None)
+    return body
 
 
 def _outcome(result: RunReportResult) -> FlowRun | BaseException:
@@ -230,13 +241,42 @@ class NativeBackend:
         response = await self.http.request("GET", f"flow_runs/{run_id}/logs", params=params)
         return _parse(list[LogLine], response)
 
+    # ------------------------------------------------------------------ tag concurrency limits
+
+    async def create_limit(self, body: ConcurrencyLimitCreate) -> ConcurrencyLimit:
+        response = await self.http.request(
+            "POST", "concurrency_limits", json=_body(body), retry=False
+        )
+        return _parse(ConcurrencyLimit, response)
+
+    async def list_limits(self) -> list[ConcurrencyLimit]:
+        response = await self.http.request("GET", "concurrency_limits")
+        return _parse(list[ConcurrencyLimit], response)
+
+    async def get_limit(self, limit_id: UUID) -> ConcurrencyLimit:
+        response = await self.http.request("GET", f"concurrency_limits/{limit_id}")
+        return _parse(ConcurrencyLimit, response)
+
+    async def get_limit_by_name(self, name: str) -> ConcurrencyLimit:
+        response = await self.http.request("GET", f"concurrency_limits/name/{name}")
+        return _parse(ConcurrencyLimit, response)
+
+    async def update_limit(self, limit_id: UUID, body: ConcurrencyLimitUpdate) -> ConcurrencyLimit:
+        response = await self.http.request(
+            "PATCH", f"concurrency_limits/{limit_id}", json=_body(body)
+        )
+        return _parse(ConcurrencyLimit, response)
+
+    async def delete_limit(self, limit_id: UUID) -> None:
+        await self.http.request("DELETE", f"concurrency_limits/{limit_id}")
+
     # ------------------------------------------------------------------ the agent's conversation
 
     async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
         response = await self.http.request(
             "POST",
             "agents/heartbeat",
-            json=_body(beat),
+            json=_without_empty(_body(beat), "work_queue_ids"),
             retry_for=LOOP_RETRY_SECONDS,
             priority=True,
         )
@@ -248,7 +288,7 @@ class NativeBackend:
 
     async def claim(
         self,
-        queue_id: UUID,
+        queue_ids: Sequence[UUID],
         agent_id: UUID,
         tags: Sequence[str],
         limit: int,
@@ -256,8 +296,13 @@ class NativeBackend:
         claim_id: UUID | None = None,
         lead_seconds: float = 0.0,
     ) -> list[ClaimedRun]:
+        # One queue keeps the per-queue route, which servers from before several queues per
+        # agent also answer.
+        several = len(queue_ids) > 1
+        path = "work_queues/claim" if several else f"work_queues/{queue_ids[0]}/claim"
         body = ClaimRequest(
             agent_id=agent_id,
+            work_queue_ids=list(queue_ids) if several else [],
             tags=list(tags),
             limit=limit,
             wait_seconds=wait_seconds,
@@ -268,8 +313,8 @@ class NativeBackend:
         # without one, only a request that never reached the server may be sent again.
         response = await self.http.request(
             "POST",
-            f"work_queues/{queue_id}/claim",
-            json=_body(body),
+            path,
+            json=_without_empty(_body(body), "work_queue_ids"),
             timeout=wait_seconds + self.http_timeout_margin,
             retry=claim_id is not None,
             retry_for=LOOP_RETRY_SECONDS,

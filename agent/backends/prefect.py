@@ -220,7 +220,7 @@ class PrefectBackend:
 
     async def claim(
         self,
-        queue_id: UUID,
+        queue_ids: Sequence[UUID],
         agent_id: UUID,
         tags: Sequence[str],
         limit: int,
@@ -237,7 +237,13 @@ class PrefectBackend:
         Runs taken by a call that failed on the way (``claim_id`` or not) are answered by the
         next call: every claim starts with the runs we proposed for and never handed out.
         """
-        queue = self._require_queue(queue_id)
+        if len(queue_ids) != 1:
+            raise ConfigError(
+                "an agent serves one queue of a Prefect server",
+                hint="start one agent per queue (several queues per agent need the embedded "
+                "server)",
+            )
+        queue = self._require_queue(queue_ids[0])
         if not self._workdirs_swept:
             await self._sweep_workdirs()
         loop = asyncio.get_running_loop()

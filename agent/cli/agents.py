@@ -35,7 +35,7 @@ def ls(
         print_json([a.model_dump(mode="json") for a in agents])
         return
     rows = table(
-        "name", "id", "status", "queue", "runs in flight", "last heartbeat", "cpu", "mem", "load"
+        "name", "id", "status", "queues", "runs in flight", "last heartbeat", "cpu", "mem", "load"
     )
     for a in agents:
         online = a.status is AgentStatus.ONLINE
@@ -43,7 +43,8 @@ def ls(
             a.name,
             str(a.id),
             text(a.status.value, style="green" if online else "red"),
-            queues.get(a.work_queue_id, str(a.work_queue_id)),
+            # In priority order.
+            ", ".join(queues.get(q, str(q)) for q in a.work_queue_ids or [a.work_queue_id]),
             str(a.runs_in_flight),
             age(a.last_heartbeat),
             _percent(a.metrics.cpu_percent if a.metrics else None),

@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from agent import __version__
 from agent.cli import (
     agents,
+    concurrency_limit,
     config,
     database,
     deployment,
@@ -114,6 +115,7 @@ app.add_typer(deployment.app, name="deployment")
 deployment.app.add_typer(schedule.app, name="schedule")
 app.add_typer(flow_run.app, name="flow-run")
 app.add_typer(agents.app, name="agents")
+app.add_typer(concurrency_limit.app, name="concurrency-limit")
 app.add_typer(notification.app, name="notification")
 app.add_typer(runner.app, name="runner")
 app.add_typer(sources.app, name="sources")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from agent.backends.native import NativeBackend
 from agent.cli.context import settings_of
@@ -25,8 +26,10 @@ from agent.cli.output import (
 )
 from agent.cli.parsing import (
     FLAG_NAMES,
+    DeploymentLimits,
     DeploymentSpec,
     UploadSource,
+    invalid_flags,
     load_deployment_file,
     parse_pairs,
     spec_from_flags,
@@ -227,6 +230,19 @@ def create(
     command: Annotated[
         str | None, typer.Option("--command", help='An argv to run instead: "prog arg …".')
     ] = None,
+    concurrency_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency-limit", help="At most N of its runs at once (claimed or running)."
+        ),
+    ] = None,
+    collision: Annotated[
+        str | None,
+        typer.Option(
+            "--collision",
+            help="A run over the limit: enqueue (waits for a slot, the default) or cancel-new.",
+        ),
+    ] = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="YAML file with one or more deployments.")
     ] = None,
@@ -289,6 +305,8 @@ def create(
         "retries": retries,
         "retry_delay_seconds": retry_delay,
         "command": command,
+        "concurrency_limit": concurrency_limit,
+        "collision_strategy": collision,
         "schedules": schedules_from_flags(
             cron=cron, interval=interval, at=at, timezone=timezone, anchor=anchor, catchup=catchup
         ),
@@ -345,12 +363,71 @@ def ls(
     if as_json:
         print_documents(settings, [d.model_dump(mode="json") for d in deployments])
         return
-    rows = table("name", "id", "queue", "entrypoint / command", "runner", "tags")
+    rows = table("name", "id", "queue", "entrypoint / command", "runner", "tags", "limit")
     for d in deployments:
         queue = names.get(d.work_queue_id, str(d.work_queue_id))
         runner = d.runner or "(agent's default)"
-        rows.add_row(d.name, str(d.id), queue, _target(d), runner, ", ".join(d.tags))
+        rows.add_row(d.name, str(d.id), queue, _target(d), runner, ", ".join(d.tags), _limit(d))
     print_table(rows, "no deployments yet; create one with agent deployment create")
+
+
+def _limit(d: Deployment) -> str:
+    if d.concurrency_limit is None:
+        return "-"
+    return f"{d.concurrency_limit} ({d.collision_strategy.value})"
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    name: NameArg,
+    concurrency_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency-limit", help="At most N of its runs at once (claimed or running)."
+        ),
+    ] = None,
+    no_concurrency_limit: Annotated[
+        bool, typer.Option("--no-concurrency-limit", help="Lift the limit.")
+    ] = False,
+    collision: Annotated[
+        str | None,
+        typer.Option("--collision", help="A run over the limit: enqueue or cancel-new."),
+    ] = None,
+) -> None:
+    """Change a deployment's concurrency limit; everything else stays as it is.
+
+    A lowered limit binds the next claim (runs already going are not stopped); a raised one
+    lets waiting runs go at once.
+    """
+    if no_concurrency_limit and concurrency_limit is not None:
+        raise InputError("give --concurrency-limit N or --no-concurrency-limit, not both")
+    if not no_concurrency_limit and concurrency_limit is None and collision is None:
+        raise InputError(
+            "nothing to update: give --concurrency-limit N, --no-concurrency-limit or "
+            "--collision enqueue|cancel-new"
+        )
+    changes: dict[str, Any] = {}
+    if concurrency_limit is not None or no_concurrency_limit:
+        changes["concurrency_limit"] = concurrency_limit
+    if collision is not None:
+        changes["collision_strategy"] = collision
+    try:
+        checked = DeploymentLimits.model_validate(changes)
+    except ValidationError as exc:
+        raise InputError(
+            invalid_flags(exc, "invalid deployment"), hint="see agent deployment update --help"
+        ) from None
+
+    async def run(backend: NativeBackend) -> Deployment:
+        found = await resolve_deployment(backend, name)
+        fields = found.model_dump(
+            include=set(DeploymentCreate.model_fields) - {"schedules"}
+        ) | checked.model_dump(include=set(changes))
+        return await backend.create_deployment(DeploymentCreate.model_validate(fields))
+
+    updated = call(settings_of(ctx), run)
+    say(f"deployment {updated.name!r}: concurrency limit {_limit(updated)}")
 
 
 @app.command("inspect")

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from agent.errors import InputError
-from agent.models import BundleSource, GitSource, ScheduleCreate, check_source_target
+from agent.models import BundleSource, Collision, GitSource, ScheduleCreate, check_source_target
 
 if TYPE_CHECKING:
     # PyYAML is imported for deployment files only: `agent start` never reads one.
@@ -115,6 +123,15 @@ class UploadSource(BaseModel):
     upload: str = Field(min_length=1, description="directory to pack (relative to the file)")
 
 
+def check_concurrency_limit(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise ValueError(
+            f"must be 1 or more (got {value}); to hold every run back, pause the queue; "
+            "for no limit, leave it out"
+        )
+    return value
+
+
 class DeploymentSpec(BaseModel):
     """One deployment as the user writes it: the queue by name or id, the command as a string."""
 
@@ -133,6 +150,8 @@ class DeploymentSpec(BaseModel):
     timeout_seconds: float | None = Field(default=None, gt=0)
     retries: int = Field(default=0, ge=0)
     retry_delay_seconds: float = Field(default=0, ge=0)
+    concurrency_limit: Annotated[int | None, AfterValidator(check_concurrency_limit)] = None
+    collision_strategy: Collision = Collision.ENQUEUE
     schedules: list[ScheduleCreate] | None = None
     source: GitSource | BundleSource | UploadSource | None = None
 
@@ -168,6 +187,8 @@ FLAG_NAMES = {
     "timeout_seconds": "--timeout",
     "retries": "--retries",
     "retry_delay_seconds": "--retry-delay",
+    "concurrency_limit": "--concurrency-limit",
+    "collision_strategy": "--collision",
     "schedules": "--cron/--interval/--at",
     "source": "--git",
 }
@@ -193,19 +214,32 @@ def invalid_input(exc: ValidationError) -> str:
     return f"invalid {exc.title}: " + "; ".join(problems)
 
 
+class DeploymentLimits(BaseModel):
+    """What `agent deployment update` changes, checked as `create` checks it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency_limit: Annotated[int | None, AfterValidator(check_concurrency_limit)] = None
+    collision_strategy: Collision = Collision.ENQUEUE
+
+
+def invalid_flags(exc: ValidationError, what: str) -> str:
+    """One line naming each flag pydantic refused."""
+    problems = []
+    for error in exc.errors():
+        loc = error["loc"]
+        flag = FLAG_NAMES.get(str(loc[0]), str(loc[0])) if loc else ""
+        problems.append(f"{flag}: {_message(error)}" if flag else _message(error))
+    return f"{what}: " + "; ".join(problems)
+
+
 def spec_from_flags(values: dict[str, Any]) -> DeploymentSpec:
     """Validate a deployment given as flags; errors name the flag."""
     try:
         return DeploymentSpec.model_validate(values)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = error["loc"]
-            flag = FLAG_NAMES.get(str(loc[0]), str(loc[0])) if loc else ""
-            problems.append(f"{flag}: {_message(error)}" if flag else _message(error))
         raise InputError(
-            "invalid deployment: " + "; ".join(problems),
-            hint="see agent deployment create --help",
+            invalid_flags(exc, "invalid deployment"), hint="see agent deployment create --help"
         ) from None
 
 

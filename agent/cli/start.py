@@ -1,24 +1,57 @@
-"""`agent start QUEUE_ID`: the agent daemon on one work queue."""
+"""`agent start QUEUE [QUEUE...]`: the agent daemon on its work queues, in priority order."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated
+from uuid import UUID
 
 import typer
 
 from agent.cli.context import settings_of
 from agent.cli.lookup import LIST_QUEUES
-from agent.cli.parsing import parse_pairs, parse_uuid
+from agent.cli.parsing import parse_pairs
 from agent.cli.runner import DEFAULT_RUNNER
 from agent.config import default_agent_name, with_overrides
-from agent.errors import ConfigError
+from agent.errors import ConfigError, InputError
+from agent.models import MAX_AGENT_QUEUES
+
+
+def parse_queue_refs(values: list[str]) -> tuple[str, ...]:
+    """The queues as given (a UUID in its canonical form); refused when empty or repeated."""
+    refs: list[str] = []
+    for value in values:
+        ref = value.strip()
+        if not ref or "\x00" in ref:
+            raise InputError(
+                f"{value!r} is not a work queue; give its UUID or name ({LIST_QUEUES})"
+            )
+        # A name stays as given: the agent resolves it once the server answers.
+        with contextlib.suppress(ValueError):
+            ref = str(UUID(ref))
+        if ref in refs:
+            raise InputError(
+                f"work queue {value!r} is given twice; name each queue once, highest priority first"
+            )
+        refs.append(ref)
+    if len(refs) > MAX_AGENT_QUEUES:
+        raise InputError(
+            f"{len(refs)} work queues given; an agent serves at most {MAX_AGENT_QUEUES}"
+        )
+    return tuple(refs)
 
 
 def start(
     ctx: typer.Context,
-    queue_id: Annotated[
-        str, typer.Argument(help="The work queue's UUID (see agent work-queue ls).")
+    queues: Annotated[
+        list[str],
+        typer.Argument(
+            help="The work queues to serve, highest priority first: UUIDs, or names on the "
+            "embedded server (see agent work-queue ls). A free slot takes every due run of the "
+            "first before any of the next.",
+            show_default=False,
+        ),
     ],
     tag: Annotated[
         list[str] | None,
@@ -112,8 +145,8 @@ def start(
         ),
     ] = None,
 ) -> None:
-    """Start an agent: poll the queue, claim due runs, run and supervise them, report back."""
-    queue = parse_uuid(queue_id, "work-queue", "queues", LIST_QUEUES)
+    """Start an agent: poll its queues, claim due runs, run and supervise them, report back."""
+    refs = parse_queue_refs(queues)
     settings = with_overrides(
         settings_of(ctx),
         limit=limit,
@@ -143,8 +176,8 @@ def start(
         ) from exc
 
     options = AgentOptions(
-        queue_id=queue,
-        name=name or default_agent_name(queue),
+        queues=refs,
+        name=name or default_agent_name(refs),
         tags=tuple(tag or ()),
         run_once=run_once,
         runner=runner,

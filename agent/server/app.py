@@ -27,6 +27,7 @@ from agent.server.notifications import NotificationConfig
 from agent.server.routes import (
     agents,
     bundles,
+    concurrency_limits,
     deployments,
     flow_runs,
     health,
@@ -121,7 +122,16 @@ def create_app(
     api = APIRouter(prefix="/api")
     api.include_router(health.router)
     protected = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (work_queues, deployments, flow_runs, agents, schedules, notifications, bundles):
+    for module in (
+        work_queues,
+        deployments,
+        flow_runs,
+        agents,
+        schedules,
+        notifications,
+        bundles,
+        concurrency_limits,
+    ):
         protected.include_router(module.router)
     api.include_router(protected)
     app.include_router(api)

@@ -4,6 +4,9 @@ The claim is one write transaction (``BEGIN IMMEDIATE``), and each run moves to 
 compare-and-set ``UPDATE … WHERE state_type = 'SCHEDULED'``: a run is handed out once even when
 two server processes share the database.
 
+One claim covers every queue an agent serves, in its priority order, and checks the
+concurrency limits of ``agent/server/limits.py`` in the same transaction.
+
 The long poll waits on a :class:`Notifier`, which the routes poke after a commit that may have
 made work available to a queue. Writes from another process poke nobody, so a waiter also
 re-checks every :data:`RECHECK_SECONDS`, and wakes on its own when the queue's next future run
@@ -14,19 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from agent.models import ClaimedRun, ClaimRequest, StateType, utcnow
+from agent.models import AWAITING_SLOT, ClaimedRun, ClaimRequest, StateType, utcnow
 from agent.server.db import Database
-from agent.server.lifecycle import ACTIVE_STATES, record_state
+from agent.server.lifecycle import ACTIVE_STATES, finish_transition, record_state
+from agent.server.limits import ANY_QUEUE, Blocked, ClaimLimits
 from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, WorkQueueRow
-from agent.server.views import deployment_model, get_agent, get_queue, run_model
+from agent.server.views import deployment_model, get_agent, not_found, run_model
 
 RECHECK_SECONDS = 1.0
 # Due runs are scanned in pages because tag matching happens in Python.
@@ -36,12 +40,12 @@ _DUE_SLACK_SECONDS = 0.002
 
 
 class Notifier:
-    """Wakes claimers held in a long poll when their queue may have work for them.
+    """Wakes claimers held in a long poll when one of their queues may have work for them.
 
     Used only from the event loop thread: routes call :meth:`notify` after their write
     transaction has committed, so a woken claimer always sees the change. A waiter takes its
-    event *before* it looks at the database, so a change committed between its look and its
-    wait still wakes it.
+    events *before* it looks at the database, so a change committed between its look and its
+    wait still wakes it. Notifying :data:`ANY_QUEUE` wakes every waiter.
     """
 
     def __init__(self) -> None:
@@ -54,8 +58,15 @@ class Notifier:
             event = self._events[queue_id] = asyncio.Event()
         return event
 
+    def waiters(self, queue_ids: Sequence[uuid.UUID]) -> list[asyncio.Event]:
+        """The events set when any of ``queue_ids`` (or every queue) is notified."""
+        return [self.waiter(queue_id) for queue_id in (*queue_ids, ANY_QUEUE)]
+
     def notify(self, queue_ids: Iterable[uuid.UUID]) -> None:
-        for queue_id in queue_ids:
+        wanted = set(queue_ids)
+        if ANY_QUEUE in wanted:
+            wanted = set(self._events)
+        for queue_id in wanted:
             event = self._events.pop(queue_id, None)
             if event is not None:
                 event.set()
@@ -63,13 +74,23 @@ class Notifier:
     def close(self) -> None:
         """Release every waiter for good: the server is shutting down."""
         self.closed = True
-        self.notify(list(self._events))
+        self.notify([ANY_QUEUE])
+
+
+async def _first_set(events: Sequence[asyncio.Event], timeout: float) -> None:
+    """Return once any of ``events`` is set, or after ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 @dataclass(frozen=True)
 class ClaimAttempt:
     claimed: list[ClaimedRun]
-    # The earliest expected_start_time of the queue's SCHEDULED runs that are not due yet.
+    # The earliest expected_start_time of the queues' SCHEDULED runs that are not due yet.
     next_due: datetime | None
 
 
@@ -84,86 +105,169 @@ def _free_slots(session: Session, queue: WorkQueueRow) -> int | None:
     return max(0, queue.concurrency_limit - (active or 0))
 
 
+def _hold_back(session: Session, run: FlowRunRow, blocked: Blocked, now: datetime) -> None:
+    """A due run over a limit: cancelled (cancel-new), or marked as waiting for a slot."""
+    if blocked.cancel:
+        finish_transition(session, run, StateType.CANCELLED, now=now, message=blocked.reason)
+    elif run.state_name != AWAITING_SLOT or run.state_message != blocked.reason:
+        record_state(
+            session, run, StateType.SCHEDULED, now=now, name=AWAITING_SLOT, message=blocked.reason
+        )
+
+
 def _due_matching(
-    session: Session, queue_id: uuid.UUID, required: set[str], due_by: datetime, wanted: int
+    session: Session,
+    queue_id: uuid.UUID,
+    required: set[str],
+    due_by: datetime,
+    wanted: int,
+    limits: ClaimLimits,
+    now: datetime,
 ) -> list[tuple[FlowRunRow, DeploymentRow]]:
-    """Up to ``wanted`` due runs of the queue carrying every ``required`` tag, soonest first.
+    """Up to ``wanted`` due runs of the queue carrying every ``required`` tag, soonest first,
+    that every concurrency limit lets go; those a limit holds back are marked (or cancelled)
+    and passed over, so they hold up no one behind them.
 
     Runs whose deployment was deleted are skipped: there is nothing left to launch them with.
     """
     found: list[tuple[FlowRunRow, DeploymentRow]] = []
     deployments: dict[uuid.UUID, DeploymentRow | None] = {}
-    offset = 0
+    # Deployments found at their own limit (enqueue): the rest of their runs wait too, so the
+    # next pages leave them out rather than read a long backlog of them on every claim.
+    full: set[uuid.UUID] = set()
+    # Keyset paging: a run cancelled (cancel-new) while scanning must not shift the pages.
+    after: tuple[datetime, uuid.UUID] | None = None
     while len(found) < wanted:
-        # Without tags to match every due run is taken, so read no more rows than are wanted;
-        # the deployments are read once each rather than joined onto every run's row.
-        page_size = _SCAN_PAGE if required else wanted - len(found)
-        page = session.scalars(
-            select(FlowRunRow)
-            .where(
-                FlowRunRow.work_queue_id == queue_id,
-                FlowRunRow.state_type == StateType.SCHEDULED.value,
-                FlowRunRow.expected_start_time <= due_by,
+        # Without tags or limits every due run is taken, so read no more rows than are
+        # wanted; the deployments are read once each rather than joined onto every run's row.
+        page_size = _SCAN_PAGE if required or limits.any else wanted - len(found)
+        query = select(FlowRunRow).where(
+            FlowRunRow.work_queue_id == queue_id,
+            FlowRunRow.state_type == StateType.SCHEDULED.value,
+            FlowRunRow.expected_start_time <= due_by,
+        )
+        if full:
+            query = query.where(FlowRunRow.deployment_id.not_in(full))
+        if after is not None:
+            query = query.where(
+                or_(
+                    FlowRunRow.expected_start_time > after[0],
+                    and_(FlowRunRow.expected_start_time == after[0], FlowRunRow.id > after[1]),
+                )
             )
-            .order_by(FlowRunRow.expected_start_time)
-            .limit(page_size)
-            .offset(offset)
+        page = session.scalars(
+            query.order_by(FlowRunRow.expected_start_time, FlowRunRow.id).limit(page_size)
         ).all()
         for run in page:
+            after = (run.expected_start_time, run.id)
             if not required.issubset(run.tags):
                 continue
             if run.deployment_id not in deployments:
                 deployments[run.deployment_id] = session.get(DeploymentRow, run.deployment_id)
             deployment = deployments[run.deployment_id]
-            if deployment is not None:
-                found.append((run, deployment))
-                if len(found) == wanted:
-                    break
+            if deployment is None:
+                continue
+            blocked = limits.blocked(run, deployment) if limits.any else None
+            if blocked is not None:
+                _hold_back(session, run, blocked, now)
+                if blocked.deployment_full and not blocked.cancel:
+                    full.add(deployment.id)
+                continue
+            limits.hold(run, deployment)
+            found.append((run, deployment))
+            if len(found) == wanted:
+                break
         if len(page) < page_size:
             break
-        offset += page_size
     return found
 
 
-def claim_once(db: Database, queue_id: uuid.UUID, request: ClaimRequest) -> ClaimAttempt:
-    """One claim transaction: move due, matching runs to PENDING for the agent."""
+# The most runs one claim marks as waiting for a slot; the scheduler's pass marks the rest.
+_MARK_BATCH = 200
+
+
+def _mark_held_back(
+    session: Session, queue_id: uuid.UUID, due_by: datetime, limits: ClaimLimits, now: datetime
+) -> None:
+    """Show the due runs of deployments now at their limit as waiting, at once: the scan
+    stops when the agent's slots are filled and would not reach them."""
+    full = limits.full_deployments()
+    if not full:
+        return
+    rows = session.scalars(
+        select(FlowRunRow)
+        .where(
+            FlowRunRow.work_queue_id == queue_id,
+            FlowRunRow.deployment_id.in_(full),
+            FlowRunRow.state_type == StateType.SCHEDULED.value,
+            FlowRunRow.expected_start_time <= due_by,
+            FlowRunRow.state_name != AWAITING_SLOT,
+        )
+        .order_by(FlowRunRow.expected_start_time)
+        .limit(_MARK_BATCH)
+    ).all()
+    for run in rows:
+        deployment = session.get(DeploymentRow, run.deployment_id)
+        blocked = None if deployment is None else limits.blocked(run, deployment)
+        if blocked is not None:
+            _hold_back(session, run, blocked, now)
+
+
+def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) -> ClaimAttempt:
+    """One claim transaction: move due, matching runs to PENDING for the agent.
+
+    The queues are served in strict priority: every run the first may hand out now goes
+    before any of the second's, and so on. A paused queue is passed over; a missing one is a
+    404 naming it (the agent drops it and goes on with the rest).
+    """
     with db.write() as session:
-        queue = get_queue(session, queue_id)
+        queues = [session.get(WorkQueueRow, queue_id) for queue_id in queue_ids]
+        missing = [str(q) for q, row in zip(queue_ids, queues, strict=True) if row is None]
+        if missing:
+            raise not_found("work queue", ", ".join(missing))
+        serving = [row for row in queues if row is not None and not row.paused]
         agent = get_agent(session, request.agent_id)
         # Runs due within the agent's lead are handed over early, so it can start them on time.
         now = utcnow()
         due_by = now + timedelta(seconds=request.lead_seconds)
-        next_due = session.scalar(
-            select(func.min(FlowRunRow.expected_start_time)).where(
-                FlowRunRow.work_queue_id == queue_id,
-                FlowRunRow.state_type == StateType.SCHEDULED.value,
-                FlowRunRow.expected_start_time > due_by,
+        next_due = None
+        if serving:
+            next_due = session.scalar(
+                select(func.min(FlowRunRow.expected_start_time)).where(
+                    FlowRunRow.work_queue_id.in_([row.id for row in serving]),
+                    FlowRunRow.state_type == StateType.SCHEDULED.value,
+                    FlowRunRow.expected_start_time > due_by,
+                )
             )
-        )
         if request.claim_id is not None and request.claim_id == agent.last_claim_id:
             # The same claim again: its answer was lost on the way. Answer what it took.
             return ClaimAttempt(_replay(session, agent), next_due)
-        if queue.paused:
-            return ClaimAttempt([], next_due)
-        wanted = request.limit
-        free = _free_slots(session, queue)
-        if free is not None:
-            wanted = min(wanted, free)
-        if wanted <= 0:
-            return ClaimAttempt([], next_due)
-
-        required = set(queue.tags) | set(request.tags)
         claimed: list[ClaimedRun] = []
-        candidates = _due_matching(session, queue_id, required, due_by, wanted)
-        taken = _take(session, [run.id for run, _ in candidates], agent.id)
-        for run, deployment in candidates:
-            if run.id not in taken:
+        if not serving or request.limit <= 0:
+            return ClaimAttempt(claimed, next_due)
+        limits = ClaimLimits(session)
+        for queue in serving:
+            wanted = request.limit - len(claimed)
+            free = _free_slots(session, queue)
+            if free is not None:
+                wanted = min(wanted, free)
+            if wanted <= 0:
                 continue
-            run.agent_id = agent.id
-            record_state(session, run, StateType.PENDING, now=now)
-            claimed.append(
-                ClaimedRun(flow_run=run_model(run), deployment=deployment_model(deployment))
-            )
+            required = set(queue.tags) | set(request.tags)
+            candidates = _due_matching(session, queue.id, required, due_by, wanted, limits, now)
+            taken = _take(session, [run.id for run, _ in candidates], agent.id)
+            for run, deployment in candidates:
+                if run.id not in taken:
+                    continue
+                run.agent_id = agent.id
+                record_state(session, run, StateType.PENDING, now=now)
+                claimed.append(
+                    ClaimedRun(flow_run=run_model(run), deployment=deployment_model(deployment))
+                )
+            if limits.any:  # after the take: the runs taken are PENDING now, not passed over
+                _mark_held_back(session, queue.id, due_by, limits, now)
+            if len(claimed) >= request.limit:
+                break
         if request.claim_id is not None and claimed:
             agent.last_claim_id = request.claim_id
             agent.last_claim_run_ids = [str(c.flow_run.id) for c in claimed]
@@ -214,15 +318,18 @@ def _replay(session: Session, agent: AgentRow) -> list[ClaimedRun]:
 async def claim(
     db: Database,
     notifier: Notifier,
-    queue_id: uuid.UUID,
+    queue_ids: Sequence[uuid.UUID],
     request: ClaimRequest,
     client_gone: Callable[[], Awaitable[bool]],
 ) -> list[ClaimedRun]:
-    """Claim now, or hold the request until runs can be claimed or ``wait_seconds`` pass."""
+    """Claim now, or hold the request until runs can be claimed or ``wait_seconds`` pass.
+
+    Held, it wakes as soon as any of the queues may have work (or a tag's slot frees).
+    """
     deadline = anyio.current_time() + request.wait_seconds
     while True:
-        wake = notifier.waiter(queue_id)
-        attempt = await db.run(claim_once, db, queue_id, request)
+        wake = notifier.waiters(queue_ids)
+        attempt = await db.run(claim_once, db, queue_ids, request)
         if attempt.claimed or request.limit == 0 or notifier.closed:
             return attempt.claimed
         timeout = min(deadline - anyio.current_time(), RECHECK_SECONDS)
@@ -232,8 +339,7 @@ async def claim(
             until_due = (attempt.next_due - utcnow()).total_seconds() - request.lead_seconds
             until_due += _DUE_SLACK_SECONDS
             timeout = min(timeout, max(until_due, 0.0))
-        with anyio.move_on_after(timeout):
-            await wake.wait()
+        await _first_set(wake, timeout)
         # Runs claimed for a client that hung up would sit in PENDING until someone noticed.
         if await client_gone():
             return []

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from agent.models import StateProposal, StateType, transition_error, utcnow
 from agent.server import notifications
+from agent.server.limits import ANY_QUEUE, frees_tag_slot
 from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, FlowRunStateRow
 from agent.server.views import conflict, get_run, not_found
 
@@ -56,6 +57,14 @@ class Outcome:
 
 def wakes_claimers(state: StateType) -> bool:
     return state is StateType.SCHEDULED or state.is_terminal
+
+
+def _woken_by(session: Session, run: FlowRunRow, state: StateType) -> set[uuid.UUID]:
+    """The queues whose held claimers ``run`` reaching ``state`` may give work: its own, and
+    every queue when it frees the slot of a tag with a limit (its waiting runs may be anywhere)."""
+    if state.is_terminal and frees_tag_slot(session, run):
+        return {run.work_queue_id, ANY_QUEUE}
+    return {run.work_queue_id}
 
 
 def record_state(
@@ -249,7 +258,7 @@ def finish_transition(
     record_state(session, run, state, now=now, name=name, message=message)
     outcome = Outcome(run)
     if wakes_claimers(state):
-        outcome.wake_queues.add(run.work_queue_id)
+        outcome.wake_queues |= _woken_by(session, run, state)
     if state in RETRIED_STATES:
         _schedule_retry(session, run, state, now)
     return outcome
@@ -304,7 +313,7 @@ def cancel(session: Session, run_id: uuid.UUID) -> Outcome:
     record_state(session, run, target, now=utcnow(), message=CANCELLED_BY_USER)
     outcome = Outcome(run)
     if wakes_claimers(target):
-        outcome.wake_queues.add(run.work_queue_id)
+        outcome.wake_queues |= _woken_by(session, run, target)
     return outcome
 
 

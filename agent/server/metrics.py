@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from agent.models import AgentStatus, StateType, utcnow
 from agent.server.db import Database
 from agent.server.deps import require_api_key
-from agent.server.orm import AgentRow, FlowRunRow
+from agent.server.orm import AgentRow, FlowRunRow, WorkQueueRow
 from agent.server.views import agent_model
 
 PREFIX = "flowagent_server"
@@ -57,6 +57,13 @@ class ServerMetrics:
         self.flow_runs = Gauge(
             f"{PREFIX}_flow_runs", "Flow runs in the database, by state.", ["state"], registry=r
         )
+        self.queue_backlog = Gauge(
+            f"{PREFIX}_queue_backlog",
+            "Due SCHEDULED runs per work queue (waiting for an agent, or for a concurrency "
+            "slot): what to scale agents on.",
+            ["queue", "queue_id"],
+            registry=r,
+        )
         self.agents = Gauge(
             f"{PREFIX}_agents", "Agents known to the server, by status.", ["status"], registry=r
         )
@@ -74,12 +81,29 @@ class ServerMetrics:
                 ).all()
             )
             now = utcnow()
+            backlog = dict(
+                session.execute(
+                    select(FlowRunRow.work_queue_id, func.count())
+                    .where(
+                        FlowRunRow.state_type == StateType.SCHEDULED.value,
+                        FlowRunRow.expected_start_time <= now,
+                    )
+                    .group_by(FlowRunRow.work_queue_id)
+                ).all()
+            )
+            queues = session.execute(select(WorkQueueRow.id, WorkQueueRow.name)).all()
             statuses = [
                 agent_model(row, now, lease_seconds).status
                 for row in session.scalars(select(AgentRow))
             ]
         for state in StateType:
             self.flow_runs.labels(state=state.value).set(counts.get(state.value, 0))
+        # A deleted queue's series goes with it.
+        self.queue_backlog.clear()
+        for queue_id, name in queues:
+            self.queue_backlog.labels(queue=name, queue_id=str(queue_id)).set(
+                backlog.get(queue_id, 0)
+            )
         for status in AgentStatus:
             self.agents.labels(status=status.value).set(statuses.count(status))
 

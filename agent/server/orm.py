@@ -105,6 +105,9 @@ class DeploymentRow(Base):
     updated: Mapped[datetime]
     # Where agents fetch the code (models.GitSource); NULL: the code is at working_dir.
     source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # At most this many runs active at once (None: no limit), enforced by the claim.
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    collision_strategy: Mapped[str] = mapped_column(String(20), server_default="enqueue")
 
 
 class AgentRow(Base):
@@ -115,6 +118,8 @@ class AgentRow(Base):
     work_queue_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("work_queues.id", ondelete="CASCADE"), index=True
     )
+    # Every queue it serves, in priority order; work_queue_id is the first that still exists.
+    work_queue_ids: Mapped[list[str]] = mapped_column(JSON, server_default="[]")
     tags: Mapped[list[str]]
     hostname: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)
@@ -171,6 +176,19 @@ class FlowRunRow(Base):
     # The commit the run executes (models.RunSource), set by its first attempt that starts and
     # kept across retries, so no attempt runs other code than the one before it.
     source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ConcurrencyLimitRow(Base):
+    """At most ``limit`` runs carrying ``tag`` active at once, whatever their queue."""
+
+    __tablename__ = "concurrency_limits"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    tag: Mapped[str] = mapped_column(String(200), unique=True)
+    limit: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime]
+    updated: Mapped[datetime]
 
 
 class FlowRunStateRow(Base):

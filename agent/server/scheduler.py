@@ -38,10 +38,11 @@ from croniter import croniter
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from agent.models import Catchup, FlowRun, StateType, utcnow
+from agent.models import AWAITING_SLOT, Catchup, FlowRun, StateType, utcnow
 from agent.server.claims import Notifier
 from agent.server.db import Database
 from agent.server.lifecycle import new_run, record_state
+from agent.server.limits import ClaimLimits
 from agent.server.orm import DeploymentRow, FlowRunRow, ScheduleRow
 
 log = structlog.get_logger("agent.server.scheduler")
@@ -311,6 +312,8 @@ def _late_runs(threshold: datetime) -> Select[FlowRunRow]:
         FlowRunRow.state_type == StateType.SCHEDULED.value,
         FlowRunRow.expected_start_time < threshold,
         FlowRunRow.state_name != LATE,
+        # Held back by a concurrency limit, not late: it goes as soon as a slot frees.
+        FlowRunRow.state_name != AWAITING_SLOT,
     )
 
 
@@ -318,7 +321,7 @@ def shown_late(run: FlowRun, now: datetime, late_after: timedelta) -> FlowRun:
     """``run`` as it will be once the scheduler's next pass has looked at it: Late when due
     and not started for ``late_after`` (so a preview need not wait for the pass)."""
     late = run.state.type is StateType.SCHEDULED and run.expected_start_time < now - late_after
-    if not late or run.state.name == LATE:
+    if not late or run.state.name in (LATE, AWAITING_SLOT):
         return run
     return run.model_copy(update={"state": run.state.model_copy(update={"name": LATE})})
 
@@ -328,10 +331,27 @@ def _first_late(session: Session, threshold: datetime) -> FlowRunRow | None:
 
 
 def mark_late(session: Session, now: datetime, late_after: timedelta) -> int:
-    """Mark SCHEDULED runs not started ``late_after`` past their time as Late."""
+    """Mark SCHEDULED runs not started ``late_after`` past their time as Late, or as
+    waiting for a concurrency slot when a limit holds them back (the claim that would show
+    that may not have reached them)."""
     query = _late_runs(now - late_after).order_by(FlowRunRow.expected_start_time)
     rows = session.scalars(query.limit(_LATE_BATCH)).all()
+    limits = ClaimLimits(session) if rows else None
     for run in rows:
+        deployment = session.get(DeploymentRow, run.deployment_id)
+        blocked = None
+        if limits is not None and limits.any and deployment is not None:
+            blocked = limits.blocked(run, deployment)
+        if blocked is not None:
+            record_state(
+                session,
+                run,
+                StateType.SCHEDULED,
+                now=now,
+                name=AWAITING_SLOT,
+                message=blocked.reason,
+            )
+            continue
         record_state(
             session,
             run,

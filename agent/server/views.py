@@ -17,6 +17,7 @@ from agent.models import (
     AgentRecord,
     AgentStatus,
     BundleSource,
+    Collision,
     Deployment,
     FlowRun,
     GitSource,
@@ -116,6 +117,8 @@ def deployment_model(row: DeploymentRow) -> Deployment:
         retries=row.retries,
         retry_delay_seconds=row.retry_delay_seconds,
         source=source_model(row.source),
+        concurrency_limit=row.concurrency_limit,
+        collision_strategy=Collision(row.collision_strategy),
         created=row.created,
         updated=row.updated,
     )
@@ -170,6 +173,8 @@ def agent_model(row: AgentRow, now: datetime, lease_seconds: float) -> AgentReco
         id=row.id,
         name=row.name,
         work_queue_id=row.work_queue_id,
+        # An agent from before several queues per agent has an empty list: its one queue.
+        work_queue_ids=[uuid.UUID(q) for q in row.work_queue_ids] or [row.work_queue_id],
         tags=list(row.tags),
         hostname=row.hostname,
         pid=row.pid,

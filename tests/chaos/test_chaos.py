@@ -6,10 +6,12 @@ start, last seen alive, end) to marker files. While they run: agents are SIGKILL
 at every point of their lease (at once, after their fence fired, after the lease), SIGKILLed the
 instant a flow's process appears, their fences are killed (and then the agent), a second agent
 tries to start under a live agent's name, the server is SIGKILLed and restarted, the proxy delays
-and resets connections, and one agent is cut off for longer than its lease. Then the work the
-flows did is counted (no attempt executed twice, no two executions of a run overlapping, no
-finished work done again unless its agent was out of reach longer than the lease) and the
-figures printed.
+and resets connections, and one agent is cut off for longer than its lease. Every run carries a tag with a concurrency
+limit, and a quarter of them belong to a deployment limited to two at once: the active runs are
+sampled from the API every 50 ms throughout. Then the work the flows did is counted (no attempt
+executed twice, no two executions of a run overlapping, no finished work done again unless its
+agent was out of reach longer than the lease, no limit exceeded by the server's count or by the
+executions themselves) and the figures printed.
 
 Size: ``CHAOS_RUNS`` (default 240, what CI affords); ``CHAOS_RUNS=10000`` for the big one.
 """
@@ -39,6 +41,7 @@ from tests.support import (
     AGENT,
     FLOWS,
     TERMINAL,
+    ActiveSampler,
     base_env,
     free_port,
     running_server,
@@ -49,6 +52,9 @@ pytestmark = pytest.mark.integration
 
 RUNS = int(os.environ.get("CHAOS_RUNS", "240"))
 AGENTS = 8
+TAG, TAG_LIMIT = "chaos-db", 12  # the fleet has 32 slots: the tag limit binds
+DEPLOYMENT_LIMIT = 2  # every LIMITED_EVERY-th run is of the deployment limited to this
+LIMITED_EVERY = 4
 LEASE = 6.0
 GRACE = 6.0  # time a run may take to resolve beyond the lease (lease check, report, retry)
 SEED = int(os.environ.get("CHAOS_SEED", "7"))
@@ -205,17 +211,21 @@ def test_chaos(chaos_home: Path) -> None:
         server = stack.enter_context(running_server(home, server_env, port=port))
         api = stack.enter_context(httpx.Client(base_url=server.url + "/", timeout=30))
         queue = api.post("work_queues", json={"name": "chaos"}).json()
-        deployment = api.post(
+        api.post("concurrency_limits", json={"tag": TAG, "limit": TAG_LIMIT}).raise_for_status()
+        spec = {
+            "work_queue_id": queue["id"],
+            "entrypoint": "sample.py:record",
+            "working_dir": str(FLOWS),
+            "retries": 5,
+            "parameters": {"marker_dir": str(marker_dir)},
+            "tags": [TAG],
+        }
+        deployment = api.post("deployments", json={"name": "chaos", **spec}).json()
+        limited = api.post(
             "deployments",
-            json={
-                "name": "chaos",
-                "work_queue_id": queue["id"],
-                "entrypoint": "sample.py:record",
-                "working_dir": str(FLOWS),
-                "retries": 5,
-                "parameters": {"marker_dir": str(marker_dir)},
-            },
+            json={"name": "chaos-limited", "concurrency_limit": DEPLOYMENT_LIMIT, **spec},
         ).json()
+        sampler = stack.enter_context(ActiveSampler(server.url))
         proxies = [stack.enter_context(FaultProxy(port, seed=SEED + i)) for i in range(AGENTS)]
         fleet = Fleet(base_env(home), queue["id"], chaos_home, proxies)
         # A failed assertion must not leave agents behind: stop them on the way out, whatever.
@@ -230,9 +240,10 @@ def test_chaos(chaos_home: Path) -> None:
 
         def submit(upto: int) -> None:
             while len(run_ids) < min(upto, RUNS):
+                target = limited if len(run_ids) % LIMITED_EVERY == 0 else deployment
                 try:
                     response = api.post(
-                        f"deployments/{deployment['id']}/runs", json=bodies[len(run_ids)]
+                        f"deployments/{target['id']}/runs", json=bodies[len(run_ids)]
                     )
                 except httpx.HTTPError:
                     return  # the server is being restarted: next round
@@ -349,12 +360,25 @@ def test_chaos(chaos_home: Path) -> None:
         f"  chaos: {dict(events)}, agent kills {len(fleet.kills)}, server kills {server_kills}\n"
         f"  proxy connections: {sum(p.connections for p in proxies)}, "
         f"resets {sum(p.resets for p in proxies)}\n"
-        f"  agent exit codes at the end: {exit_codes}"
+        f"  agent exit codes at the end: {exit_codes}\n"
+        f"  limit samples: {len(sampler.samples)} ({sampler.failed} reads failed), most active "
+        f"with tag {TAG} {sampler.most(lambda r: TAG in r['tags'])}/{TAG_LIMIT}, of "
+        f"chaos-limited {sampler.most(lambda r: r['deployment_id'] == limited['id'])}"
+        f"/{DEPLOYMENT_LIMIT}"
     )
 
     # 1. Every run ends in a terminal state, without a person acting; agents stop cleanly.
     assert set(states) <= TERMINAL, states
     assert exit_codes == [0] * AGENTS, exit_codes
+
+    # 1b. No limit was ever exceeded, by the server's count (sampled every 50 ms) or by the
+    #     executions themselves (from their markers: start to end, or to last seen alive).
+    assert len(sampler.samples) > 100
+    assert sampler.most(lambda r: TAG in r["tags"]) <= TAG_LIMIT
+    assert sampler.most(lambda r: r["deployment_id"] == limited["id"]) <= DEPLOYMENT_LIMIT
+    of_limited = {rid for rid, run in runs.items() if run["deployment_id"] == limited["id"]}
+    assert _most_overlapping(marks) <= TAG_LIMIT
+    assert _most_overlapping([m for m in marks if m["run"] in of_limited]) <= DEPLOYMENT_LIMIT
 
     # 2. No two executions of one run overlap in time.
     by_run: dict[str, list[dict[str, Any]]] = {}
@@ -433,6 +457,15 @@ def test_chaos(chaos_home: Path) -> None:
         assert killed, f"run {run_id}: lines {lines}"
         lost_with_agent += 1
     print(f"  completed runs whose output line died with a SIGKILLed agent: {lost_with_agent}")
+
+
+def _most_overlapping(marks: list[dict[str, Any]]) -> int:
+    """The most executions running at one moment, from their markers."""
+    edges = sorted(
+        [(m["start"], 1) for m in marks] + [(m.get("end", m["alive"]), -1) for m in marks],
+        key=lambda edge: (edge[0], edge[1]),  # an end before a start at the same instant
+    )
+    return max(itertools.accumulate(change for _, change in edges), default=0)
 
 
 def _ts(value: str) -> float:

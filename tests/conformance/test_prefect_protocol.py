@@ -121,7 +121,7 @@ def test_a_claim_whose_answer_was_lost_is_picked_up_by_the_next_claim(
         again = propose(prefect, run_id, "PENDING", state_details=details)
         assert again["status"] == "REJECT", again
         assert again["state"]["state_details"]["transition_id"] == str(held.transition_id)
-        claimed = await backend.claim(uuid.UUID(queue.id), uuid.uuid4(), [], 5, 0)
+        claimed = await backend.claim([uuid.UUID(queue.id)], uuid.uuid4(), [], 5, 0)
         return [str(c.flow_run.id) for c in claimed]
 
     assert run_with(body) == [run_id]
@@ -166,7 +166,7 @@ def test_a_run_cancelled_while_pending_is_not_started_and_ends_cancelled(
     run_id = new_run(prefect, queue)
 
     async def body(backend: PrefectBackend) -> None:
-        claimed = await backend.claim(uuid.UUID(queue.id), uuid.uuid4(), [], 1, 5)
+        claimed = await backend.claim([uuid.UUID(queue.id)], uuid.uuid4(), [], 1, 5)
         assert [str(c.flow_run.id) for c in claimed] == [run_id]
         # `prefect flow-run cancel` on a PENDING run makes it CANCELLING.
         assert propose(prefect, run_id, "CANCELLING")["status"] == "ACCEPT"
@@ -184,7 +184,7 @@ def test_the_final_report_leaves_the_engine_s_state_or_says_the_process_died(
     run_id = new_run(prefect, queue)
 
     async def body(backend: PrefectBackend) -> None:
-        claimed = await backend.claim(uuid.UUID(queue.id), uuid.uuid4(), [], 1, 5)
+        claimed = await backend.claim([uuid.UUID(queue.id)], uuid.uuid4(), [], 1, 5)
         run = claimed[0].flow_run.id
         await backend.set_state(run, StateProposal(type=StateType.RUNNING))
         assert propose(prefect, run_id, "RUNNING")["status"] == "ACCEPT"  # the engine

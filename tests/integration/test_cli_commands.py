@@ -273,11 +273,11 @@ def test_config_view_shows_sources(cli: Cli) -> None:
 # --------------------------------------------------------------------------- bad input
 
 
-def test_start_needs_a_queue_uuid_and_a_positive_limit(cli: Cli) -> None:
+def test_start_needs_known_queues_and_a_positive_limit(cli: Cli) -> None:
     result = cli("start", "abc", ok=False)
     assert result.returncode == 1
-    assert result.stderr == (
-        "error: 'abc' is not a work-queue id (a UUID); list queues with agent work-queue ls\n"
+    assert result.stderr.endswith(
+        "error: no work queue named 'abc'\nhint: list the queues with `agent work-queue ls`\n"
     )
     _, queue_id = make_queue(cli)
     result = cli("start", queue_id, "--limit", "0", ok=False)

@@ -107,7 +107,7 @@ def test_agent_serves_healthz_and_metrics(server: Server, api: httpx.Client, age
     )
     metrics = scrape(url)
     subprocess_runner = (("runner", "subprocess"),)
-    assert metrics["flowagent_agent_runs_claimed_total"][()] == 2
+    assert metrics["flowagent_agent_runs_claimed_total"][(("queue", queue["name"]),)] == 2
     assert metrics["flowagent_agent_runs_started_total"][subprocess_runner] == 2
     finished = metrics["flowagent_agent_runs_finished_total"]
     assert finished[(("runner", "subprocess"), ("state", "COMPLETED"))] == 2

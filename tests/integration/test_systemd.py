@@ -128,7 +128,17 @@ def test_agent_unit_is_a_hardened_notify_service() -> None:
     )
     assert int(stop_timeout.rstrip("s")) > 30 + 10
     example = (UNITS / "example.env").read_text()
-    assert "AGENT_QUEUE_ID=" in example
+    assert "\nAGENT_QUEUES=" in example
+
+
+def test_agent_unit_takes_several_queues_from_the_env_file() -> None:
+    text = (UNITS / "flowagent-agent@.service").read_text()
+    start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    words = start.split()
+    # Unbraced, so systemd splits "Q_HIGH Q_LOW" into one argument each (and an unset variable
+    # into none: an old env file's AGENT_QUEUE_ID alone still works), right after `start`.
+    assert words[1:4] == ["start", "$AGENT_QUEUE_ID", "$AGENT_QUEUES"]
+    assert "${AGENT_QUEUES}" not in start and "${AGENT_QUEUE_ID}" not in start
 
 
 def test_sysusers_file_creates_the_service_user(tmp_path: Path) -> None:

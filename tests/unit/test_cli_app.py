@@ -68,11 +68,19 @@ def test_every_command_group_has_help() -> None:
 # --------------------------------------------------------------------------- agent start
 
 
-def test_start_refuses_a_queue_name() -> None:
-    result = invoke("start", "abc")
+def test_start_refuses_a_queue_given_twice_or_blank() -> None:
+    # Before any server is asked: the same queue twice (by the same UUID in another case too).
+    queue = "0C1F7E2A-0000-4000-8000-000000000001"
+    result = invoke("start", queue.lower(), "etl", queue)
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: 'abc' is not a work-queue id (a UUID); list queues with agent work-queue ls\n"
+        f"error: work queue {queue!r} is given twice; name each queue once, highest priority "
+        "first\n"
+    )
+    result = invoke("start", "etl", " ")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: ' ' is not a work queue; give its UUID or name (agent work-queue ls)\n"
     )
     assert result.stdout == ""
 
@@ -100,13 +108,28 @@ def test_start_hands_settings_and_options_to_the_daemon(monkeypatch: pytest.Monk
     assert result.exit_code == 3
     [(settings, options)] = seen
     assert options == agent.daemon.AgentOptions(
-        queue_id=UUID(QUEUE_ID), name=options.name, tags=("gpu", "etl"), run_once=True
+        queues=(str(UUID(QUEUE_ID)),), name=options.name, tags=("gpu", "etl"), run_once=True
     )
     assert options.name == f"{socket.gethostname()}-{QUEUE_ID.replace('-', '')[:8]}"
     assert (settings.limit, settings.source_of("limit")) == (2, Source.FLAG)
     assert settings.api_url == "http://other:1/api"
     assert settings.api_key == "k1"
     assert settings.home == Path(os.environ["AGENT_HOME"])
+
+
+def test_start_takes_several_queues_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.daemon
+
+    seen: list[agent.daemon.AgentOptions] = []
+    monkeypatch.setattr(agent.daemon, "run_agent", lambda _s, options: seen.append(options) or 0)
+    assert invoke("start", "etl-high", QUEUE_ID.upper(), "etl-low").exit_code == 0
+    assert invoke("start", "etl-low", QUEUE_ID, "etl-high").exit_code == 0
+    first, second = seen
+    # Names as given, UUIDs canonical, the order kept: it is the priority.
+    assert first.queues == ("etl-high", QUEUE_ID.lower(), "etl-low")
+    # Another order is another agent: a name of its own by default.
+    assert first.name != second.name
+    assert first.name.startswith(f"{socket.gethostname()}-")
 
 
 # --------------------------------------------------------------------------- agent server start

@@ -82,7 +82,7 @@ async def running(
     }
     agent = Agent(
         Settings(home=tmp_path, **(fast | settings)),
-        AgentOptions(queue_id=queue.id, name="unit", runner="fake"),
+        AgentOptions(queues=(str(queue.id),), name="unit", runner="fake"),
         backend,
         runners={"fake": runner},
     )

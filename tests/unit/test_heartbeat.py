@@ -58,7 +58,7 @@ def beats_sent(beats: int, answer: float) -> list[float]:
     heartbeater = Heartbeater(
         cast(Backend, server),
         name="a",
-        queue=queue,
+        queues=lambda: [queue.id],
         tags=(),
         interval=INTERVAL,
         runs_in_flight=lambda: 0,

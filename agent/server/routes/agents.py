@@ -7,13 +7,14 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from agent.models import AgentRecord, Heartbeat, StateType, utcnow
 from agent.server import lifecycle
 from agent.server.db import Database
 from agent.server.deps import DB, Settings, Wakeups
-from agent.server.orm import AgentRow, FlowRunRow
-from agent.server.views import agent_model, conflict, get_agent, get_queue
+from agent.server.orm import AgentRow, FlowRunRow, WorkQueueRow
+from agent.server.views import agent_model, conflict, get_agent, not_found
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -22,7 +23,7 @@ def _heartbeat(
     db: Database, beat: Heartbeat, lease_seconds: float
 ) -> tuple[AgentRecord, set[uuid.UUID]]:
     with db.write() as session:
-        get_queue(session, beat.work_queue_id)
+        queues = _existing_queues(session, beat)
         now = utcnow()
         row = session.scalar(select(AgentRow).where(AgentRow.name == beat.name))
         if row is None:
@@ -39,7 +40,8 @@ def _heartbeat(
                 f"agent name {beat.name!r} is held by a live agent on host {row.hostname} "
                 f"(last heartbeat {age:.0f}s ago): give this agent a name of its own with --name"
             )
-        row.work_queue_id = beat.work_queue_id
+        row.work_queue_id = queues[0]
+        row.work_queue_ids = [str(queue_id) for queue_id in queues]
         row.tags = list(beat.tags)
         row.hostname = beat.hostname
         row.pid = beat.pid
@@ -52,6 +54,19 @@ def _heartbeat(
         if beat.run_ids is not None:
             wake = lifecycle.resolve_dropped_runs(session, row, set(beat.run_ids), now)
         return agent_model(row, now, lease_seconds), wake
+
+
+def _existing_queues(session: Session, beat: Heartbeat) -> list[uuid.UUID]:
+    """The agent's queues that still exist, in its order; 404 when none does.
+
+    One deleted queue among several is the agent's to notice (its claim says so) and not a
+    reason to refuse the heartbeat that keeps its other queues' runs leased.
+    """
+    wanted = beat.work_queue_ids or [beat.work_queue_id]
+    found = [queue_id for queue_id in wanted if session.get(WorkQueueRow, queue_id) is not None]
+    if not found:
+        raise not_found("work queue", ", ".join(str(queue_id) for queue_id in wanted))
+    return found
 
 
 def _list(db: Database, lease_seconds: float) -> list[AgentRecord]:

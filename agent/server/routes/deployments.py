@@ -49,6 +49,8 @@ def _upsert(db: Database, body: DeploymentCreate) -> tuple[Deployment, bool]:
         row.retries = body.retries
         row.retry_delay_seconds = body.retry_delay_seconds
         row.source = None if body.source is None else body.source.model_dump(mode="json")
+        row.concurrency_limit = body.concurrency_limit
+        row.collision_strategy = body.collision_strategy.value
         row.updated = now
         if body.schedules is not None:
             session.flush()  # the deployment's row first: schedules point at it
@@ -123,7 +125,12 @@ def _create_run(db: Database, deployment_id: uuid.UUID, body: FlowRunCreate) -> 
     summary="Create a deployment, or update the one with that name (200)",
 )
 async def upsert_deployment(
-    body: DeploymentCreate, response: Response, db: DB, scheduler: Ticker, bundles: Bundles
+    body: DeploymentCreate,
+    response: Response,
+    db: DB,
+    scheduler: Ticker,
+    bundles: Bundles,
+    wakeups: Wakeups,
 ) -> Deployment:
     if isinstance(body.source, BundleSource) and not bundles.exists(body.source.bundle):
         raise HTTPException(
@@ -134,6 +141,8 @@ async def upsert_deployment(
     deployment, created = await db.run(_upsert, db, body)
     if body.schedules:
         poke(scheduler)
+    # A raised (or removed) concurrency limit lets runs waiting for a slot go at once.
+    wakeups.notify([deployment.work_queue_id])
     if not created:
         response.status_code = status.HTTP_200_OK
     return deployment

@@ -6,8 +6,9 @@ import uuid
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from agent.models import (
     ClaimedRun,
@@ -23,7 +24,7 @@ from agent.server import claims
 from agent.server.db import Database
 from agent.server.deps import DB, Wakeups
 from agent.server.lifecycle import ACTIVE_STATES
-from agent.server.orm import DeploymentRow, FlowRunRow, WorkQueueRow
+from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, WorkQueueRow
 from agent.server.scheduler import shown_late
 from agent.server.views import conflict, get_queue, not_found, queue_model, run_model
 
@@ -104,7 +105,19 @@ def _delete(db: Database, queue_id: uuid.UUID) -> None:
                 f"work queue {row.name!r} has {in_flight} run(s) in flight; "
                 "wait for them to finish or cancel them first"
             )
+        _move_agents_off(session, queue_id)
         session.delete(row)
+
+
+def _move_agents_off(session: Session, queue_id: uuid.UUID) -> None:
+    """Agents that serve the queue among others keep their row (and id, and runs): the
+    deletion would cascade to an agent whose first queue it is, so it moves to its next."""
+    for agent in session.scalars(select(AgentRow).where(AgentRow.work_queue_id == queue_id)):
+        rest = [uuid.UUID(q) for q in agent.work_queue_ids if uuid.UUID(q) != queue_id]
+        others = [q for q in rest if session.get(WorkQueueRow, q) is not None]
+        if others:
+            agent.work_queue_id = others[0]
+            agent.work_queue_ids = [str(q) for q in others]
 
 
 def _preview(
@@ -130,6 +143,23 @@ def _preview(
             for row in rows
             if required.issubset(row.tags)
         ]
+
+
+@router.post("/claim", summary="Atomically claim due runs from several queues in priority order")
+async def claim_runs_from_queues(
+    body: ClaimRequest, request: Request, db: DB, wakeups: Wakeups
+) -> list[ClaimedRun]:
+    if not body.work_queue_ids:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            "work_queue_ids is empty: list the queues to claim from, highest priority first",
+        )
+    if len(set(body.work_queue_ids)) != len(body.work_queue_ids):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            "work_queue_ids names a queue twice: list each queue once, in priority order",
+        )
+    return await claims.claim(db, wakeups, body.work_queue_ids, body, request.is_disconnected)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a work queue")
@@ -185,4 +215,4 @@ async def preview_work_queue(
 async def claim_runs(
     queue_id: uuid.UUID, body: ClaimRequest, request: Request, db: DB, wakeups: Wakeups
 ) -> list[ClaimedRun]:
-    return await claims.claim(db, wakeups, queue_id, body, request.is_disconnected)
+    return await claims.claim(db, wakeups, [queue_id], body, request.is_disconnected)
