@@ -22,6 +22,7 @@ from uuid import UUID
 import tomli_w
 
 from agent.errors import ConfigError
+from agent.models import DEFAULT_LEASE_SECONDS
 from agent.private import private_dir, write_private
 from agent.redaction import DEFAULT_SECRET_PATTERNS, Redactor
 
@@ -241,7 +242,7 @@ class Settings:
     limit: int = 10
     server_host: str = "127.0.0.1"
     server_port: int = 4200
-    lease_seconds: float = 30.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     schedule_horizon_seconds: float = 86400.0
     schedule_max_runs: int = 100
     late_after_seconds: float = 15.0

@@ -47,6 +47,7 @@ import psutil
 import structlog
 
 from agent.errors import ConfigError
+from agent.models import DEFAULT_LEASE_SECONDS
 from runners.base import OrphanKiller, Runner
 from runners.errors import RunnerError
 from runners.process_tree import kill_tree
@@ -118,7 +119,7 @@ class FenceDir:
         try:
             return float(json.loads(self.settings.read_text())["fence_after"])
         except (OSError, ValueError, KeyError):
-            return 15.0
+            return DEFAULT_LEASE_SECONDS / 2
 
     def register_starting(self, run_id: UUID, adoption: dict[str, Any]) -> None:
         """List a run about to be started, before anything of it exists.

@@ -33,7 +33,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent.errors import ConfigError
-from agent.notify import Notifier
+from agent.notify import SystemdNotifier
 
 log = structlog.get_logger("agent.health")
 
@@ -103,7 +103,7 @@ class HealthMonitor:
             return "stopping"
         return self.loop_problem() or self.api_problem()
 
-    async def run(self, notifier: Notifier, status: Callable[[], str]) -> None:
+    async def run(self, notifier: SystemdNotifier, status: Callable[[], str]) -> None:
         """Side task: tick, ping the watchdog while healthy, keep systemd's STATUS current."""
         sent: str | None = None
         while True:

@@ -14,7 +14,7 @@ import structlog
 import agent
 from agent.backends.base import Backend
 from agent.errors import AuthError, FlowAgentError
-from agent.models import AgentRecord, Heartbeat, HostMetrics
+from agent.models import DEFAULT_LEASE_SECONDS, AgentRecord, Heartbeat, HostMetrics
 from agent.resources import host_metrics
 
 log = structlog.get_logger("agent.heartbeat")
@@ -43,7 +43,7 @@ class Heartbeater:
         self._held_runs = held_runs
         self.registered = False
         self.failures = 0
-        self.lease_seconds = 30.0
+        self.lease_seconds = DEFAULT_LEASE_SECONDS  # until the server says
         # When the server last accepted a heartbeat sent at this (monotonic) time: the lease
         # runs from the server's receipt, which is later, so fencing from here is safe.
         self.last_renewed = time.monotonic()

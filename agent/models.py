@@ -654,6 +654,12 @@ class Heartbeat(_Model):
     )
 
 
+#: How long after an agent's last heartbeat the server resolves its runs, unless the server says
+#: otherwise (its setting ``lease_seconds``, answered with every heartbeat). Agents fence their
+#: runs at half of it.
+DEFAULT_LEASE_SECONDS = 30.0
+
+
 class AgentRecord(_Model):
     id: UUID
     name: str
@@ -671,7 +677,7 @@ class AgentRecord(_Model):
     last_heartbeat: datetime
     status: AgentStatus
     lease_seconds: float = Field(
-        default=30.0,
+        default=DEFAULT_LEASE_SECONDS,
         description="the agent's runs are resolved (CRASHED) this long after its last heartbeat",
     )
 

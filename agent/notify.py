@@ -3,7 +3,7 @@
 Under ``Type=notify`` systemd passes ``NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract
 namespace) and, with ``WatchdogSec=``, ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``). Each message is
 one datagram of ``KEY=VALUE`` lines: ``READY=1``, ``STATUS=…``, ``WATCHDOG=1``, ``STOPPING=1``.
-Outside systemd :class:`Notifier` does nothing, so the daemon calls it unconditionally.
+Outside systemd :class:`SystemdNotifier` does nothing, so the daemon calls it unconditionally.
 
 The variables are taken out of the environment on the way in (as ``sd_notify``'s
 ``unset_environment`` does): flow runs inherit the agent's environment, and a flow must not be
@@ -31,7 +31,7 @@ def _status_line(text: str) -> str:
     return "STATUS=" + " ".join(text.split())
 
 
-class Notifier:
+class SystemdNotifier:
     """Sends sd_notify messages to ``address``; every method is a no-op without one."""
 
     def __init__(self, address: str | None = None, watchdog_seconds: float | None = None) -> None:
@@ -42,7 +42,7 @@ class Notifier:
         self._stopping_sent = False
 
     @classmethod
-    def from_env(cls, env: MutableMapping[str, str]) -> Notifier:
+    def from_env(cls, env: MutableMapping[str, str]) -> SystemdNotifier:
         """Take the systemd variables out of ``env`` (normally ``os.environ``)."""
         address = env.pop(NOTIFY_SOCKET, None) or None
         usec = env.pop(WATCHDOG_USEC, None)

@@ -18,7 +18,7 @@ from agent.health import HealthMonitor, HealthServer
 from agent.heartbeat import Heartbeater
 from agent.metrics import AgentMetrics
 from agent.models import WorkQueue
-from agent.notify import Notifier
+from agent.notify import SystemdNotifier
 from agent.throttle import ClaimGate, HostSampler, Thresholds
 
 __all__ = ["Operations", "settings_redactor"]
@@ -38,7 +38,7 @@ class Operations:
         self.settings = settings
         self._runs_in_flight = runs_in_flight
         self._stopping = stopping
-        self.notifier = Notifier.from_env(env)
+        self.notifier = SystemdNotifier.from_env(env)
         self.redactor = settings_redactor(settings, env)
         self.sampler = HostSampler()
         self.gate = ClaimGate(Thresholds.from_settings(settings), self.sampler)

@@ -25,6 +25,7 @@ from uuid import UUID, uuid4
 from agent.backends.base import Backend
 from agent.errors import Conflict, FlowAgentError, NotFound
 from agent.models import (
+    DEFAULT_LEASE_SECONDS,
     AgentRecord,
     AgentStatus,
     ClaimedRun,
@@ -54,7 +55,7 @@ class Call:
 
 @dataclass
 class InMemoryBackend:
-    lease_seconds: float = 30.0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     queues: dict[UUID, WorkQueue] = field(default_factory=dict)
     deployments: dict[UUID, Deployment] = field(default_factory=dict)
     runs: dict[UUID, FlowRun] = field(default_factory=dict)

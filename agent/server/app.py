@@ -18,7 +18,7 @@ from agent import __version__
 from agent.models import utcnow
 from agent.server.body_limit import BodyLimit
 from agent.server.bundles import BundleStore
-from agent.server.claims import Notifier
+from agent.server.claims import ClaimWakeups
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
 from agent.server.leases import lease_keeper
@@ -97,7 +97,7 @@ def create_app(
         docs_url="/docs",
     )
     db = Database(settings.database_path)
-    notifier = Notifier()
+    notifier = ClaimWakeups()
     scheduling = scheduling or SchedulerConfig(
         horizon=timedelta(seconds=settings.schedule_horizon_seconds),
         max_runs=settings.schedule_max_runs,

@@ -7,7 +7,7 @@ two server processes share the database.
 One claim covers every queue an agent serves, in its priority order, and checks the
 concurrency limits of ``agent/server/limits.py`` in the same transaction.
 
-The long poll waits on a :class:`Notifier`, which the routes poke after a commit that may have
+The long poll waits on a :class:`ClaimWakeups`, which the routes poke after a commit that may have
 made work available to a queue. Writes from another process poke nobody, so a waiter also
 re-checks every :data:`RECHECK_SECONDS`, and wakes on its own when the queue's next future run
 becomes due.
@@ -39,7 +39,7 @@ _SCAN_PAGE = 200
 _DUE_SLACK_SECONDS = 0.002
 
 
-class Notifier:
+class ClaimWakeups:
     """Wakes claimers held in a long poll when one of their queues may have work for them.
 
     Used only from the event loop thread: routes call :meth:`notify` after their write
@@ -317,7 +317,7 @@ def _replay(session: Session, agent: AgentRow) -> list[ClaimedRun]:
 
 async def claim(
     db: Database,
-    notifier: Notifier,
+    notifier: ClaimWakeups,
     queue_ids: Sequence[uuid.UUID],
     request: ClaimRequest,
     client_gone: Callable[[], Awaitable[bool]],

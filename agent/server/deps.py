@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agent.server.bundles import BundleStore
-from agent.server.claims import Notifier
+from agent.server.claims import ClaimWakeups
 from agent.server.db import Database
 from agent.server.settings import ServerSettings
 
@@ -28,8 +28,8 @@ async def get_db(request: Request) -> Database:
     return db
 
 
-async def get_notifier(request: Request) -> Notifier:
-    notifier: Notifier = request.app.state.notifier
+async def get_notifier(request: Request) -> ClaimWakeups:
+    notifier: ClaimWakeups = request.app.state.notifier
     return notifier
 
 
@@ -40,8 +40,8 @@ async def get_bundles(request: Request) -> BundleStore:
 
 DB = Annotated[Database, Depends(get_db)]
 Bundles = Annotated[BundleStore, Depends(get_bundles)]
-Settings = Annotated[ServerSettings, Depends(get_settings)]
-Wakeups = Annotated[Notifier, Depends(get_notifier)]
+ServerSettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+Wakeups = Annotated[ClaimWakeups, Depends(get_notifier)]
 
 # auto_error=False: we answer a missing header ourselves, with a 401 that says what to send.
 _bearer = HTTPBearer(auto_error=False, description="the server's AGENT_API_KEY")

@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import select
 
 from agent.models import StateType, utcnow
-from agent.server.claims import Notifier
+from agent.server.claims import ClaimWakeups
 from agent.server.db import Database
 from agent.server.lifecycle import ACTIVE_STATES, finish_transition
 from agent.server.orm import AgentRow, FlowRunRow
@@ -62,7 +62,7 @@ def expire_leases(db: Database, lease_seconds: float, server_started: datetime) 
 
 
 async def lease_keeper(
-    db: Database, notifier: Notifier, lease_seconds: float, interval: float
+    db: Database, notifier: ClaimWakeups, lease_seconds: float, interval: float
 ) -> None:
     """Background task of the server: expire leases every ``interval`` seconds, forever."""
     started = utcnow()

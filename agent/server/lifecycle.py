@@ -47,7 +47,7 @@ CANCELLED_BY_USER = "cancelled by user"
 
 
 @dataclass
-class Outcome:
+class Transition:
     """What a lifecycle call changed: the run, and the queues whose waiting claimers may now
     find work (a run became SCHEDULED, or one left the active states and freed a slot)."""
 
@@ -131,7 +131,7 @@ def new_run(
     return run
 
 
-def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> Outcome:
+def set_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) -> Transition:
     """Apply an agent's (or a user's) proposed state, or raise 404/409 saying why not."""
     return apply_state(session, check_state(session, run_id, proposal), proposal)
 
@@ -181,7 +181,7 @@ def _takes_ownership(run: FlowRunRow, proposal: StateProposal) -> bool:
     )
 
 
-def apply_state(session: Session, run: FlowRunRow, proposal: StateProposal) -> Outcome:
+def apply_state(session: Session, run: FlowRunRow, proposal: StateProposal) -> Transition:
     """Apply a proposal :func:`check_state` has accepted; refuses nothing."""
     now = utcnow()
     if proposal.type is StateType.SCHEDULED:
@@ -253,10 +253,10 @@ def finish_transition(
     now: datetime,
     name: str | None = None,
     message: str | None = None,
-) -> Outcome:
+) -> Transition:
     """Record ``state`` and apply its consequences: wake claimers, schedule a retry."""
     record_state(session, run, state, now=now, name=name, message=message)
-    outcome = Outcome(run)
+    outcome = Transition(run)
     if wakes_claimers(state):
         outcome.wake_queues |= _woken_by(session, run, state)
     if state in RETRIED_STATES:
@@ -300,18 +300,18 @@ def _schedule_retry(session: Session, run: FlowRunRow, state: StateType, now: da
     )
 
 
-def cancel(session: Session, run_id: uuid.UUID) -> Outcome:
+def cancel(session: Session, run_id: uuid.UUID) -> Transition:
     """A user's cancel: at once when nothing runs yet, via CANCELLING when something does."""
     run = get_run(session, run_id)
     current = StateType(run.state_type)
     if current is StateType.CANCELLING:
-        return Outcome(run)
+        return Transition(run)
     reason = transition_error(current, StateType.CANCELLED)
     if reason is not None:
         raise conflict(reason)
     target = StateType.CANCELLING if current is StateType.RUNNING else StateType.CANCELLED
     record_state(session, run, target, now=utcnow(), message=CANCELLED_BY_USER)
-    outcome = Outcome(run)
+    outcome = Transition(run)
     if wakes_claimers(target):
         outcome.wake_queues |= _woken_by(session, run, target)
     return outcome

@@ -12,7 +12,7 @@ from agent.server import require_installed
 from agent.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from agent.server.claims import Notifier
+    from agent.server.claims import ClaimWakeups
 
 # Held long polls are released at shutdown, so little should be left to wait for.
 GRACEFUL_SHUTDOWN_SECONDS = 3
@@ -71,7 +71,7 @@ def _run(settings: ServerSettings, sock: socket.socket) -> None:
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             # Answer held long polls now, so that they do not hold up the graceful shutdown.
-            notifier: Notifier = app.state.notifier
+            notifier: ClaimWakeups = app.state.notifier
             notifier.close()
             await super().shutdown(sockets)
 

@@ -38,8 +38,9 @@ from croniter import croniter
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from agent.config import Settings
 from agent.models import AWAITING_SLOT, Catchup, FlowRun, StateType, utcnow
-from agent.server.claims import Notifier
+from agent.server.claims import ClaimWakeups
 from agent.server.db import Database
 from agent.server.lifecycle import new_run, record_state
 from agent.server.limits import ClaimLimits
@@ -70,10 +71,10 @@ class SchedulerConfig:
     """
 
     tick_seconds: float = 5.0
-    horizon: timedelta = timedelta(days=1)
-    max_runs: int = 100
-    late_after: timedelta = timedelta(seconds=15)
-    missed_after: timedelta = timedelta(minutes=5)
+    horizon: timedelta = timedelta(seconds=Settings.schedule_horizon_seconds)
+    max_runs: int = Settings.schedule_max_runs
+    late_after: timedelta = timedelta(seconds=Settings.late_after_seconds)
+    missed_after: timedelta = timedelta(seconds=Settings.missed_after_seconds)
 
 
 # --------------------------------------------------------------------------- when it fires
@@ -415,7 +416,7 @@ class Scheduler:
     """The server's background scheduler: ticks every ``tick_seconds`` and when poked."""
 
     def __init__(
-        self, db: Database, notifier: Notifier, config: SchedulerConfig, clock: Clock = utcnow
+        self, db: Database, notifier: ClaimWakeups, config: SchedulerConfig, clock: Clock = utcnow
     ) -> None:
         self.db = db
         self.notifier = notifier

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from agent.config import Settings
+from agent.config import Settings
+
+# Every default is the settings object's (agent/config.py): written once.
+_DEFAULT = Settings
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,18 @@ class ServerSettings:
     """
 
     home: Path
-    host: str = "127.0.0.1"
-    port: int = 4200
+    host: str = _DEFAULT.server_host
+    port: int = _DEFAULT.server_port
     api_key: str | None = field(default=None, repr=False)
-    lease_seconds: float = 30.0
+    lease_seconds: float = _DEFAULT.lease_seconds
     lease_check_seconds: float = 1.0
-    schedule_horizon_seconds: float = 86400.0
-    schedule_max_runs: int = 100
-    late_after_seconds: float = 15.0
-    missed_after_seconds: float = 300.0
-    webhook_allow_private: bool = False
+    schedule_horizon_seconds: float = _DEFAULT.schedule_horizon_seconds
+    schedule_max_runs: int = _DEFAULT.schedule_max_runs
+    late_after_seconds: float = _DEFAULT.late_after_seconds
+    missed_after_seconds: float = _DEFAULT.missed_after_seconds
+    webhook_allow_private: bool = _DEFAULT.webhook_allow_private
     # The largest bundle (``deployment create --upload``) the server stores.
-    bundle_max_bytes: int = 100 * 1024 * 1024
+    bundle_max_bytes: int = _DEFAULT.bundle_max_size
 
     @property
     def database_path(self) -> Path:

@@ -70,7 +70,7 @@ class Job:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class DeliveryResult:
     ok: bool
     status_code: int | None = None
     error: str | None = None
@@ -79,7 +79,7 @@ class Outcome:
 
 
 class _Retry(Exception):
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: DeliveryResult) -> None:
         super().__init__(outcome.error)
         self.outcome = outcome
 
@@ -215,7 +215,7 @@ def record_attempt(
     db: Database,
     delivery_id: int,
     attempt: int,
-    outcome: Outcome,
+    outcome: DeliveryResult,
     final: DeliveryStatus | None,
     now: datetime,
 ) -> None:
@@ -260,16 +260,16 @@ async def post(
     body: bytes,
     headers: dict[str, str],
     extensions: dict[str, Any] | None = None,
-) -> Outcome:
+) -> DeliveryResult:
     try:
         response = await client.post(url, content=body, headers=headers, extensions=extensions)
     except httpx.HTTPError as exc:
-        return Outcome(False, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        return DeliveryResult(False, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
     code = response.status_code
     if 200 <= code < 300:
-        return Outcome(True, code)
+        return DeliveryResult(True, code)
     retry_after = response.headers.get("Retry-After")
-    return Outcome(
+    return DeliveryResult(
         False,
         code,
         # The status only: the body would carry whatever the target answers back to whoever
@@ -366,15 +366,15 @@ class DeliveryWorker:
 
     async def _attempt(
         self, client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
-    ) -> Outcome:
+    ) -> DeliveryResult:
         if self.allow_private:
             return await post(client, url, body, headers)
         where = await anyio.to_thread.run_sync(check_destination, url)
         if where.refused is not None:
-            return Outcome(False, error=f"refused: {where.refused}", retryable=False)
+            return DeliveryResult(False, error=f"refused: {where.refused}", retryable=False)
         if not where.addresses:
             # Not sent: httpx would resolve the name again, maybe to an internal address.
-            return Outcome(False, error=f"cannot resolve {where.host}")
+            return DeliveryResult(False, error=f"cannot resolve {where.host}")
         aimed, host, extensions = pinned(url, where.addresses[0])
         return await post(client, aimed, body, headers | host, extensions)
 

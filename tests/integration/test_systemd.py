@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.notify import Notifier
+from agent.notify import SystemdNotifier
 from tests.support import (
     Server,
     block_loop_on_sigusr1,
@@ -337,7 +337,7 @@ def test_notifier_takes_the_variables_out_of_the_environment(notify_socket: Noti
     env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "2000000", "KEEP": "1"}
     env["WATCHDOG_PID"] = str(os.getpid())
 
-    notifier = Notifier.from_env(env)
+    notifier = SystemdNotifier.from_env(env)
 
     assert env == {"KEEP": "1"}
     assert notifier.watchdog_seconds == 2.0
@@ -354,7 +354,7 @@ def test_notifier_takes_the_variables_out_of_the_environment(notify_socket: Noti
 def test_notifier_ignores_a_watchdog_meant_for_another_process() -> None:
     env = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
 
-    notifier = Notifier.from_env(env)
+    notifier = SystemdNotifier.from_env(env)
 
     assert notifier.watchdog_seconds is None
     assert not notifier.enabled
@@ -366,7 +366,7 @@ def test_notifier_speaks_to_an_abstract_socket_and_survives_a_missing_one() -> N
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind("\0" + name)
     listener.settimeout(5)
-    notifier = Notifier("@" + name)
+    notifier = SystemdNotifier("@" + name)
     try:
         assert notifier.status("multi\nline   status")
         assert listener.recv(4096) == b"STATUS=multi line status"

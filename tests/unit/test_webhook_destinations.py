@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agent.server.notifications import NotificationConfig
-from agent.server.webhooks import DeliveryWorker, Outcome, check_destination
+from agent.server.webhooks import DeliveryResult, DeliveryWorker, check_destination
 
 PUBLIC = "93.184.215.14"
 
@@ -31,14 +31,14 @@ def resolving(monkeypatch: pytest.MonkeyPatch, *answers: list[str]) -> list[str]
     return asked
 
 
-def attempt(url: str) -> tuple[Outcome, list[httpx.Request]]:
+def attempt(url: str) -> tuple[DeliveryResult, list[httpx.Request]]:
     sent: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request)
         return httpx.Response(204)
 
-    async def go() -> Outcome:
+    async def go() -> DeliveryResult:
         worker = DeliveryWorker(cast(Any, None), NotificationConfig(), "http://127.0.0.1:4200")
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
             return await worker._attempt(client, url, b"{}", {"X-Flowagent-Event": "TEST"})

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from agent.models import AgentRecord, Heartbeat, StateType, utcnow
 from agent.server import lifecycle
 from agent.server.db import Database
-from agent.server.deps import DB, Settings, Wakeups
+from agent.server.deps import DB, ServerSettingsDep, Wakeups
 from agent.server.orm import AgentRow, FlowRunRow, WorkQueueRow
 from agent.server.views import agent_model, conflict, get_agent, not_found
 
@@ -92,14 +92,16 @@ def _cancelling(db: Database, agent_id: uuid.UUID) -> list[uuid.UUID]:
 
 
 @router.post("/heartbeat", summary="Register or refresh an agent (upsert by name)")
-async def heartbeat(beat: Heartbeat, db: DB, settings: Settings, wakeups: Wakeups) -> AgentRecord:
+async def heartbeat(
+    beat: Heartbeat, db: DB, settings: ServerSettingsDep, wakeups: Wakeups
+) -> AgentRecord:
     record, wake = await db.run(_heartbeat, db, beat, settings.lease_seconds)
     wakeups.notify(wake)
     return record
 
 
 @router.get("", summary="List agents with their ONLINE/OFFLINE status")
-async def list_agents(db: DB, settings: Settings) -> list[AgentRecord]:
+async def list_agents(db: DB, settings: ServerSettingsDep) -> list[AgentRecord]:
     return await db.run(_list, db, settings.lease_seconds)
 
 

@@ -67,12 +67,12 @@ def _states(db: Database, run_id: uuid.UUID) -> list[State]:
         return [state_model(row) for row in rows]
 
 
-def _set_state(db: Database, run_id: uuid.UUID, proposal: StateProposal) -> lifecycle.Outcome:
+def _set_state(db: Database, run_id: uuid.UUID, proposal: StateProposal) -> lifecycle.Transition:
     with db.write() as session:
         return lifecycle.set_state(session, run_id, proposal)
 
 
-def _cancel(db: Database, run_id: uuid.UUID) -> lifecycle.Outcome:
+def _cancel(db: Database, run_id: uuid.UUID) -> lifecycle.Transition:
     with db.write() as session:
         return lifecycle.cancel(session, run_id)
 

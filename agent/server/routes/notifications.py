@@ -20,7 +20,7 @@ from agent.models import (
     utcnow,
 )
 from agent.server.db import Database
-from agent.server.deps import DB, Settings
+from agent.server.deps import DB, ServerSettingsDep
 from agent.server.notifications import TEST_EVENT, queue_event
 from agent.server.orm import DeliveryAttemptRow, DeliveryRow, NotificationRow
 from agent.server.views import conflict, get_deployment, get_queue, not_found
@@ -174,7 +174,9 @@ def _test(db: Database, notification_id: uuid.UUID) -> NotificationDelivery:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a notification")
-async def create_notification(body: NotificationCreate, db: DB, settings: Settings) -> Notification:
+async def create_notification(
+    body: NotificationCreate, db: DB, settings: ServerSettingsDep
+) -> Notification:
     if not settings.webhook_allow_private:
         # Checked again before every delivery: the name may resolve elsewhere by then.
         why = await anyio.to_thread.run_sync(refused_destination, body.webhook_url)
