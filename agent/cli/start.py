@@ -1,8 +1,10 @@
-"""`agent start QUEUE_ID`: the agent daemon on one work queue."""
+"""`agent start QUEUE_ID`: the agent daemon on one work queue; `agent start --pool NAME`: on a
+Prefect work pool's queues, as `prefect worker start --pool NAME` serves them."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -18,8 +20,32 @@ from agent.errors import ConfigError
 def start(
     ctx: typer.Context,
     queue_id: Annotated[
-        str, typer.Argument(help="The work queue's UUID (see agent work-queue ls).")
-    ],
+        str | None,
+        typer.Argument(
+            help="The work queue's UUID (see agent work-queue ls); or give --pool.",
+            show_default=False,
+        ),
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            "-p",
+            help="Prefect servers: serve this work pool's queues, highest priority first, like "
+            "`prefect worker start --pool` (setting pool).",
+            show_default=False,
+        ),
+    ] = None,
+    work_queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--work-queue",
+            "-q",
+            help="With --pool: serve only this queue of the pool (repeatable; setting "
+            "work_queues; default: all of them).",
+            show_default=False,
+        ),
+    ] = None,
     tag: Annotated[
         list[str] | None,
         typer.Option(
@@ -103,6 +129,16 @@ def start(
             show_default=False,
         ),
     ] = None,
+    prefetch_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--prefetch-seconds",
+            help="Prefect servers: claim scheduled runs this many seconds early and start their "
+            "engine ahead, like PREFECT_WORKER_PREFETCH_SECONDS (setting prefetch_seconds; "
+            "0: only once due).",
+            show_default=False,
+        ),
+    ] = None,
     health_port: Annotated[
         int | None,
         typer.Option(
@@ -113,9 +149,19 @@ def start(
     ] = None,
 ) -> None:
     """Start an agent: poll the queue, claim due runs, run and supervise them, report back."""
-    queue = parse_uuid(queue_id, "work-queue", "queues", LIST_QUEUES)
+    settings = settings_of(ctx)
+    if queue_id is not None and pool is not None:
+        raise ConfigError(
+            "give a work queue's id or --pool, not both",
+            hint="agent start QUEUE_ID, or agent start --pool POOL [--work-queue NAME]...",
+        )
+    if queue_id is not None:
+        # The queue named on the command line beats a pool from the environment or file.
+        settings = replace(settings, pool=None, work_queues=())
     settings = with_overrides(
-        settings_of(ctx),
+        settings,
+        pool=pool,
+        work_queues=list(work_queue) if work_queue else None,
         limit=limit,
         api_url=api_url,
         api_key=api_key,
@@ -124,7 +170,25 @@ def start(
         min_free_memory=min_free_memory,
         max_load=max_load,
         health_port=health_port,
+        prefetch_seconds=prefetch_seconds,
     )
+    if queue_id is not None:
+        queue = parse_uuid(queue_id, "work-queue", "queues", LIST_QUEUES)
+    elif settings.pool is not None:
+        from agent.backends.prefect_pools import pool_queue_id
+
+        queue = pool_queue_id(settings.pool)
+    else:
+        raise ConfigError(
+            "no work queue to serve",
+            hint="agent start QUEUE_ID (agent work-queue ls), or for a Prefect work pool "
+            "agent start --pool POOL [--work-queue NAME]...",
+        )
+    if settings.work_queues and settings.pool is None:
+        raise ConfigError(
+            "--work-queue names queues of a Prefect work pool: give the pool with --pool",
+            hint="agent start --pool POOL --work-queue NAME",
+        )
     runner_options = parse_pairs(runner_option or [], "--runner-option")
     from runners.registry import validate_options
 
