@@ -172,6 +172,11 @@ def start(
         health_port=health_port,
         prefetch_seconds=prefetch_seconds,
     )
+    if settings.work_queues and settings.pool is None:
+        raise ConfigError(
+            "--work-queue names queues of a Prefect work pool: give the pool with --pool",
+            hint="agent start --pool POOL --work-queue NAME",
+        )
     if queue_id is not None:
         queue = parse_uuid(queue_id, "work-queue", "queues", LIST_QUEUES)
     elif settings.pool is not None:
@@ -183,11 +188,6 @@ def start(
             "no work queue to serve",
             hint="agent start QUEUE_ID (agent work-queue ls), or for a Prefect work pool "
             "agent start --pool POOL [--work-queue NAME]...",
-        )
-    if settings.work_queues and settings.pool is None:
-        raise ConfigError(
-            "--work-queue names queues of a Prefect work pool: give the pool with --pool",
-            hint="agent start --pool POOL --work-queue NAME",
         )
     runner_options = parse_pairs(runner_option or [], "--runner-option")
     from runners.registry import validate_options
