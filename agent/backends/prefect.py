@@ -177,7 +177,7 @@ class PrefectBackend:
         pool = await read_pool(self.http, queue.work_pool_name)
         self._queue = queue
         self._served = Served(queue.id, pool, [queue])
-        if not self._engine_checked:
+        if not self._engine_checked and self._served.runner == "subprocess":
             await self.launcher.check_engine()
             self._engine_checked = True
         log.info(
@@ -196,7 +196,7 @@ class PrefectBackend:
         queues = await pool_queues(self.http, pool, self.work_queue_names)
         self._queue = queues[0]
         self._served = Served(queue_id, pool, queues)
-        if not self._engine_checked:
+        if not self._engine_checked and self._served.runner == "subprocess":
             await self.launcher.check_engine()
             self._engine_checked = True
         log.info(
@@ -423,6 +423,9 @@ class PrefectBackend:
         else:
             how = f"exited with code {code}"
         message = f"flow process {how} without reporting a final state"
+        headline = (proposal.message or "").split("\n", 1)[0]
+        if headline.startswith("out of memory"):
+            message += f": {headline}"  # a container's OOM kill (Docker runner)
         if proposal.message and "\n" in proposal.message:
             message += "\n" + proposal.message.split("\n", 1)[1]  # the stderr tail
         await self._propose(run, "CRASHED", message)

@@ -84,7 +84,8 @@ def template_configuration(
     if not base:
         # An empty template (a pool made through the API, not the CLI) is the worker's
         # default one: every variable in its own placeholder, no defaults.
-        base = {key: "{{ " + key + " }}" for key in ("command", "env", "working_dir")}
+        keys = ("command", "env", "working_dir", *values)
+        base = {key.split(".")[0]: "{{ " + key.split(".")[0] + " }}" for key in keys}
     properties = (template.get("variables") or {}).get("properties") or {}
     variables: dict[str, Any] = {
         name: attrs["default"]

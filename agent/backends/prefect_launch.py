@@ -24,6 +24,7 @@ from uuid import UUID
 import structlog
 
 from agent.backends.http import HttpClient
+from agent.backends.prefect_docker import ENGINE_COMMAND, docker_options
 from agent.backends.prefect_pools import Served, job_configuration
 from agent.backends.prefect_wire import PDeployment, PRun, flow_run, working_directory
 from agent.backends.prefect_workdirs import RunDirs
@@ -50,11 +51,17 @@ class Launcher:
         self.workdirs = workdirs
         self.python = str((runner_options or {}).get("python") or sys.executable)
         # What the engine in the child needs to reach the server as we do.
+        self.api_url = api_url
         self.engine_env = {"PREFECT_API_URL": api_url}
         if api_key:
             self.engine_env["PREFECT_API_KEY"] = api_key
         if auth_string:
             self.engine_env["PREFECT_API_AUTH_STRING"] = auth_string
+
+    def _engine_command(self, served: Served) -> list[str]:
+        if served.runner == "docker":
+            return list(ENGINE_COMMAND)  # the image's python, not ours
+        return [self.python, "-m", "prefect.engine"]
 
     async def check_engine(self) -> None:
         """Fail at start-up, not on every run, when the engine's interpreter lacks prefect."""
@@ -112,7 +119,7 @@ class Launcher:
             work_queue_id=queue_id,
             # A command in the pool's template (or the 2.x block) replaces the engine's, as in
             # Prefect's consumers.
-            command=job.command or [self.python, "-m", "prefect.engine"],
+            command=job.command or self._engine_command(served),
             # Never the agent's own directory: the engine fetches the flow's code into it.
             working_dir=working_directory(prefect, run)
             or job.working_dir
@@ -121,6 +128,9 @@ class Launcher:
             # The daemon adds the agent's --runner-option defaults for subprocess runs; the
             # only one that matters here, python, is already in the command.
             runner=served.runner,
+            runner_options=(
+                docker_options(job.values, self.api_url) if served.runner == "docker" else {}
+            ),
             env=self.engine_env | env,
             created=prefect.created or now,
             updated=prefect.updated or now,

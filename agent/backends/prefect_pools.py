@@ -8,8 +8,9 @@ order: ``get-runs-from-worker-queues.sql``, ``wq.priority ASC``). The daemon kno
 
 A pool's type says what launches its runs. ``process`` pools (Prefect's ``ProcessWorker``) and
 Prefect 2 agents' ``prefect-agent`` pools (their ``Process`` infrastructure blocks) run on the
-subprocess runner; any other type is refused at start, before anything is claimed, instead of
-running its runs as local processes.
+subprocess runner, ``docker`` pools on the Docker runner (:mod:`agent.backends.prefect_docker`);
+any other type is refused at start, before anything is claimed, instead of running its runs as
+local processes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from agent.backends.prefect_wire import PDeployment, PQueue, PRun
 from agent.errors import ConfigError, NotFound
 
 #: Pool types whose runs the agent launches, and the runner each runs on.
-SERVED_TYPES = {"process": "subprocess", "prefect-agent": "subprocess"}
+SERVED_TYPES = {"process": "subprocess", "prefect-agent": "subprocess", "docker": "docker"}
 #: Prefect's page size limit for listing a pool's queues.
 _PAGE = 200
 _POOL_NAMESPACE = uuid5(NAMESPACE_URL, "https://flowagent/prefect-pool")
@@ -98,7 +99,7 @@ async def read_pool(http: HttpClient, name: str) -> PPool:
     if pool.type not in SERVED_TYPES:
         raise ConfigError(
             f"work pool {pool.name!r} is of type {pool.type!r}: flowagent runs the runs of "
-            f"{' and '.join(repr(t) for t in SERVED_TYPES)} pools only, and will not run its "
+            f"{', '.join(repr(t) for t in SERVED_TYPES)} pools only, and will not run its "
             "runs as local processes",
             hint=f"serve this pool with Prefect's own worker (`prefect worker start --pool "
             f"{pool.name}`), or point the agent at a process pool's queue",
