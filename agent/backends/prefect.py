@@ -4,7 +4,10 @@
 runs the same daemon, runners and policies as against our own server. This module maps the
 daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's side.
 
-    get_queue           GET work_queues/{id}, remembering the pool; checks that the engine's
+    get_queue           GET work_queues/{id}, then GET work_pools/{pool}: its type (one the
+                        agent cannot run is refused) and base job template; with ``pool`` set
+                        (``agent start --pool``), the pool's queues by priority instead
+                        (:mod:`agent.backends.prefect_pools`); checks that the engine's
                         interpreter (runner option ``python``) has prefect installed
     heartbeat           POST work_pools/{pool}/workers/heartbeat: the agent is a worker of the
                         pool, ONLINE in Prefect's UI and API
