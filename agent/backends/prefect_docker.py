@@ -59,6 +59,8 @@ def docker_options(values: Mapping[str, Any], api_url: str) -> dict[str, Any]:
         options["network_mode"] = str(network_mode)
     elif isinstance(networks, list) and networks:
         options["network_mode"] = str(networks[0])
+        if len(networks) > 1:
+            log.warning("docker_networks_ignored", joined=networks[0], ignored=networks[1:])
     elif _loopback(api_url):
         options["network_mode"] = "host"
     if values.get("mem_limit") is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from agent.backends.prefect_docker import docker_options
 from runners.docker_config import DockerOptions
@@ -21,7 +22,9 @@ def test_the_variables_a_docker_pool_sets_map_onto_valid_runner_options() -> Non
         "auto_remove": False,
         "stream_output": True,
     }
-    options = docker_options(values, "https://prefect.example.com/api")
+    with capture_logs() as logs:
+        options = docker_options(values, "https://prefect.example.com/api")
+    assert [(e["event"], e["ignored"]) for e in logs] == [("docker_networks_ignored", ["other"])]
     assert options == {
         "mount_working_dir": False,
         "image": "etl:1",
