@@ -30,7 +30,6 @@ def start(
         str | None,
         typer.Option(
             "--pool",
-            "-p",
             help="Prefect servers: serve this work pool's queues, highest priority first, like "
             "`prefect worker start --pool` (setting pool).",
             show_default=False,
@@ -40,7 +39,6 @@ def start(
         list[str] | None,
         typer.Option(
             "--work-queue",
-            "-q",
             help="With --pool: serve only this queue of the pool (repeatable; setting "
             "work_queues; default: all of them).",
             show_default=False,

@@ -50,7 +50,17 @@ def invoke(*args: str) -> Any:
 def test_pool_and_queues_reach_the_settings_and_the_daemon_knows_the_pool_by_its_id(
     seen: list[tuple[Settings, Any]],
 ) -> None:
-    result = invoke("start", "--pool", "etl", "--work-queue", "high", "-q", "low", "-q", "high")
+    result = invoke(
+        "start",
+        "--pool",
+        "etl",
+        "--work-queue",
+        "high",
+        "--work-queue",
+        "low",
+        "--work-queue",
+        "high",
+    )
     assert result.exit_code == 0, result.output
     [(settings, options)] = seen
     assert (settings.pool, settings.work_queues) == ("etl", ("high", "low"))
