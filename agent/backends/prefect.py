@@ -334,7 +334,12 @@ class PrefectBackend:
         if not ours:
             return []
         deployments: dict[UUID, PDeployment | None] = {}
-        claimed = [await self.launcher.claimed_run(served, run, deployments) for run in ours]
+        claimed = []
+        for run in ours:
+            try:
+                claimed.append(await self.launcher.claimed_run(served, run, deployments))
+            except ConfigError as exc:
+                await self._not_submitted(run, exc)
         now = utcnow()
         for item in claimed:
             if item.flow_run.expected_start_time > now:
@@ -347,6 +352,20 @@ class PrefectBackend:
             held.handed_out = True
             held.deployment_name = item.deployment.name
         return claimed
+
+    async def _not_submitted(self, run: PRun, exc: ConfigError) -> None:
+        """A run whose job configuration cannot be built (a bad template or override) is
+        CRASHED with the reason, as Prefect's worker does ("could not be submitted"), instead
+        of staying claimed and failing again at every claim."""
+        message = f"flow run could not be submitted to infrastructure: {exc.message}"
+        if exc.hint:
+            message += f" ({exc.hint})"
+        log.warning("run_not_submitted", run_id=str(run.id), error=exc.message)
+        try:
+            await self._propose(run, "CRASHED", message)
+        finally:
+            self.claims.held.pop(run.id, None)
+            await self._remove_workdir(run.id)
 
     # ------------------------------------------------------------------ states
 

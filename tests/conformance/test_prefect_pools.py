@@ -289,3 +289,38 @@ def test_a_pool_is_served_queue_by_queue_in_priority_order(
     assert sorted(p.name for p in outs.iterdir()) == sorted(runs)
     assert some.poll() is None  # still serving its two queues
     wait_for(lambda: all(prefect.claims(r) == 1 for r in runs.values()), timeout=10)
+
+
+def test_a_run_whose_job_configuration_cannot_be_built_is_crashed_with_the_reason(
+    prefect_harness: PrefectHarness, prefect_agents: Agents, tmp_path: Path
+) -> None:
+    """The pool's command cannot be split into words (an open quote): the run is CRASHED,
+    saying so, as Prefect's worker reports a run it could not submit; it is not claimed again
+    and no process starts."""
+    prefect = prefect_harness
+    template = {
+        "job_configuration": {"command": "{{ command }}", "env": "{{ env }}"},
+        "variables": {
+            "type": "object",
+            "properties": {
+                "command": {"type": "string", "default": 'sh -c "touch never'},
+                "env": {"type": "object"},
+            },
+        },
+    }
+    queue = queue_in(prefect, pool(prefect, base_job_template=template))
+    out = tmp_path / "seen.json"
+    flow_run = run(
+        prefect, deploy(prefect, queue, source_dir(tmp_path)), parameters={"out": str(out)}
+    )
+    prefect_agents.start(queue)
+
+    state = prefect.wait_state(flow_run, TERMINAL, timeout=120)
+    assert state["type"] == "CRASHED", state
+    assert state["message"].startswith(
+        "flow run could not be submitted to infrastructure: job variable command "
+    ), state
+    assert "cannot be split into words" in state["message"], state
+    assert prefect.claims(flow_run) == 1
+    assert prefect.flow_pid(flow_run) is None
+    assert not out.exists()
