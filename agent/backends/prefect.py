@@ -355,8 +355,8 @@ class PrefectBackend:
 
     async def _not_submitted(self, run: PRun, exc: ConfigError) -> None:
         """A run whose job configuration cannot be built (a bad template or override) is
-        CRASHED with the reason, as Prefect's worker does ("could not be submitted"), instead
-        of staying claimed and failing again at every claim."""
+        CRASHED with the reason, as Prefect's worker does (3.9.1: "Failed to submit flow run to
+        infrastructure: …"), instead of staying claimed and failing again at every claim."""
         message = f"flow run could not be submitted to infrastructure: {exc.message}"
         if exc.hint:
             message += f" ({exc.hint})"
