@@ -22,6 +22,7 @@ import pytest
 from tests.conformance.harness import (
     TERMINAL,
     Agents,
+    Harness,
     PrefectHarness,
     Queue,
     clean_env,
@@ -324,3 +325,16 @@ def test_a_run_whose_job_configuration_cannot_be_built_is_crashed_with_the_reaso
     assert prefect.claims(flow_run) == 1
     assert prefect.flow_pid(flow_run) is None
     assert not out.exists()
+
+
+def test_pool_against_our_own_server_is_refused_clearly(
+    native_harness: Harness, tmp_path: Path
+) -> None:
+    agents = Agents(native_harness, tmp_path)
+    agent, _ = agents.start_pool("etl")
+    assert agent.wait(timeout=60) != 0
+    log = agents.log(agent)
+    assert (
+        "--pool etl: " in log and "is a flowagent server, which has work queues and no pools" in log
+    ), log
+    assert "agent start QUEUE_ID" in log, log
