@@ -198,7 +198,7 @@ class PrefectBackend:
         pool = await read_pool(self.http, name)
         queues = await pool_queues(self.http, pool, self.work_queue_names)
         self._queue = queues[0]
-        self._served = Served(queue_id, pool, queues)
+        self._served = Served(queue_id, pool, queues, every_queue=not self.work_queue_names)
         if not self._engine_checked and self._served.runner == "subprocess":
             await self.launcher.check_engine()
             self._engine_checked = True
@@ -329,7 +329,12 @@ class PrefectBackend:
         self, served: Served, tags: Sequence[str], limit: int
     ) -> list[ClaimedRun]:
         ours = await self.claims.take(
-            served.queues, tags, limit, self._claimer().message(), self.prefetch_seconds
+            served.queues,
+            tags,
+            limit,
+            self._claimer().message(),
+            self.prefetch_seconds,
+            every_queue=served.every_queue,
         )
         if not ours:
             return []
@@ -563,7 +568,8 @@ class PrefectBackend:
         while True:
             runs = await self._filter(
                 {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
-                work_queue_ids=self._served.ids,
+                work_queue_ids=() if self._served.every_queue else self._served.ids,
+                work_pool=self._served.pool.name if self._served.every_queue else None,
                 offset=offset,
             )
             for run in runs:
@@ -606,11 +612,14 @@ class PrefectBackend:
         flow_runs: dict[str, Any],
         *,
         work_queue_ids: Collection[UUID] = (),
+        work_pool: str | None = None,
         offset: int = 0,
     ) -> list[PRun]:
         body: dict[str, Any] = {"flow_runs": flow_runs, "limit": PAGE, "offset": offset}
         if work_queue_ids:
             body["work_queues"] = {"id": {"any_": [str(i) for i in work_queue_ids]}}
+        if work_pool is not None:
+            body["work_pools"] = {"name": {"any_": [work_pool]}}
         response = await self.http.request("POST", "flow_runs/filter", json=body)
         return TypeAdapter(list[PRun]).validate_python(response.json())
 

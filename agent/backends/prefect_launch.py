@@ -111,7 +111,7 @@ class Launcher:
         job = await job_configuration(self.http, served, found, run)
         # None removes a lower source's variable; the agent's own environment stays.
         env = {k: v for k, v in job.env.items() if v is not None}
-        queue_id = run.work_queue_id if run.work_queue_id in served.ids else served.queues[0].id
+        queue_id = run.work_queue_id or served.queues[0].id
         now = utcnow()
         deployment = Deployment(
             id=prefect.id,

@@ -66,6 +66,9 @@ class Served:
     id: UUID  # the daemon's id for it: a queue's own, or pool_queue_id(pool) for --pool
     pool: PPool
     queues: list[PQueue]
+    # `--pool` with no `--work-queue`: every queue of the pool, those made after start too (as
+    # Prefect's worker: it asks for the pool's runs without naming queues).
+    every_queue: bool = False
     blocks: dict[UUID, dict[str, Any]] = field(default_factory=dict)  # 2.x blocks' data
 
     @property

@@ -247,7 +247,8 @@ def test_a_pool_is_served_queue_by_queue_in_priority_order(
 ) -> None:
     """Queues made low, mid, high priority (in that order, so creation order is not the
     answer); two runs in each, all due. ``--pool --work-queue high --work-queue low --limit 1``
-    runs high's two, then low's, and never mid's; ``--pool`` alone then serves mid too."""
+    runs high's two, then low's, and never mid's; ``--pool`` alone then serves mid too, and a
+    queue made after it started."""
     prefect = prefect_harness
     name = pool(prefect)
     queues = {
@@ -284,9 +285,18 @@ def test_a_pool_is_served_queue_by_queue_in_priority_order(
     assert [set(prefect.history(runs[f"mid{i}"])) for i in range(2)] == [{"SCHEDULED"}] * 2
     assert sorted(p.name for p in outs.iterdir()) == served
 
-    prefect_agents.start_pool(name)
+    _, every = prefect_agents.start_pool(name)
     for i in range(2):
         assert prefect.wait_state(runs[f"mid{i}"], TERMINAL, timeout=180)["type"] == "COMPLETED"
+    # A queue made after the agent started is served too, as by Prefect's worker.
+    late = queue_in(prefect, name)
+    runs["late0"] = run(
+        prefect, deploy(prefect, late, source), parameters={"out": str(outs / "late0")}
+    )
+    assert prefect.wait_state(runs["late0"], TERMINAL, timeout=180)["type"] == "COMPLETED"
+    assert prefect.ok("GET", f"flow_runs/{runs['late0']}")["work_queue_name"] == late.name
+    pending = prefect.ok("GET", "flow_run_states/", params={"flow_run_id": runs["late0"]})
+    assert [f" {every} " in s["message"] for s in pending if s["type"] == "PENDING"] == [True]
     assert sorted(p.name for p in outs.iterdir()) == sorted(runs)
     assert some.poll() is None  # still serving its two queues
     wait_for(lambda: all(prefect.claims(r) == 1 for r in runs.values()), timeout=10)
