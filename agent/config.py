@@ -135,6 +135,11 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return patterns
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+
+
 def _api_url(value: Any) -> str:
     text = str(value).rstrip("/")
     if not text.startswith(("http://", "https://")):
@@ -179,6 +184,16 @@ SETTINGS: tuple[Setting, ...] = (
         "prefetch_seconds",
         _non_negative_float,
         "Prefect servers: claim scheduled runs this early and start their engine ahead",
+    ),
+    Setting(
+        "pool",
+        _optional_str,
+        "Prefect servers: serve this work pool (agent start --pool), not one queue by id",
+    ),
+    Setting(
+        "work_queues",
+        _names,
+        "Prefect servers: the pool's queues to serve, comma-separated (all when empty)",
     ),
     Setting("cancel_grace_seconds", _non_negative_float, "interrupt → terminate grace"),
     Setting("drain_timeout_seconds", _non_negative_float, "on SIGTERM, let runs finish this long"),
@@ -234,6 +249,9 @@ class Settings:
     start_lead_seconds: float = 0.5
     # Prefect's worker default (PREFECT_WORKER_PREFETCH_SECONDS).
     prefetch_seconds: float = 10.0
+    # A Prefect work pool served the way `prefect worker start --pool` does (else: one queue).
+    pool: str | None = None
+    work_queues: tuple[str, ...] = ()
     cancel_grace_seconds: float = 10.0
     cancel_poll_seconds: float = 1.0
     drain_timeout_seconds: float = 30.0

@@ -72,6 +72,8 @@ def prefect_backend(
         runner_options=runner_options,
         home=settings.home,
         prefetch_seconds=settings.prefetch_seconds,
+        pool=settings.pool,
+        work_queues=settings.work_queues,
     )
 
 
@@ -133,4 +135,10 @@ async def make_backend(
         log.info("backend_detected", backend=kind, api_url=settings.api_url)
     if kind == "prefect":
         return prefect_backend(settings, runner_options=runner_options)
+    if settings.pool is not None:
+        raise ConfigError(
+            f"--pool {settings.pool}: {settings.api_url} is a flowagent server, which has work "
+            "queues and no pools",
+            hint="serve one of its queues by id: agent start QUEUE_ID (agent work-queue ls)",
+        )
     return native_backend(settings)

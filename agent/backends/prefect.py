@@ -4,7 +4,10 @@
 runs the same daemon, runners and policies as against our own server. This module maps the
 daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's side.
 
-    get_queue           GET work_queues/{id}, remembering the pool; checks that the engine's
+    get_queue           GET work_queues/{id}, then GET work_pools/{pool}: its type (one the
+                        agent cannot run is refused) and base job template; with ``pool`` set
+                        (``agent start --pool``), the pool's queues by priority instead
+                        (:mod:`agent.backends.prefect_pools`); checks that the engine's
                         interpreter (runner option ``python``) has prefect installed
     heartbeat           POST work_pools/{pool}/workers/heartbeat: the agent is a worker of the
                         pool, ONLINE in Prefect's UI and API
@@ -50,7 +53,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
@@ -61,6 +64,7 @@ from pydantic import TypeAdapter
 from agent.backends.http import HttpClient
 from agent.backends.prefect_claims import PAGE, Claims, pool_path
 from agent.backends.prefect_launch import Launcher
+from agent.backends.prefect_pools import Served, pool_queue_id, pool_queues, read_pool
 from agent.backends.prefect_wire import (
     Claimer,
     PDeployment,
@@ -123,6 +127,8 @@ class PrefectBackend:
         hostname: str | None = None,
         home: Path,
         prefetch_seconds: float = 0.0,
+        pool: str | None = None,
+        work_queues: Sequence[str] = (),
     ) -> None:
         self.http = http
         self.api_url = api_url.rstrip("/")
@@ -141,6 +147,10 @@ class PrefectBackend:
         self.hostname = hostname or socket.gethostname()
         self.pid = os.getpid()
         self._queue: PQueue | None = None
+        # `agent start --pool`: the pool and queue names to serve instead of one queue by id.
+        self.pool_name = pool
+        self.work_queue_names = tuple(work_queues)
+        self._served: Served | None = None
         self._agent_name: str | None = None
         self.claims = Claims(http)
         self._engine_checked = False
@@ -151,6 +161,8 @@ class PrefectBackend:
     # ------------------------------------------------------------------ the queue and the engine
 
     async def get_queue(self, queue_id: UUID) -> WorkQueue:
+        if self.pool_name is not None:
+            return await self._get_pool(queue_id, self.pool_name)
         try:
             response = await self.http.request("GET", f"work_queues/{queue_id}")
         except NotFound as exc:
@@ -165,8 +177,10 @@ class PrefectBackend:
                 f"work queue {queue.name} ({queue_id}) belongs to no work pool",
                 hint="is --api-url a Prefect server (2.10 or later)? `--backend auto` tells",
             )
+        pool = await read_pool(self.http, queue.work_pool_name)
         self._queue = queue
-        if not self._engine_checked:
+        self._served = Served(queue.id, pool, [queue])
+        if not self._engine_checked and self._served.runner == "subprocess":
             await self.launcher.check_engine()
             self._engine_checked = True
         log.info(
@@ -177,10 +191,40 @@ class PrefectBackend:
         )
         return work_queue(queue)
 
+    async def _get_pool(self, queue_id: UUID, name: str) -> WorkQueue:
+        """``agent start --pool``: the pool's queues (those named, else all) by priority."""
+        if queue_id != pool_queue_id(name):
+            raise NotFound(f"work queue {queue_id} is not the pool {name!r} this agent serves")
+        pool = await read_pool(self.http, name)
+        queues = await pool_queues(self.http, pool, self.work_queue_names)
+        self._queue = queues[0]
+        self._served = Served(queue_id, pool, queues, every_queue=not self.work_queue_names)
+        if not self._engine_checked and self._served.runner == "subprocess":
+            await self.launcher.check_engine()
+            self._engine_checked = True
+        log.info(
+            "prefect_pool",
+            pool=pool.name,
+            type=pool.type,
+            queues=[q.name for q in queues],
+            python=self.launcher.python,
+        )
+        return WorkQueue(
+            id=queue_id,
+            name=f"{pool.name}/{','.join(q.name for q in queues)}",
+            tags=[],
+            concurrency_limit=None,
+            paused=pool.is_paused,
+            created=utcnow(),
+        )
+
     def _require_queue(self, queue_id: UUID) -> PQueue:
-        if self._queue is None or self._queue.id != queue_id:
+        return self._require_served(queue_id).queues[0]
+
+    def _require_served(self, queue_id: UUID) -> Served:
+        if self._served is None or self._served.id != queue_id:
             raise NotFound(f"work queue {queue_id} was not resolved (call get_queue first)")
-        return self._queue
+        return self._served
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -200,7 +244,7 @@ class PrefectBackend:
         return AgentRecord(
             id=uuid5(_AGENT_NAMESPACE, f"{queue.work_pool_name}/{beat.name}"),
             name=beat.name,
-            work_queue_id=queue.id,
+            work_queue_id=beat.work_queue_id,
             tags=beat.tags,
             hostname=beat.hostname,
             pid=beat.pid,
@@ -239,17 +283,16 @@ class PrefectBackend:
         """
         if len(queue_ids) != 1:
             raise ConfigError(
-                "an agent serves one queue of a Prefect server",
-                hint="start one agent per queue (several queues per agent need the embedded "
-                "server)",
+                "an agent serves one queue (or one --pool) of a Prefect server",
+                hint="start one agent per queue, or serve a pool's queues with --pool",
             )
-        queue = self._require_queue(queue_ids[0])
+        served = self._require_served(queue_ids[0])
         if not self._workdirs_swept:
             await self._sweep_workdirs()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         while True:
-            claimed = await self._claim_once(queue, tags, limit)
+            claimed = await self._claim_once(served, tags, limit)
             left = deadline - loop.time()
             if claimed or left <= 0:
                 return claimed
@@ -287,14 +330,26 @@ class PrefectBackend:
         # Off the event loop: a large clone takes a while to delete, and heartbeats must not wait.
         await asyncio.to_thread(self.workdirs.remove, run_id)
 
-    async def _claim_once(self, queue: PQueue, tags: Sequence[str], limit: int) -> list[ClaimedRun]:
+    async def _claim_once(
+        self, served: Served, tags: Sequence[str], limit: int
+    ) -> list[ClaimedRun]:
         ours = await self.claims.take(
-            queue, tags, limit, self._claimer().message(), self.prefetch_seconds
+            served.queues,
+            tags,
+            limit,
+            self._claimer().message(),
+            self.prefetch_seconds,
+            every_queue=served.every_queue,
         )
         if not ours:
             return []
         deployments: dict[UUID, PDeployment | None] = {}
-        claimed = [await self.launcher.claimed_run(queue, run, deployments) for run in ours]
+        claimed = []
+        for run in ours:
+            try:
+                claimed.append(await self.launcher.claimed_run(served, run, deployments))
+            except ConfigError as exc:
+                await self._not_submitted(run, exc)
         now = utcnow()
         for item in claimed:
             if item.flow_run.expected_start_time > now:
@@ -307,6 +362,20 @@ class PrefectBackend:
             held.handed_out = True
             held.deployment_name = item.deployment.name
         return claimed
+
+    async def _not_submitted(self, run: PRun, exc: ConfigError) -> None:
+        """A run whose job configuration cannot be built (a bad template or override) is
+        CRASHED with the reason, as Prefect's worker does (3.9.1: "Failed to submit flow run to
+        infrastructure: …"), instead of staying claimed and failing again at every claim."""
+        message = f"flow run could not be submitted to infrastructure: {exc.message}"
+        if exc.hint:
+            message += f" ({exc.hint})"
+        log.warning("run_not_submitted", run_id=str(run.id), error=exc.message)
+        try:
+            await self._propose(run, "CRASHED", message)
+        finally:
+            self.claims.held.pop(run.id, None)
+            await self._remove_workdir(run.id)
 
     # ------------------------------------------------------------------ states
 
@@ -386,6 +455,9 @@ class PrefectBackend:
         else:
             how = f"exited with code {code}"
         message = f"flow process {how} without reporting a final state"
+        headline = (proposal.message or "").split("\n", 1)[0]
+        if headline.startswith("out of memory"):
+            message += f": {headline}"  # a container's OOM kill (Docker runner)
         if proposal.message and "\n" in proposal.message:
             message += "\n" + proposal.message.split("\n", 1)[1]  # the stderr tail
         await self._propose(run, "CRASHED", message)
@@ -437,7 +509,7 @@ class PrefectBackend:
         return flow_run(
             run,
             deployment_name=held.deployment_name if held else "",
-            queue_id=self._queue.id if self._queue else UUID(int=0),
+            queue_id=self._served.id if self._served else UUID(int=0),
         )
 
     # ------------------------------------------------------------------ the running process
@@ -494,14 +566,15 @@ class PrefectBackend:
         """Runs of our queue this agent claimed and does not run now (the daemon skips those it
         runs): claimed by an earlier life (same name, same host, a dead pid), or by this one
         and never handed out (a claim cancelled at shutdown)."""
-        if self._queue is None:
+        if self._served is None:
             return []
         found: list[FlowRun] = []
         offset = 0
         while True:
             runs = await self._filter(
                 {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
-                work_queue_id=self._queue.id,
+                work_queue_ids=() if self._served.every_queue else self._served.ids,
+                work_pool=self._served.pool.name if self._served.every_queue else None,
                 offset=offset,
             )
             for run in runs:
@@ -540,11 +613,18 @@ class PrefectBackend:
         return any_life or claimer.pid == self.pid or not _pid_alive(claimer.pid)
 
     async def _filter(
-        self, flow_runs: dict[str, Any], *, work_queue_id: UUID | None = None, offset: int = 0
+        self,
+        flow_runs: dict[str, Any],
+        *,
+        work_queue_ids: Collection[UUID] = (),
+        work_pool: str | None = None,
+        offset: int = 0,
     ) -> list[PRun]:
         body: dict[str, Any] = {"flow_runs": flow_runs, "limit": PAGE, "offset": offset}
-        if work_queue_id is not None:
-            body["work_queues"] = {"id": {"any_": [str(work_queue_id)]}}
+        if work_queue_ids:
+            body["work_queues"] = {"id": {"any_": [str(i) for i in work_queue_ids]}}
+        if work_pool is not None:
+            body["work_pools"] = {"name": {"any_": [work_pool]}}
         response = await self.http.request("POST", "flow_runs/filter", json=body)
         return TypeAdapter(list[PRun]).validate_python(response.json())
 

@@ -14,6 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 from uuid import UUID, uuid4
 
@@ -56,19 +57,21 @@ class Claims:
 
     async def take(
         self,
-        queue: PQueue,
+        queues: Sequence[PQueue],
         tags: Sequence[str],
         limit: int,
         message: str,
         prefetch_seconds: float = 0.0,
+        every_queue: bool = False,
     ) -> list[PRun]:
-        """Up to ``limit`` runs of the queue claimed for us: first those an earlier call took
-        and never handed out, then runs carrying ``tags`` due within ``prefetch_seconds``.
-        ``message`` says who claims."""
+        """Up to ``limit`` runs of the queues (of one pool) claimed for us: first those an
+        earlier call took and never handed out, then runs carrying ``tags`` due within
+        ``prefetch_seconds``, in the server's order (queue priority, then time). ``message``
+        says who claims. ``every_queue``: of all the pool's queues, those made since too."""
         ours = await self.recover(limit)
         if len(ours) < limit:
             wanted = limit - len(ours)
-            for run in await self.due_runs(queue, tags, wanted, prefetch_seconds):
+            for run in await self.due_runs(queues, tags, wanted, prefetch_seconds, every_queue):
                 if await self.propose_pending(run, message):
                     ours.append(run)
                     if len(ours) >= limit:
@@ -103,23 +106,31 @@ class Claims:
         return ours
 
     async def due_runs(
-        self, queue: PQueue, tags: Sequence[str], wanted: int, prefetch_seconds: float = 0.0
+        self,
+        queues: Sequence[PQueue],
+        tags: Sequence[str],
+        wanted: int,
+        prefetch_seconds: float = 0.0,
+        every_queue: bool = False,
     ) -> list[PRun]:
-        body = {
-            "work_queue_names": [queue.name],
+        ids = {q.id for q in queues}
+        body: dict[str, Any] = {
             "scheduled_before": (utcnow() + timedelta(seconds=prefetch_seconds)).isoformat(),
             # Tags are matched here, not by the server: look further down the list for them.
             "limit": PAGE if tags else min(PAGE, wanted * 4 + 10),
         }
+        if not every_queue:
+            body["work_queue_names"] = [q.name for q in queues]
         response = await self.http.request(
-            "POST", f"{pool_path(queue)}/get_scheduled_flow_runs", json=body
+            "POST", f"{pool_path(queues[0])}/get_scheduled_flow_runs", json=body
         )
         required = set(tags)
         due = []
         for item in TypeAdapter(list[PScheduled]).validate_python(response.json()):
             run = item.flow_run
             if (
-                item.work_queue_id == queue.id  # never a same-named queue's run
+                # Never a same-named queue's run; with every queue, the call is pool-scoped.
+                (every_queue or item.work_queue_id in ids)
                 and run.state_type == "SCHEDULED"
                 and run.deployment_id is not None
                 and required.issubset(run.tags)

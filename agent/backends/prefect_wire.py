@@ -84,6 +84,8 @@ class PDeployment(_Prefect):
     # Prefect 2 called job variables infra_overrides.
     infra_overrides: dict[str, Any] | None = None
     pull_steps: list[dict[str, Any]] | None = None
+    # Prefect 2 agents: the deployment's infrastructure block (a Process block's document).
+    infrastructure_document_id: UUID | None = None
 
     @property
     def variables(self) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""`agent start QUEUE [QUEUE...]`: the agent daemon on its work queues, in priority order."""
+"""`agent start QUEUE [QUEUE...]`: the agent daemon on its work queues, in priority order;
+`agent start --pool NAME`: on a Prefect work pool's queues, as `prefect worker start --pool NAME`
+serves them."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import replace
 from typing import Annotated
 from uuid import UUID
 
@@ -45,14 +48,32 @@ def parse_queue_refs(values: list[str]) -> tuple[str, ...]:
 def start(
     ctx: typer.Context,
     queues: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="The work queues to serve, highest priority first: UUIDs, or names on the "
             "embedded server (see agent work-queue ls). A free slot takes every due run of the "
-            "first before any of the next.",
+            "first before any of the next. Or give --pool.",
             show_default=False,
         ),
-    ],
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Prefect servers: serve this work pool's queues, highest priority first, like "
+            "`prefect worker start --pool` (setting pool).",
+            show_default=False,
+        ),
+    ] = None,
+    work_queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--work-queue",
+            help="With --pool: serve only this queue of the pool (repeatable; setting "
+            "work_queues; default: all of them).",
+            show_default=False,
+        ),
+    ] = None,
     tag: Annotated[
         list[str] | None,
         typer.Option(
@@ -136,6 +157,16 @@ def start(
             show_default=False,
         ),
     ] = None,
+    prefetch_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--prefetch-seconds",
+            help="Prefect servers: claim scheduled runs this many seconds early and start their "
+            "engine ahead, like PREFECT_WORKER_PREFETCH_SECONDS (setting prefetch_seconds; "
+            "0: only once due).",
+            show_default=False,
+        ),
+    ] = None,
     health_port: Annotated[
         int | None,
         typer.Option(
@@ -146,9 +177,19 @@ def start(
     ] = None,
 ) -> None:
     """Start an agent: poll its queues, claim due runs, run and supervise them, report back."""
-    refs = parse_queue_refs(queues)
+    settings = settings_of(ctx)
+    if queues and pool is not None:
+        raise ConfigError(
+            "give work queues or --pool, not both",
+            hint="agent start QUEUE [QUEUE...], or agent start --pool POOL [--work-queue NAME]...",
+        )
+    if queues:
+        # The queues named on the command line beat a pool from the environment or file.
+        settings = replace(settings, pool=None, work_queues=())
     settings = with_overrides(
-        settings_of(ctx),
+        settings,
+        pool=pool,
+        work_queues=list(work_queue) if work_queue else None,
         limit=limit,
         api_url=api_url,
         api_key=api_key,
@@ -157,7 +198,25 @@ def start(
         min_free_memory=min_free_memory,
         max_load=max_load,
         health_port=health_port,
+        prefetch_seconds=prefetch_seconds,
     )
+    if settings.work_queues and settings.pool is None:
+        raise ConfigError(
+            "--work-queue names queues of a Prefect work pool: give the pool with --pool",
+            hint="agent start --pool POOL --work-queue NAME",
+        )
+    if queues:
+        refs = parse_queue_refs(queues)
+    elif settings.pool is not None:
+        from agent.backends.prefect_pools import pool_queue_id
+
+        refs = (str(pool_queue_id(settings.pool)),)
+    else:
+        raise ConfigError(
+            "no work queue to serve",
+            hint="agent start QUEUE [QUEUE...] (agent work-queue ls), or for a Prefect work pool "
+            "agent start --pool POOL [--work-queue NAME]...",
+        )
     runner_options = parse_pairs(runner_option or [], "--runner-option")
     from runners.registry import validate_options
 

@@ -101,3 +101,20 @@ def agents(server: Harness, tmp_path: Path) -> Iterator[Agents]:
         yield started
     finally:
         started.stop_all()
+
+
+@pytest.fixture(params=["prefect3", "prefect2"])
+def prefect_harness(request: pytest.FixtureRequest) -> PrefectHarness:
+    """Each real Prefect server in turn: for scenarios that only Prefect has."""
+    harness: PrefectHarness = request.getfixturevalue(f"{request.param}_harness")
+    return harness
+
+
+@pytest.fixture
+def prefect_agents(prefect_harness: PrefectHarness, tmp_path: Path) -> Iterator[Agents]:
+    """Agents on ``prefect_harness``'s server, stopped (and checked to exit 0) at the end."""
+    started = Agents(prefect_harness, tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()

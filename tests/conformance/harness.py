@@ -424,6 +424,23 @@ class Agents:
         engine_args: bool = True,
         cwd: Path | None = None,
     ) -> tuple[subprocess.Popen[bytes], str]:
+        return self.launch([queue.id], *args, name=name, env=env, engine_args=engine_args, cwd=cwd)
+
+    def start_pool(
+        self, pool: str, *args: str, name: str | None = None, cwd: Path | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """``agent start --pool POOL ARGS…`` (a Prefect work pool, as Prefect's worker)."""
+        return self.launch(["--pool", pool], *args, name=name, cwd=cwd)
+
+    def launch(
+        self,
+        target: list[str],
+        *args: str,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        engine_args: bool = True,
+        cwd: Path | None = None,
+    ) -> tuple[subprocess.Popen[bytes], str]:
         name = name or unique("agent")
         log_path = self.home / f"{name}.log"
         with log_path.open("ab") as log:
@@ -431,7 +448,7 @@ class Agents:
                 [
                     AGENT,
                     "start",
-                    queue.id,
+                    *target,
                     "--name",
                     name,
                     *(self.harness.agent_args() if engine_args else []),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,44 +20,31 @@ from tests.support import wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["prefect3", "prefect2"])
-def prefect(request: pytest.FixtureRequest) -> PrefectHarness:
-    harness: PrefectHarness = request.getfixturevalue(f"{request.param}_harness")
-    return harness
-
-
-@pytest.fixture
-def agents(prefect: PrefectHarness, tmp_path: Path) -> Any:
-    started = Agents(prefect, tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-
-
 def when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def test_a_run_scheduled_15s_ahead_is_running_within_half_a_second_of_its_time(
-    prefect: PrefectHarness, agents: Agents
+    prefect_harness: PrefectHarness, prefect_agents: Agents
 ) -> None:
-    queue = prefect.queue()
-    deployment = prefect.deployment(queue, "flows.py:add", a=1, b=2)
-    agents.start(queue)
+    queue = prefect_harness.queue()
+    deployment = prefect_harness.deployment(queue, "flows.py:add", a=1, b=2)
+    prefect_agents.start(queue)
     due = datetime.now(UTC) + timedelta(seconds=15)
     body = {
         "parameters": {},
         "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due.isoformat()}},
     }
-    run = str(prefect.ok("POST", f"deployments/{deployment}/create_flow_run", json=body)["id"])
+    run = str(
+        prefect_harness.ok("POST", f"deployments/{deployment}/create_flow_run", json=body)["id"]
+    )
 
-    assert prefect.wait_state(run, TERMINAL, timeout=60)["type"] == "COMPLETED"
-    states = prefect.ok("GET", "flow_run_states/", params={"flow_run_id": run})
+    assert prefect_harness.wait_state(run, TERMINAL, timeout=60)["type"] == "COMPLETED"
+    states = prefect_harness.ok("GET", "flow_run_states/", params={"flow_run_id": run})
     stamps = {s["type"]: when(s["timestamp"]) for s in states}
     late = (stamps["RUNNING"] - due).total_seconds()
     early = (due - stamps["PENDING"]).total_seconds()
-    print(f"{prefect.kind}: claimed {early:.2f}s early, RUNNING {late:+.3f}s from its time")
+    print(f"{prefect_harness.kind}: claimed {early:.2f}s early, RUNNING {late:+.3f}s from its time")
     # Either side: the server rounds its WAIT to whole seconds, and accepts RUNNING once less
     # than half a second is left (core_policy.py, WaitForScheduledTime), for Prefect's worker too.
     assert -0.5 <= late <= 0.5, late
@@ -86,7 +72,7 @@ def flaky(marker_dir: str) -> int:
 
 
 def test_a_flow_retrying_in_its_process_is_not_claimed_again(
-    prefect: PrefectHarness, agents: Agents, tmp_path: Path
+    prefect_harness: PrefectHarness, prefect_agents: Agents, tmp_path: Path
 ) -> None:
     """A flow's retry waits in its engine as AwaitingRetry, a SCHEDULED state due within the
     prefetch: the engine runs it again itself, so no agent may claim it, neither the one that
@@ -100,8 +86,8 @@ def test_a_flow_retrying_in_its_process_is_not_claimed_again(
     (source / "retried.py").write_text(RETRIED_FLOW)
     marks = tmp_path / "marks"
     marks.mkdir()
-    queue = prefect.queue()
-    flow = prefect.ok("POST", "flows/", json={"name": "flaky"})
+    queue = prefect_harness.queue()
+    flow = prefect_harness.ok("POST", "flows/", json={"name": "flaky"})
     steps = [{"prefect.deployments.steps.set_working_directory": {"directory": str(source)}}]
     body = {
         "name": "flaky",
@@ -111,42 +97,44 @@ def test_a_flow_retrying_in_its_process_is_not_claimed_again(
         "entrypoint": "retried.py:flaky",
         "pull_steps": steps,
     }
-    deployment = prefect.ok("POST", "deployments/", json=body)["id"]
-    agents.start(queue)
-    agents.start(queue)
-    run = prefect.run(deployment, marker_dir=str(marks))
+    deployment = prefect_harness.ok("POST", "deployments/", json=body)["id"]
+    prefect_agents.start(queue)
+    prefect_agents.start(queue)
+    run = prefect_harness.run(deployment, marker_dir=str(marks))
 
-    assert prefect.wait_state(run, TERMINAL, timeout=90)["type"] == "COMPLETED"
-    assert prefect.result(run) == 1
+    assert prefect_harness.wait_state(run, TERMINAL, timeout=90)["type"] == "COMPLETED"
+    assert prefect_harness.result(run) == 1
     assert len({name.split("-")[1] for name in os.listdir(marks)}) == 1  # one process
     assert sorted(name.split("-")[0] for name in os.listdir(marks)) == ["0", "1"]
-    assert prefect.claims(run) == 1
+    assert prefect_harness.claims(run) == 1
 
 
 def test_a_prefetched_run_cancelled_before_its_time_never_runs(
-    prefect: PrefectHarness, agents: Agents, tmp_path: Path
+    prefect_harness: PrefectHarness, prefect_agents: Agents, tmp_path: Path
 ) -> None:
     """Claimed ahead, its engine waiting for the scheduled time, a run cancelled meanwhile ends
     CANCELLED without ever being RUNNING, and its flow never begins."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    queue = prefect.queue()
-    deployment = prefect.deployment(queue, "flows.py:mark", marker_dir=str(marks))
-    agents.start(queue)
+    queue = prefect_harness.queue()
+    deployment = prefect_harness.deployment(queue, "flows.py:mark", marker_dir=str(marks))
+    prefect_agents.start(queue)
     due = datetime.now(UTC) + timedelta(seconds=20)
     body = {
         "parameters": {},
         "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due.isoformat()}},
     }
-    run = str(prefect.ok("POST", f"deployments/{deployment}/create_flow_run", json=body)["id"])
-    prefect.wait_state(run, {"PENDING"}, timeout=30)  # claimed ~10 s ahead
-    wait_for(lambda: prefect.flow_pid(run), timeout=10, what="the engine to start")
+    run = str(
+        prefect_harness.ok("POST", f"deployments/{deployment}/create_flow_run", json=body)["id"]
+    )
+    prefect_harness.wait_state(run, {"PENDING"}, timeout=30)  # claimed ~10 s ahead
+    wait_for(lambda: prefect_harness.flow_pid(run), timeout=10, what="the engine to start")
 
-    prefect.cancel(run)
+    prefect_harness.cancel(run)
 
     # Prefect 3's engine answers the SIGTERM with a forced CRASHED; the agent's CANCELLED
     # follows a moment later (docs/PREFECT_BACKEND.md, "Cancellation history").
-    prefect.wait_state(run, {"CANCELLED"}, timeout=30)
+    prefect_harness.wait_state(run, {"CANCELLED"}, timeout=30)
     assert datetime.now(UTC) < due  # over before it was due
-    assert "RUNNING" not in prefect.history(run)
+    assert "RUNNING" not in prefect_harness.history(run)
     assert os.listdir(marks) == []

@@ -55,21 +55,6 @@ def which(gate: str) -> str:
 """
 
 
-@pytest.fixture(params=["prefect3", "prefect2"])
-def prefect(request: pytest.FixtureRequest) -> PrefectHarness:
-    harness: PrefectHarness = request.getfixturevalue(f"{request.param}_harness")
-    return harness
-
-
-@pytest.fixture
-def agents(prefect: PrefectHarness, tmp_path: Path) -> Any:
-    started = Agents(prefect, tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-
-
 def git(repo: Path, *args: str) -> str:
     result = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
@@ -112,7 +97,7 @@ def deploy(prefect: PrefectHarness, queue: Queue, entrypoint: str, **fields: Any
 
 
 def test_git_clone_runs_each_read_their_own_commit(
-    prefect: PrefectHarness, agents: Agents, tmp_path: Path
+    prefect_harness: PrefectHarness, prefect_agents: Agents, tmp_path: Path
 ) -> None:
     """Two deployments of one repository at different commits, runs overlapping: each run reads
     its own commit from start to end, and the agent's directory is left as it was.
@@ -129,34 +114,36 @@ def test_git_clone_runs_each_read_their_own_commit(
     gate.mkdir()
     agent_cwd = tmp_path / "agent-cwd"
     agent_cwd.mkdir()
-    queue = prefect.queue()
+    queue = prefect_harness.queue()
 
     def deployment(sha: str) -> str:
         clone: dict[str, Any] = {"repository": f"file://{repo}"}
-        if prefect.kind == "prefect3":
+        if prefect_harness.kind == "prefect3":
             clone["commit_sha"] = sha
         else:
             clone["branch"] = "main"
         steps = [{"prefect.deployments.steps.git_clone": clone}]
-        return deploy(prefect, queue, "flows.py:which", pull_steps=steps)
+        return deploy(prefect_harness, queue, "flows.py:which", pull_steps=steps)
 
-    _, name = agents.start(queue, "--limit", "4", cwd=agent_cwd)
-    run_x = prefect.run(deployment(first_commit), gate=str(gate))
+    _, name = prefect_agents.start(queue, "--limit", "4", cwd=agent_cwd)
+    run_x = prefect_harness.run(deployment(first_commit), gate=str(gate))
     wait_for(lambda: (gate / run_x).exists(), timeout=START_TIMEOUT, what="run X to start")
-    run_y = prefect.run(deployment(commit(repo, "Y")), gate=str(gate))
+    run_y = prefect_harness.run(deployment(commit(repo, "Y")), gate=str(gate))
     wait_for(lambda: (gate / run_y).exists(), timeout=START_TIMEOUT, what="run Y to start")
     # Both are running now, each past its clone.
-    assert {prefect.state(run_x)["type"], prefect.state(run_y)["type"]} == {"RUNNING"}
+    assert {prefect_harness.state(run_x)["type"], prefect_harness.state(run_y)["type"]} == {
+        "RUNNING"
+    }
     (gate / "go").touch()
 
     for run in (run_x, run_y):
-        state = prefect.wait_state(run, TERMINAL, timeout=START_TIMEOUT)
+        state = prefect_harness.wait_state(run, TERMINAL, timeout=START_TIMEOUT)
         assert state["type"] == "COMPLETED", state
-    assert prefect.result(run_x) == "X/X/X"
-    assert prefect.result(run_y) == "Y/Y/Y"
+    assert prefect_harness.result(run_x) == "X/X/X"
+    assert prefect_harness.result(run_y) == "Y/Y/Y"
     assert sorted(os.listdir(agent_cwd)) == []
     # Each run's directory goes with its end (the engine reports it a moment before).
-    assert_removed(agents.workdirs(name))
+    assert_removed(prefect_agents.workdirs(name))
 
 
 PROJECT_FLOW = """\
@@ -233,31 +220,34 @@ def test_prefect2_local_path_deployments_each_run_their_own_project(
 
 
 def test_a_restarted_agent_removes_the_directories_of_runs_that_ended_meanwhile(
-    prefect: PrefectHarness, agents: Agents, tmp_path: Path
+    prefect_harness: PrefectHarness, prefect_agents: Agents, tmp_path: Path
 ) -> None:
     """Killed (-9) while two runs execute, the agent leaves their directories behind; the runs go
     on without it. Its next life removes the directory of the run that ended meanwhile, takes
     the other over in its own directory, and removes that one when it ends."""
-    queue = prefect.queue()
+    queue = prefect_harness.queue()
     # No pull steps: the engine copies ``path`` into its working directory (both versions).
-    deployment = deploy(prefect, queue, "flows.py:sleep", path=str(FLOWS))
+    deployment = deploy(prefect_harness, queue, "flows.py:sleep", path=str(FLOWS))
     agent_cwd = tmp_path / "agent-cwd"
     agent_cwd.mkdir()
-    first, name = agents.start(queue, "--limit", "2", cwd=agent_cwd)
-    short, long = prefect.run(deployment, seconds=1), prefect.run(deployment, seconds=25)
-    workdirs = agents.workdirs(name)
+    first, name = prefect_agents.start(queue, "--limit", "2", cwd=agent_cwd)
+    short, long = (
+        prefect_harness.run(deployment, seconds=1),
+        prefect_harness.run(deployment, seconds=25),
+    )
+    workdirs = prefect_agents.workdirs(name)
     for run in (short, long):
-        prefect.wait_state(run, {"RUNNING"} | TERMINAL, timeout=START_TIMEOUT)
+        prefect_harness.wait_state(run, {"RUNNING"} | TERMINAL, timeout=START_TIMEOUT)
         assert (workdirs / run / "flows.py").exists()
     first.kill()
     first.wait()
-    assert prefect.wait_state(short, TERMINAL, timeout=START_TIMEOUT)["type"] == "COMPLETED"
+    assert prefect_harness.wait_state(short, TERMINAL, timeout=START_TIMEOUT)["type"] == "COMPLETED"
     assert (workdirs / short).exists()  # nobody left to remove it
 
-    agents.start(queue, "--limit", "2", name=name, cwd=agent_cwd)
+    prefect_agents.start(queue, "--limit", "2", name=name, cwd=agent_cwd)
     wait_for(lambda: not (workdirs / short).exists(), timeout=60, what="the ended run's directory")
-    assert prefect.state(long)["type"] == "RUNNING"
+    assert prefect_harness.state(long)["type"] == "RUNNING"
     assert (workdirs / long / "flows.py").exists()
-    assert prefect.wait_state(long, TERMINAL, timeout=START_TIMEOUT)["type"] == "COMPLETED"
+    assert prefect_harness.wait_state(long, TERMINAL, timeout=START_TIMEOUT)["type"] == "COMPLETED"
     wait_for(lambda: not (workdirs / long).exists(), timeout=30, what="the long run's directory")
     assert sorted(os.listdir(agent_cwd)) == []
