@@ -161,119 +161,122 @@ class Setting:
         return f"AGENT_{self.key.upper()}"
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("api_url", _api_url, "work-queue API the CLI and agent talk to"),
-    Setting("api_key", _optional_str, "API key sent as 'Authorization: Bearer'", secret=True),
-    Setting(
-        "api_auth_string",
-        _optional_str,
-        "USER:PASSWORD sent as basic auth (a Prefect server's PREFECT_SERVER_API_AUTH_STRING)",
-        secret=True,
-    ),
-    Setting("backend", _choice("auto", "native", "prefect"), "kind of server at api_url"),
-    Setting("log_level", _choice("debug", "info", "warning", "error"), "agent log level"),
-    Setting("log_format", _choice("auto", "json", "console"), "auto: JSON unless a TTY"),
-    Setting("heartbeat_seconds", _positive_float, "seconds between agent heartbeats"),
-    Setting("claim_wait_seconds", _positive_float, "long-poll bound of one claim request"),
-    Setting(
-        "start_lead_seconds",
-        _non_negative_float,
-        "claim scheduled runs this early, so they start on time",
-    ),
-    Setting(
-        "prefetch_seconds",
-        _non_negative_float,
-        "Prefect servers: claim scheduled runs this early and start their engine ahead",
-    ),
-    Setting(
-        "pool",
-        _optional_str,
-        "Prefect servers: serve this work pool (agent start --pool), not one queue by id",
-    ),
-    Setting(
-        "work_queues",
-        _names,
-        "Prefect servers: the pool's queues to serve, comma-separated (all when empty)",
-    ),
-    Setting("cancel_grace_seconds", _non_negative_float, "interrupt → terminate grace"),
-    Setting("drain_timeout_seconds", _non_negative_float, "on SIGTERM, let runs finish this long"),
-    Setting("cancel_poll_seconds", _positive_float, "how often the agent checks for cancels"),
-    Setting(
-        "startup_timeout_seconds", _non_negative_float, "retry an unreachable server this long"
-    ),
-    Setting("request_timeout_seconds", _positive_float, "timeout of one API request"),
-    Setting("limit", _positive_int, "runs one agent executes at once"),
-    Setting("server_host", str, "address `agent server start` listens on"),
-    Setting("server_port", _port, "port `agent server start` listens on"),
-    Setting("lease_seconds", _positive_float, "server: resolve a silent agent's runs after this"),
-    Setting(
-        "schedule_horizon_seconds", _positive_float, "server: make scheduled runs this far ahead"
-    ),
-    Setting(
-        "schedule_max_runs", _positive_int, "server: at most this many runs ahead per schedule"
-    ),
-    Setting("late_after_seconds", _positive_float, "server: a due run not started by then is Late"),
-    Setting("missed_after_seconds", _positive_float, "server: older scheduled times are missed"),
-    Setting(
-        "webhook_allow_private",
-        _bool,
-        "server: let webhooks target loopback, private and link-local addresses (off)",
-    ),
-    Setting("bundle_max_size", parse_size, "server: largest uploaded bundle it stores (100M)"),
-    Setting(
-        "source_max_idle",
-        _positive_float,
-        "seconds a git mirror or bundle may go unused before `agent sources prune` removes it",
-    ),
-    Setting("health_host", str, "address the agent's /healthz and /metrics listen on"),
-    Setting("health_port", _optional(_port), "port of the agent's /healthz and /metrics (off)"),
-    Setting("max_cpu_percent", _optional(_percent), "stop claiming while host CPU is above"),
-    Setting("min_free_memory", _optional(parse_size), "stop claiming while less is free (500M)"),
-    Setting("max_load", _optional(_positive_float), "stop claiming while the 1-min load is above"),
-    Setting("secret_patterns", _patterns, "env names whose values are masked (comma-separated)"),
-)
-SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+def _setting(default: Any, parse: Callable[[Any], Any], help: str, *, secret: bool = False) -> Any:
+    """A field of :class:`Settings` that is a setting: its default, how a given value is parsed
+    (file, environment, flag) and what it means. Declared once, there; :data:`SETTINGS` is read
+    from the fields."""
+    return field(
+        default=default, repr=not secret, metadata={"parse": parse, "help": help, "secret": secret}
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of the agent, its CLI and the server: the default, the parser and the
+    meaning of each, declared once here (:func:`_setting`); built once by :func:`load_settings`."""
+
     home: Path = field(default_factory=lambda: Path("~/.agent").expanduser())
-    api_url: str = "http://127.0.0.1:4200/api"
-    api_key: str | None = field(default=None, repr=False)
-    api_auth_string: str | None = field(default=None, repr=False)
-    backend: str = "auto"
-    log_level: str = "info"
-    log_format: str = "auto"
-    heartbeat_seconds: float = 5.0
-    claim_wait_seconds: float = 10.0
-    start_lead_seconds: float = 0.5
+    api_url: str = _setting(
+        "http://127.0.0.1:4200/api", _api_url, "work-queue API the CLI and agent talk to"
+    )
+    api_key: str | None = _setting(
+        None, _optional_str, "API key sent as 'Authorization: Bearer'", secret=True
+    )
+    api_auth_string: str | None = _setting(
+        None,
+        _optional_str,
+        "USER:PASSWORD sent as basic auth (a Prefect server's PREFECT_SERVER_API_AUTH_STRING)",
+        secret=True,
+    )
+    backend: str = _setting(
+        "auto", _choice("auto", "native", "prefect"), "kind of server at api_url"
+    )
+    log_level: str = _setting(
+        "info", _choice("debug", "info", "warning", "error"), "agent log level"
+    )
+    log_format: str = _setting(
+        "auto", _choice("auto", "json", "console"), "auto: JSON unless a TTY"
+    )
+    heartbeat_seconds: float = _setting(5.0, _positive_float, "seconds between agent heartbeats")
+    claim_wait_seconds: float = _setting(
+        10.0, _positive_float, "long-poll bound of one claim request"
+    )
+    start_lead_seconds: float = _setting(
+        0.5, _non_negative_float, "claim scheduled runs this early, so they start on time"
+    )
     # Prefect's worker default (PREFECT_WORKER_PREFETCH_SECONDS).
-    prefetch_seconds: float = 10.0
+    prefetch_seconds: float = _setting(
+        10.0,
+        _non_negative_float,
+        "Prefect servers: claim scheduled runs this early and start their engine ahead",
+    )
     # A Prefect work pool served the way `prefect worker start --pool` does (else: one queue).
-    pool: str | None = None
-    work_queues: tuple[str, ...] = ()
-    cancel_grace_seconds: float = 10.0
-    cancel_poll_seconds: float = 1.0
-    drain_timeout_seconds: float = 30.0
-    startup_timeout_seconds: float = 30.0
-    request_timeout_seconds: float = 30.0
-    limit: int = 10
-    server_host: str = "127.0.0.1"
-    server_port: int = 4200
-    lease_seconds: float = DEFAULT_LEASE_SECONDS
-    schedule_horizon_seconds: float = 86400.0
-    schedule_max_runs: int = 100
-    late_after_seconds: float = 15.0
-    missed_after_seconds: float = 300.0
-    webhook_allow_private: bool = False
-    bundle_max_size: int = 100 * 1024 * 1024
-    source_max_idle: float = 7 * 86400.0
-    health_host: str = "127.0.0.1"
-    health_port: int | None = None
-    max_cpu_percent: float | None = None
-    min_free_memory: int | None = None
-    max_load: float | None = None
-    secret_patterns: tuple[str, ...] = DEFAULT_SECRET_PATTERNS
+    pool: str | None = _setting(
+        None,
+        _optional_str,
+        "Prefect servers: serve this work pool (agent start --pool), not one queue by id",
+    )
+    work_queues: tuple[str, ...] = _setting(
+        (), _names, "Prefect servers: the pool's queues to serve, comma-separated (all when empty)"
+    )
+    cancel_grace_seconds: float = _setting(10.0, _non_negative_float, "interrupt → terminate grace")
+    cancel_poll_seconds: float = _setting(
+        1.0, _positive_float, "how often the agent checks for cancels"
+    )
+    drain_timeout_seconds: float = _setting(
+        30.0, _non_negative_float, "on SIGTERM, let runs finish this long"
+    )
+    startup_timeout_seconds: float = _setting(
+        30.0, _non_negative_float, "retry an unreachable server this long"
+    )
+    request_timeout_seconds: float = _setting(30.0, _positive_float, "timeout of one API request")
+    limit: int = _setting(10, _positive_int, "runs one agent executes at once")
+    server_host: str = _setting("127.0.0.1", str, "address `agent server start` listens on")
+    server_port: int = _setting(4200, _port, "port `agent server start` listens on")
+    lease_seconds: float = _setting(
+        DEFAULT_LEASE_SECONDS, _positive_float, "server: resolve a silent agent's runs after this"
+    )
+    schedule_horizon_seconds: float = _setting(
+        86400.0, _positive_float, "server: make scheduled runs this far ahead"
+    )
+    schedule_max_runs: int = _setting(
+        100, _positive_int, "server: at most this many runs ahead per schedule"
+    )
+    late_after_seconds: float = _setting(
+        15.0, _positive_float, "server: a due run not started by then is Late"
+    )
+    missed_after_seconds: float = _setting(
+        300.0, _positive_float, "server: older scheduled times are missed"
+    )
+    webhook_allow_private: bool = _setting(
+        False, _bool, "server: let webhooks target loopback, private and link-local addresses (off)"
+    )
+    bundle_max_size: int = _setting(
+        100 * 1024 * 1024, parse_size, "server: largest uploaded bundle it stores (100M)"
+    )
+    source_max_idle: float = _setting(
+        7 * 86400.0,
+        _positive_float,
+        "seconds a git mirror or bundle may go unused before `agent sources prune` removes it",
+    )
+    health_host: str = _setting(
+        "127.0.0.1", str, "address the agent's /healthz and /metrics listen on"
+    )
+    health_port: int | None = _setting(
+        None, _optional(_port), "port of the agent's /healthz and /metrics (off)"
+    )
+    max_cpu_percent: float | None = _setting(
+        None, _optional(_percent), "stop claiming while host CPU is above"
+    )
+    min_free_memory: int | None = _setting(
+        None, _optional(parse_size), "stop claiming while less is free (500M)"
+    )
+    max_load: float | None = _setting(
+        None, _optional(_positive_float), "stop claiming while the 1-min load is above"
+    )
+    secret_patterns: tuple[str, ...] = _setting(
+        DEFAULT_SECRET_PATTERNS, _patterns, "env names whose values are masked (comma-separated)"
+    )
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -293,6 +296,15 @@ class Settings:
         if isinstance(value, tuple):
             return ",".join(value)
         return str(value)
+
+
+#: Every setting, in the order `config view` shows them.
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, f.metadata["parse"], f.metadata["help"], f.metadata["secret"])
+    for f in fields(Settings)
+    if "parse" in f.metadata
+)
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 
 
 def settings_redactor(settings: Settings, env: Mapping[str, str]) -> Redactor:
