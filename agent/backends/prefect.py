@@ -60,6 +60,9 @@ from pydantic import TypeAdapter
 
 from agent.backends.http import HttpClient
 from agent.backends.prefect_claims import PAGE, Claims, pool_path
+from agent.backends.prefect_control import ControlChannel
+from agent.backends.prefect_hooks import HOOKS_SWITCH, Hooks, Launch, Output
+from agent.backends.prefect_labels import WorkerIdentity, exit_lines
 from agent.backends.prefect_launch import Launcher
 from agent.backends.prefect_wire import (
     Claimer,
@@ -103,6 +106,8 @@ API_VERSION = "0.8.4"
 #: and report by itself (killing it would leave it RUNNING in Prefect forever).
 NO_LEASE_SECONDS = 10 * 365 * 24 * 3600.0
 LOGGER_NAME = "flowagent.agent"
+#: The logger name of a flow's stdout/stderr, shipped by the agent when the engine could not.
+OUTPUT_LOGGER = "flowagent.flow-output"
 _AGENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://flowagent/prefect-worker")
 
 
@@ -144,8 +149,14 @@ class PrefectBackend:
         self._agent_name: str | None = None
         self.claims = Claims(http)
         self._engine_checked = False
+        # Issue 13, items 7-8: hooks, the cancel intent, labels and attribution.
+        self.control = ControlChannel()
+        self.hooks = Hooks()
+        self.output = Output()
+        self.identity = WorkerIdentity(http)
 
     async def aclose(self) -> None:
+        await self.control.aclose()
         await self.http.aclose()
 
     # ------------------------------------------------------------------ the queue and the engine
@@ -166,6 +177,8 @@ class PrefectBackend:
                 hint="is --api-url a Prefect server (2.10 or later)? `--backend auto` tells",
             )
         self._queue = queue
+        await self.control.start()
+        await self.identity.resolve(queue)
         if not self._engine_checked:
             await self.launcher.check_engine()
             self._engine_checked = True
@@ -296,11 +309,57 @@ class PrefectBackend:
                 # takes ~2 s to start, and the server, not the daemon, holds its flow to the
                 # scheduled time (RUNNING is answered WAIT until then).
                 item.flow_run.expected_start_time = now
+        for item, run in zip(claimed, ours, strict=True):
+            await self._attribute(item, run, deployments)
         for item in claimed:
             held = self.claims.held[item.flow_run.id]
             held.handed_out = True
             held.deployment_name = item.deployment.name
         return claimed
+
+    async def _attribute(
+        self, item: ClaimedRun, run: PRun, deployments: dict[UUID, PDeployment | None]
+    ) -> None:
+        """What Prefect's worker gives a run it takes (agent/backends/prefect_labels.py), the
+        cancel channel of a 3.x engine, and what its hooks will need
+        (agent/backends/prefect_hooks.py)."""
+        worker = self._agent_name or "agent"
+        deployment = deployments.get(item.deployment.id) or PDeployment(
+            id=item.deployment.id, name=item.deployment.name
+        )
+        extra = await self.identity.env(run, deployment, worker)
+        if self.identity.major >= 3:
+            # The worker runs cancellation and crash hooks, as Prefect 3's does; 2.x engines
+            # keep those of the crashes they see, as under `prefect agent`.
+            extra[HOOKS_SWITCH] = "false"
+            extra |= self.control.register(run.id)
+        item.flow_run.env = item.flow_run.env | extra
+        self.hooks.remember(
+            run.id,
+            Launch(
+                python=self.launcher.python,
+                cwd=item.deployment.working_dir or os.getcwd(),
+                env=item.deployment.env | item.flow_run.env,
+            ),
+        )
+        self.identity.run_names[run.id] = run.name
+        await self.identity.label(run.id, worker)
+        await self.identity.say(
+            run.id, [(logging.INFO, f"Worker '{worker}' submitting flow run '{run.id}'")]
+        )
+
+    async def before_interrupt(self, run_id: UUID, *, cancel: bool) -> bool:
+        """Whether the daemon may SIGTERM the run's process (else it kills it at once).
+
+        A cancel (or a shutdown that cancels) must not look like a crash: Prefect's engine
+        answers a bare SIGTERM with CRASHED and its ``on_crashed`` hooks. A 3.x engine told
+        over its control channel first takes the SIGTERM as a cancel and exits 0; one that
+        cannot be told (Prefect 2, or a 3.x engine not at its flow yet) is killed instead,
+        and the agent runs the cancellation hooks and reports CANCELLED either way.
+        """
+        if not cancel:
+            return True
+        return await self.control.cancel(run_id)
 
     # ------------------------------------------------------------------ states
 
@@ -325,6 +384,10 @@ class PrefectBackend:
             if proposal.type.is_terminal or proposal.type is StateType.SCHEDULED:
                 # The daemon reports an end (or hands a run back) once its process is over.
                 await self._remove_workdir(run_id)
+                self.control.unregister(run_id)
+                self.hooks.forget(run_id)
+                self.output.forget(run_id)
+                self.identity.run_names.pop(run_id, None)
         return self._flow_run(run)
 
     async def _report(self, run: PRun, proposal: StateProposal) -> None:
@@ -335,12 +398,11 @@ class PrefectBackend:
         elif kind is StateType.CANCELLED:
             if run.state_type not in ("COMPLETED", "FAILED", "CANCELLED"):
                 await self._check_ours(run)
-                # The engine answers our SIGTERM with CRASHED; what happened is a cancel.
-                await self._propose(run, "CANCELLED", proposal.message)
+                await self._cancelled(run, proposal, proposal.message)
         elif kind.is_terminal:
             if run.state_type == "CANCELLING":
                 await self._check_ours(run)
-                await self._propose(run, "CANCELLED", "the flow's process ended while cancelling")
+                await self._cancelled(run, proposal, "the flow's process ended while cancelling")
             elif run.state_type in ("PENDING", "RUNNING"):
                 await self._check_ours(run)
                 await self._report_end(run, proposal)
@@ -383,6 +445,40 @@ class PrefectBackend:
         if proposal.message and "\n" in proposal.message:
             message += "\n" + proposal.message.split("\n", 1)[1]  # the stderr tail
         await self._propose(run, "CRASHED", message)
+        # As Prefect's worker: CRASHED first, then the why, then the crash hooks.
+        await self.identity.say(run.id, exit_lines(code))
+        await self._ship_output(run.id)
+        await self.hooks.run("crashed", run.id)
+
+    async def _cancelled(self, run: PRun, proposal: StateProposal, message: str | None) -> None:
+        """End a cancelled run as Prefect's worker does: its process is gone; the cancellation
+        hooks, then CANCELLED (never CRASHED on the way)."""
+        code = (proposal.runner_info or {}).get("exit_code")
+        if isinstance(code, int) and code != 0:
+            await self._ship_output(run.id)  # killed: the engine shipped nothing more
+        await self.hooks.run("cancellation", run.id, message)
+        await self._propose(run, "CANCELLED", message)
+
+    async def _ship_output(self, run_id: UUID) -> None:
+        """What the flow printed, as the run's logs, when its engine could not ship it."""
+        lines = self.output.take(run_id)
+        if not lines:
+            return
+        logs = [
+            {
+                "flow_run_id": str(run_id),
+                "level": logging.ERROR if line.stream is LogStream.STDERR else logging.INFO,
+                "message": line.line,
+                "name": OUTPUT_LOGGER,
+                "timestamp": line.timestamp.isoformat(),
+            }
+            for line in lines
+        ]
+        try:
+            for start in range(0, len(logs), PAGE):
+                await self.http.request("POST", "logs/", json=logs[start : start + PAGE])
+        except FlowAgentError as exc:
+            log.warning("flow_output_not_sent", run_id=str(run_id), error=str(exc))
 
     async def _check_ours(self, run: PRun) -> None:
         """Refuse a report about a claim that is over: the run's last PENDING must be ours (our
@@ -441,7 +537,13 @@ class PrefectBackend:
         if pid is None:
             return
         await self.http.request(
-            "PATCH", f"flow_runs/{run_id}", json={"infrastructure_pid": f"{self.hostname}:{pid}"}
+            "PATCH",
+            f"flow_runs/{run_id}",
+            json={"infrastructure_pid": self.identity.infrastructure_pid(self.hostname, pid)},
+        )
+        name = self.identity.run_names.get(run_id, str(run_id))
+        await self.identity.say(
+            run_id, [(logging.INFO, f"Flow run '{name}' submitted to infrastructure")]
         )
 
     async def send_logs(
@@ -449,8 +551,10 @@ class PrefectBackend:
     ) -> None:
         """Ship the agent's own lines; the flow's output reaches Prefect through the engine.
 
-        Prefect has no batch ids: a batch resent after a lost answer may show up twice.
+        Prefect has no batch ids: a batch resent after a lost answer may show up twice. The
+        flow's own lines are kept, to be shipped if the agent has to end the run.
         """
+        self.output.keep(run_id, lines)
         logs = [
             {
                 "flow_run_id": str(run_id),

@@ -43,6 +43,7 @@ class PState(_Prefect):
 class PRun(_Prefect):
     id: UUID
     name: str = ""
+    flow_id: UUID | None = None
     deployment_id: UUID | None = None
     work_queue_id: UUID | None = None
     work_queue_name: str | None = None

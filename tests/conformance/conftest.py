@@ -101,3 +101,20 @@ def agents(server: Harness, tmp_path: Path) -> Iterator[Agents]:
         yield started
     finally:
         started.stop_all()
+
+
+@pytest.fixture(params=["prefect3", "prefect2"])
+def prefect(request: pytest.FixtureRequest) -> PrefectHarness:
+    """A real Prefect server, once per version: for scenarios only Prefect has."""
+    harness: PrefectHarness = request.getfixturevalue(f"{request.param}_harness")
+    return harness
+
+
+@pytest.fixture
+def prefect_agents(prefect: PrefectHarness, tmp_path: Path) -> Iterator[Agents]:
+    """Agents of the ``prefect`` server; each must exit 0 when stopped at the end."""
+    started = Agents(prefect, tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
