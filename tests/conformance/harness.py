@@ -297,6 +297,11 @@ class PrefectHarness(Harness):
             timeout=60,
         )
 
+    def logs(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's log lines in Prefect, oldest first."""
+        body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "sort": "TIMESTAMP_ASC"}
+        return list(self.ok("POST", "logs/filter", json=body))
+
     def agent_online(self, queue: Queue, name: str) -> bool:
         workers = self.ok("POST", f"work_pools/{queue.pool}/workers/filter", json={})
         return any(w["name"] == name and w["status"] == "ONLINE" for w in workers)

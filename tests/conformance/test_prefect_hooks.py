@@ -49,13 +49,8 @@ def hook_calls(marks: Path, run: str, kind: str) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def run_logs(prefect: PrefectHarness, run: str) -> list[dict[str, object]]:
-    body = {"logs": {"flow_run_id": {"any_": [run]}}, "limit": 200}
-    return list(prefect.ok("POST", "logs/filter", json=body))
-
-
 def messages(prefect: PrefectHarness, run: str) -> str:
-    return "\n".join(str(line["message"]) for line in run_logs(prefect, run))
+    return "\n".join(str(line["message"]) for line in prefect.logs(run))
 
 
 def test_a_cancel_runs_the_cancellation_hooks_and_never_crashes(
@@ -102,6 +97,8 @@ def test_kill_9_of_the_flow_runs_the_crash_hooks_and_keeps_its_output(
     for i in range(5):
         assert f"flow output line {i} of {run}" in text, text
     assert "Running hook 'mark_crashed'" in text
+    # The worker's own explanation, as Prefect's worker logs it.
+    assert "Process exited with status code: -9. Process exited due to a SIGKILL" in text, text
 
 
 def test_an_agent_shutdown_that_cancels_a_run_runs_its_cancellation_hooks(
