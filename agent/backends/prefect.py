@@ -64,6 +64,7 @@ from agent.backends.prefect_control import ControlChannel
 from agent.backends.prefect_hooks import HOOKS_SWITCH, Hooks, Launch, Output
 from agent.backends.prefect_labels import WorkerIdentity, exit_lines
 from agent.backends.prefect_launch import Launcher
+from agent.backends.prefect_tagqueues import check_served, is_tag_queue, tag_queue_runs_filter
 from agent.backends.prefect_wire import (
     Claimer,
     PDeployment,
@@ -179,6 +180,7 @@ class PrefectBackend:
         self._queue = queue
         await self.control.start()
         await self.identity.resolve(queue)
+        check_served(queue, self.identity.major)
         if not self._engine_checked:
             await self.launcher.check_engine()
             self._engine_checked = True
@@ -597,11 +599,11 @@ class PrefectBackend:
         found: list[FlowRun] = []
         offset = 0
         while True:
-            runs = await self._filter(
-                {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
-                work_queue_id=self._queue.id,
-                offset=offset,
-            )
+            live = {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}}
+            if is_tag_queue(self._queue):  # its runs are other queues' (prefect_tagqueues)
+                runs = await self._filter(live | tag_queue_runs_filter(self._queue), offset=offset)
+            else:
+                runs = await self._filter(live, work_queue_id=self._queue.id, offset=offset)
             for run in runs:
                 held = self.claims.held.get(run.id)
                 if held is not None and held.handed_out:

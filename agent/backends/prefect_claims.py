@@ -21,6 +21,7 @@ import structlog
 from pydantic import TypeAdapter
 
 from agent.backends.http import HttpClient
+from agent.backends.prefect_tagqueues import is_tag_queue, tag_queue_runs
 from agent.backends.prefect_wire import PQueue, PResult, PRun, PScheduled, is_ours
 from agent.errors import NotFound, ServerUnavailable
 from agent.models import utcnow
@@ -105,22 +106,30 @@ class Claims:
     async def due_runs(
         self, queue: PQueue, tags: Sequence[str], wanted: int, prefetch_seconds: float = 0.0
     ) -> list[PRun]:
-        body = {
-            "work_queue_names": [queue.name],
-            "scheduled_before": (utcnow() + timedelta(seconds=prefetch_seconds)).isoformat(),
-            # Tags are matched here, not by the server: look further down the list for them.
-            "limit": PAGE if tags else min(PAGE, wanted * 4 + 10),
-        }
-        response = await self.http.request(
-            "POST", f"{pool_path(queue)}/get_scheduled_flow_runs", json=body
-        )
+        # Tags are matched here, not by the server: look further down the list for them.
+        limit = PAGE if tags else min(PAGE, wanted * 4 + 10)
+        if is_tag_queue(queue):
+            # Its runs are other queues' runs that match its filter (prefect_tagqueues).
+            runs = await tag_queue_runs(self.http, queue, limit, prefetch_seconds)
+        else:
+            body = {
+                "work_queue_names": [queue.name],
+                "scheduled_before": (utcnow() + timedelta(seconds=prefetch_seconds)).isoformat(),
+                "limit": limit,
+            }
+            response = await self.http.request(
+                "POST", f"{pool_path(queue)}/get_scheduled_flow_runs", json=body
+            )
+            runs = [
+                item.flow_run
+                for item in TypeAdapter(list[PScheduled]).validate_python(response.json())
+                if item.work_queue_id == queue.id  # never a same-named queue's run
+            ]
         required = set(tags)
         due = []
-        for item in TypeAdapter(list[PScheduled]).validate_python(response.json()):
-            run = item.flow_run
+        for run in runs:
             if (
-                item.work_queue_id == queue.id  # never a same-named queue's run
-                and run.state_type == "SCHEDULED"
+                run.state_type == "SCHEDULED"
                 and run.deployment_id is not None
                 and required.issubset(run.tags)
                 and run.id not in self.held

@@ -98,6 +98,8 @@ class PQueue(_Prefect):
     is_paused: bool = False
     concurrency_limit: int | None = None
     created: datetime | None = None
+    # A Prefect 2 tag-filter queue's {"tags": [...], "deployment_ids": [...]} (prefect_tagqueues)
+    filter: dict[str, Any] | None = None
 
 
 class PResult(_Prefect):
