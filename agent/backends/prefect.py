@@ -453,13 +453,14 @@ class PrefectBackend:
         await self.hooks.run("crashed", run.id)
 
     async def _cancelled(self, run: PRun, proposal: StateProposal, message: str | None) -> None:
-        """End a cancelled run as Prefect's worker does: its process is gone; the cancellation
-        hooks, then CANCELLED (never CRASHED on the way)."""
+        """End a cancelled run: its process is gone; CANCELLED (never CRASHED on the way), then
+        the cancellation hooks. Prefect's worker runs the hooks first; loading the flow for them
+        takes seconds, and the cancel is not held back by them here (as for crashes)."""
+        await self._propose(run, "CANCELLED", message)
         code = (proposal.runner_info or {}).get("exit_code")
         if isinstance(code, int) and code != 0:
             await self._ship_output(run.id)  # killed: the engine shipped nothing more
         await self.hooks.run("cancellation", run.id, message)
-        await self._propose(run, "CANCELLED", message)
 
     async def _ship_output(self, run_id: UUID) -> None:
         """What the flow printed, as the run's logs, when its engine could not ship it."""

@@ -11,7 +11,8 @@ working directory (``prefect/runner/_workspace_hook_runner.py``), and logs "Runn
 the run's logs. The engine keeps the hooks of the crashes it detects itself.
 
 The agent does the same: :class:`Hooks` runs :data:`HOOK_SCRIPT` with the engine's interpreter,
-working directory and environment. Prefect 2.20's engine runs both kinds itself unless told
+working directory and environment, but after CANCELLED rather than before it (loading the flow
+takes seconds; a cancel is not held back by them). Prefect 2.20's engine runs both kinds itself unless told
 not to, and ``prefect agent`` leaves them to it; the agent lets 2.x engines keep the hooks of
 crashes they detect, and runs the rest (the engine cannot: it was killed) the same way.
 

@@ -17,7 +17,8 @@ import pytest
 from tests.conformance.harness import Agents, PrefectHarness
 from tests.support import wait_for
 
-pytestmark = pytest.mark.integration
+# Prefect engines start slowly on a busy machine; each scenario starts at least one.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 START_TIMEOUT = 120
 
