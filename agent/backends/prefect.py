@@ -18,9 +18,11 @@ daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's s
     set_state           the engine in the child reports RUNNING and the final state itself:
                         RUNNING only checks that the run is still ours to start; a final state
                         is proposed only where the engine left none (CRASHED, with the reason)
-    update_runner_info  PATCH flow_runs/{id} infrastructure_pid "host:pid", as Prefect's workers
+    update_runner_info  PATCH flow_runs/{id} infrastructure_pid: the pid on Prefect 3, "host:pid"
+                        on Prefect 2, as each version's own consumer writes it
     send_logs           the agent's own lines (stream "agent") as Prefect logs; the engine ships
-                        the flow's
+                        the flow's (kept, and shipped by the agent if it has to end the run)
+    before_interrupt    a cancel: tell a 3.x engine first, or kill an engine that cannot be told
     cancelling_runs     POST flow_runs/filter: the runs we launched that are CANCELLING
     claimed_runs        our queue's PENDING/RUNNING/CANCELLING runs this agent (name and host)
                         claimed in a life that is over, or claimed and never handed out
@@ -34,6 +36,9 @@ Scheduled runs are claimed up to ``prefetch_seconds`` (10) early, as Prefect's w
 (PREFECT_WORKER_PREFETCH_SECONDS), and handed to the daemon as due now: their engine starts at
 once, loads the flow, and proposes RUNNING, which the server answers with WAIT until the run's
 scheduled time. So the flow begins on time instead of one engine start-up (~2 s) late.
+
+Prefect's worker's labels, environment, log lines and hooks: agent/backends/prefect_labels.py,
+prefect_hooks.py and prefect_control.py; Prefect 2 tag-filter queues: prefect_tagqueues.py.
 
 Who claimed a run is written into its PENDING state's message ("claimed by flowagent agent
 NAME on HOST (pid N)"), so a restarted agent finds the runs its earlier life left behind.
