@@ -112,8 +112,6 @@ API_VERSION = "0.8.4"
 #: and report by itself (killing it would leave it RUNNING in Prefect forever).
 NO_LEASE_SECONDS = 10 * 365 * 24 * 3600.0
 LOGGER_NAME = "flowagent.agent"
-#: The logger name of a flow's stdout/stderr, shipped by the agent when the engine could not.
-OUTPUT_LOGGER = "flowagent.flow-output"
 _AGENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://flowagent/prefect-worker")
 
 
@@ -454,7 +452,7 @@ class PrefectBackend:
         await self._propose(run, "CRASHED", message)
         # As Prefect's worker: CRASHED first, then the why, then the crash hooks.
         await self.identity.say(run.id, exit_lines(code))
-        await self._ship_output(run.id)
+        await self.output.ship(self.http, run.id)
         await self.hooks.run("crashed", run.id)
 
     async def _cancelled(self, run: PRun, proposal: StateProposal, message: str | None) -> None:
@@ -464,29 +462,8 @@ class PrefectBackend:
         await self._propose(run, "CANCELLED", message)
         code = (proposal.runner_info or {}).get("exit_code")
         if isinstance(code, int) and code != 0:
-            await self._ship_output(run.id)  # killed: the engine shipped nothing more
+            await self.output.ship(self.http, run.id)  # killed: the engine shipped nothing more
         await self.hooks.run("cancellation", run.id, message)
-
-    async def _ship_output(self, run_id: UUID) -> None:
-        """What the flow printed, as the run's logs, when its engine could not ship it."""
-        lines = self.output.take(run_id)
-        if not lines:
-            return
-        logs = [
-            {
-                "flow_run_id": str(run_id),
-                "level": logging.ERROR if line.stream is LogStream.STDERR else logging.INFO,
-                "message": line.line,
-                "name": OUTPUT_LOGGER,
-                "timestamp": line.timestamp.isoformat(),
-            }
-            for line in lines
-        ]
-        try:
-            for start in range(0, len(logs), PAGE):
-                await self.http.request("POST", "logs/", json=logs[start : start + PAGE])
-        except FlowAgentError as exc:
-            log.warning("flow_output_not_sent", run_id=str(run_id), error=str(exc))
 
     async def _check_ours(self, run: PRun) -> None:
         """Refuse a report about a claim that is over: the run's last PENDING must be ours (our

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from collections import deque
@@ -36,6 +37,8 @@ from uuid import UUID
 
 import structlog
 
+from agent.backends.http import HttpClient
+from agent.errors import FlowAgentError
 from agent.models import LogLineCreate, LogStream
 
 log = structlog.get_logger("agent.prefect")
@@ -49,6 +52,9 @@ HOOKS_SWITCH = "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS"
 HOOK_TIMEOUT_SECONDS = 120.0
 #: Lines of a flow's output kept for shipping if the agent has to end its run.
 OUTPUT_LINES = 2000
+#: The logger name they are shipped under, and how many go in one request.
+OUTPUT_LOGGER = "flowagent.flow-output"
+LOG_BATCH = 200
 
 #: Run as ``python -c HOOK_SCRIPT KIND RUN_ID MESSAGE`` with the engine's interpreter: reads
 #: the run, loads its flow as the worker does, and calls the hooks of KIND with the state the
@@ -195,3 +201,22 @@ class Output:
 
     def forget(self, run_id: UUID) -> None:
         self._kept.pop(run_id, None)
+
+    async def ship(self, http: HttpClient, run_id: UUID) -> None:
+        """What the flow wrote, as the run's logs, when its engine could not ship it; a failure
+        loses the lines, never the run's report."""
+        logs = [
+            {
+                "flow_run_id": str(run_id),
+                "level": logging.ERROR if line.stream is LogStream.STDERR else logging.INFO,
+                "message": line.line,
+                "name": OUTPUT_LOGGER,
+                "timestamp": line.timestamp.isoformat(),
+            }
+            for line in self.take(run_id)
+        ]
+        try:
+            for start in range(0, len(logs), LOG_BATCH):
+                await http.request("POST", "logs/", json=logs[start : start + LOG_BATCH])
+        except FlowAgentError as exc:
+            log.warning("flow_output_not_sent", run_id=str(run_id), error=str(exc))
