@@ -19,7 +19,7 @@ from uuid import UUID
 import structlog
 
 from agent.adoption import Leftover, adoption_record
-from agent.backends.base import Backend
+from agent.backends.base import Backend, InterruptAware
 from agent.errors import (
     AuthError,
     Conflict,
@@ -421,6 +421,11 @@ class RunSupervisor:
             if reason is StopReason.LEASE_LOST
             else self.policy.cancel_grace_seconds
         )
+        if not await self._may_interrupt(reason):
+            self._agent_line(f"{self._stop_message()}: terminating")
+            log.info("run_terminating", reason=reason.value)
+            await handle.terminate()
+            return await waiting, reason
         self._agent_line(f"{self._stop_message()}: interrupting, {grace:g}s grace")
         log.info("run_interrupting", reason=reason.value, grace=grace)
         await handle.interrupt()
@@ -431,6 +436,17 @@ class RunSupervisor:
             log.info("run_terminating", reason=reason.value)
             await handle.terminate()
             return await waiting, reason
+
+    async def _may_interrupt(self, reason: StopReason) -> bool:
+        """Whether the backend lets the run be interrupted (else it is killed at once)."""
+        if not isinstance(self.backend, InterruptAware):
+            return True
+        cancel = reason in (StopReason.CANCELLED, StopReason.SHUTDOWN)
+        try:
+            return await self.backend.before_interrupt(self._run.id, cancel=cancel)
+        except FlowAgentError as exc:
+            log.warning("before_interrupt_failed", error=str(exc))
+            return True
 
     def _stop_message(self) -> str:
         reason = self.ctx.stop_reason

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from agent.models import (
@@ -71,3 +71,14 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class InterruptAware(Protocol):
+    """A backend that has a say before the daemon interrupts a run's process (Prefect's)."""
+
+    async def before_interrupt(self, run_id: UUID, *, cancel: bool) -> bool:
+        """Called before SIGTERM; ``cancel`` when the run is being cancelled (by a user or at
+        shutdown). False: the daemon kills the process at once instead of interrupting it
+        (an interrupt would be taken for a crash)."""
+        ...

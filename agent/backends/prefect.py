@@ -21,9 +21,11 @@ daemon's conversation onto Prefect's; docs/PREFECT_BACKEND.md tells the user's s
     set_state           the engine in the child reports RUNNING and the final state itself:
                         RUNNING only checks that the run is still ours to start; a final state
                         is proposed only where the engine left none (CRASHED, with the reason)
-    update_runner_info  PATCH flow_runs/{id} infrastructure_pid "host:pid", as Prefect's workers
+    update_runner_info  PATCH flow_runs/{id} infrastructure_pid: the pid on Prefect 3, "host:pid"
+                        on Prefect 2, as each version's own consumer writes it
     send_logs           the agent's own lines (stream "agent") as Prefect logs; the engine ships
-                        the flow's
+                        the flow's (kept, and shipped by the agent if it has to end the run)
+    before_interrupt    a cancel: tell a 3.x engine first, or kill an engine that cannot be told
     cancelling_runs     POST flow_runs/filter: the runs we launched that are CANCELLING
     claimed_runs        our queue's PENDING/RUNNING/CANCELLING runs this agent (name and host)
                         claimed in a life that is over, or claimed and never handed out
@@ -37,6 +39,9 @@ Scheduled runs are claimed up to ``prefetch_seconds`` (10) early, as Prefect's w
 (PREFECT_WORKER_PREFETCH_SECONDS), and handed to the daemon as due now: their engine starts at
 once, loads the flow, and proposes RUNNING, which the server answers with WAIT until the run's
 scheduled time. So the flow begins on time instead of one engine start-up (~2 s) late.
+
+Prefect's worker's labels, environment, log lines and hooks: agent/backends/prefect_labels.py,
+prefect_hooks.py and prefect_control.py; Prefect 2 tag-filter queues: prefect_tagqueues.py.
 
 Who claimed a run is written into its PENDING state's message ("claimed by flowagent agent
 NAME on HOST (pid N)"), so a restarted agent finds the runs its earlier life left behind.
@@ -63,8 +68,12 @@ from pydantic import TypeAdapter
 
 from agent.backends.http import HttpClient
 from agent.backends.prefect_claims import PAGE, Claims, pool_path
+from agent.backends.prefect_control import ControlChannel
+from agent.backends.prefect_hooks import HOOKS_SWITCH, Hooks, Launch, Output
+from agent.backends.prefect_labels import WorkerIdentity, exit_lines
 from agent.backends.prefect_launch import Launcher
 from agent.backends.prefect_pools import Served, pool_queue_id, pool_queues, read_pool
+from agent.backends.prefect_tagqueues import check_served, is_tag_queue, tag_queue_runs_filter
 from agent.backends.prefect_wire import (
     Claimer,
     PDeployment,
@@ -154,8 +163,14 @@ class PrefectBackend:
         self._agent_name: str | None = None
         self.claims = Claims(http)
         self._engine_checked = False
+        # Issue 13, items 7-8: hooks, the cancel intent, labels and attribution.
+        self.control = ControlChannel()
+        self.hooks = Hooks()
+        self.output = Output()
+        self.identity = WorkerIdentity(http)
 
     async def aclose(self) -> None:
+        await self.control.aclose()
         await self.http.aclose()
 
     # ------------------------------------------------------------------ the queue and the engine
@@ -180,6 +195,9 @@ class PrefectBackend:
         pool = await read_pool(self.http, queue.work_pool_name)
         self._queue = queue
         self._served = Served(queue.id, pool, [queue])
+        await self.control.start()
+        await self.identity.resolve(queue)
+        check_served(queue, self.identity.major)
         if not self._engine_checked and self._served.runner == "subprocess":
             await self.launcher.check_engine()
             self._engine_checked = True
@@ -199,6 +217,8 @@ class PrefectBackend:
         queues = await pool_queues(self.http, pool, self.work_queue_names)
         self._queue = queues[0]
         self._served = Served(queue_id, pool, queues, every_queue=not self.work_queue_names)
+        await self.control.start()
+        await self.identity.resolve(queues[0])
         if not self._engine_checked and self._served.runner == "subprocess":
             await self.launcher.check_engine()
             self._engine_checked = True
@@ -344,12 +364,15 @@ class PrefectBackend:
         if not ours:
             return []
         deployments: dict[UUID, PDeployment | None] = {}
-        claimed = []
+        claimed: list[ClaimedRun] = []
+        submitted: list[PRun] = []
         for run in ours:
             try:
                 claimed.append(await self.launcher.claimed_run(served, run, deployments))
             except ConfigError as exc:
                 await self._not_submitted(run, exc)
+            else:
+                submitted.append(run)
         now = utcnow()
         for item in claimed:
             if item.flow_run.expected_start_time > now:
@@ -357,6 +380,8 @@ class PrefectBackend:
                 # takes ~2 s to start, and the server, not the daemon, holds its flow to the
                 # scheduled time (RUNNING is answered WAIT until then).
                 item.flow_run.expected_start_time = now
+        for item, run in zip(claimed, submitted, strict=True):
+            await self._attribute(item, run, deployments)
         for item in claimed:
             held = self.claims.held[item.flow_run.id]
             held.handed_out = True
@@ -376,6 +401,50 @@ class PrefectBackend:
         finally:
             self.claims.held.pop(run.id, None)
             await self._remove_workdir(run.id)
+
+    async def _attribute(
+        self, item: ClaimedRun, run: PRun, deployments: dict[UUID, PDeployment | None]
+    ) -> None:
+        """What Prefect's worker gives a run it takes (agent/backends/prefect_labels.py), the
+        cancel channel of a 3.x engine, and what its hooks will need
+        (agent/backends/prefect_hooks.py)."""
+        worker = self._agent_name or "agent"
+        deployment = deployments.get(item.deployment.id) or PDeployment(
+            id=item.deployment.id, name=item.deployment.name
+        )
+        extra = await self.identity.env(run, deployment, worker)
+        if self.identity.major >= 3:
+            # The worker runs cancellation and crash hooks, as Prefect 3's does; 2.x engines
+            # keep those of the crashes they see, as under `prefect agent`.
+            extra[HOOKS_SWITCH] = "false"
+            extra |= self.control.register(run.id)
+        item.flow_run.env = item.flow_run.env | extra
+        self.hooks.remember(
+            run.id,
+            Launch(
+                python=self.launcher.python,
+                cwd=item.deployment.working_dir or os.getcwd(),
+                env=item.deployment.env | item.flow_run.env,
+            ),
+        )
+        self.identity.run_names[run.id] = run.name
+        await self.identity.label(run.id, worker)
+        await self.identity.say(
+            run.id, [(logging.INFO, f"Worker '{worker}' submitting flow run '{run.id}'")]
+        )
+
+    async def before_interrupt(self, run_id: UUID, *, cancel: bool) -> bool:
+        """Whether the daemon may SIGTERM the run's process (else it kills it at once).
+
+        A cancel (or a shutdown that cancels) must not look like a crash: Prefect's engine
+        answers a bare SIGTERM with CRASHED and its ``on_crashed`` hooks. A 3.x engine told
+        over its control channel first takes the SIGTERM as a cancel and exits 0; one that
+        cannot be told (Prefect 2, or a 3.x engine not at its flow yet) is killed instead,
+        and the agent runs the cancellation hooks and reports CANCELLED either way.
+        """
+        if not cancel:
+            return True
+        return await self.control.cancel(run_id)
 
     # ------------------------------------------------------------------ states
 
@@ -400,6 +469,10 @@ class PrefectBackend:
             if proposal.type.is_terminal or proposal.type is StateType.SCHEDULED:
                 # The daemon reports an end (or hands a run back) once its process is over.
                 await self._remove_workdir(run_id)
+                self.control.unregister(run_id)
+                self.hooks.forget(run_id)
+                self.output.forget(run_id)
+                self.identity.run_names.pop(run_id, None)
         return self._flow_run(run)
 
     async def _report(self, run: PRun, proposal: StateProposal) -> None:
@@ -410,12 +483,11 @@ class PrefectBackend:
         elif kind is StateType.CANCELLED:
             if run.state_type not in ("COMPLETED", "FAILED", "CANCELLED"):
                 await self._check_ours(run)
-                # The engine answers our SIGTERM with CRASHED; what happened is a cancel.
-                await self._propose(run, "CANCELLED", proposal.message)
+                await self._cancelled(run, proposal, proposal.message)
         elif kind.is_terminal:
             if run.state_type == "CANCELLING":
                 await self._check_ours(run)
-                await self._propose(run, "CANCELLED", "the flow's process ended while cancelling")
+                await self._cancelled(run, proposal, "the flow's process ended while cancelling")
             elif run.state_type in ("PENDING", "RUNNING"):
                 await self._check_ours(run)
                 await self._report_end(run, proposal)
@@ -461,6 +533,20 @@ class PrefectBackend:
         if proposal.message and "\n" in proposal.message:
             message += "\n" + proposal.message.split("\n", 1)[1]  # the stderr tail
         await self._propose(run, "CRASHED", message)
+        # As Prefect's worker: CRASHED first, then the why, then the crash hooks.
+        await self.identity.say(run.id, exit_lines(code))
+        await self.output.ship(self.http, run.id)
+        await self.hooks.run("crashed", run.id)
+
+    async def _cancelled(self, run: PRun, proposal: StateProposal, message: str | None) -> None:
+        """End a cancelled run: its process is gone; CANCELLED (never CRASHED on the way), then
+        the cancellation hooks. Prefect's worker runs the hooks first; loading the flow for them
+        takes seconds, and the cancel is not held back by them here (as for crashes)."""
+        await self._propose(run, "CANCELLED", message)
+        code = (proposal.runner_info or {}).get("exit_code")
+        if isinstance(code, int) and code != 0:
+            await self.output.ship(self.http, run.id)  # killed: the engine shipped nothing more
+        await self.hooks.run("cancellation", run.id, message)
 
     async def _check_ours(self, run: PRun) -> None:
         """Refuse a report about a claim that is over: the run's last PENDING must be ours (our
@@ -519,7 +605,13 @@ class PrefectBackend:
         if pid is None:
             return
         await self.http.request(
-            "PATCH", f"flow_runs/{run_id}", json={"infrastructure_pid": f"{self.hostname}:{pid}"}
+            "PATCH",
+            f"flow_runs/{run_id}",
+            json={"infrastructure_pid": self.identity.infrastructure_pid(self.hostname, pid)},
+        )
+        name = self.identity.run_names.get(run_id, str(run_id))
+        await self.identity.say(
+            run_id, [(logging.INFO, f"Flow run '{name}' submitted to infrastructure")]
         )
 
     async def send_logs(
@@ -527,8 +619,10 @@ class PrefectBackend:
     ) -> None:
         """Ship the agent's own lines; the flow's output reaches Prefect through the engine.
 
-        Prefect has no batch ids: a batch resent after a lost answer may show up twice.
+        Prefect has no batch ids: a batch resent after a lost answer may show up twice. The
+        flow's own lines are kept, to be shipped if the agent has to end the run.
         """
+        self.output.keep(run_id, lines)
         logs = [
             {
                 "flow_run_id": str(run_id),
@@ -571,12 +665,20 @@ class PrefectBackend:
         found: list[FlowRun] = []
         offset = 0
         while True:
-            runs = await self._filter(
-                {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
-                work_queue_ids=() if self._served.every_queue else self._served.ids,
-                work_pool=self._served.pool.name if self._served.every_queue else None,
-                offset=offset,
-            )
+            live = {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}}
+            served = self._served
+            if len(served.queues) == 1 and is_tag_queue(served.queues[0]):
+                # A tag-filter queue's runs are other queues' (prefect_tagqueues).
+                runs = await self._filter(
+                    live | tag_queue_runs_filter(served.queues[0]), offset=offset
+                )
+            else:
+                runs = await self._filter(
+                    live,
+                    work_queue_ids=() if served.every_queue else served.ids,
+                    work_pool=served.pool.name if served.every_queue else None,
+                    offset=offset,
+                )
             for run in runs:
                 held = self.claims.held.get(run.id)
                 if held is not None and held.handed_out:

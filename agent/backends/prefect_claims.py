@@ -22,6 +22,7 @@ import structlog
 from pydantic import TypeAdapter
 
 from agent.backends.http import HttpClient
+from agent.backends.prefect_tagqueues import is_tag_queue, tag_queue_runs
 from agent.backends.prefect_wire import PQueue, PResult, PRun, PScheduled, is_ours
 from agent.errors import NotFound, ServerUnavailable
 from agent.models import utcnow
@@ -113,25 +114,33 @@ class Claims:
         prefetch_seconds: float = 0.0,
         every_queue: bool = False,
     ) -> list[PRun]:
-        ids = {q.id for q in queues}
-        body: dict[str, Any] = {
-            "scheduled_before": (utcnow() + timedelta(seconds=prefetch_seconds)).isoformat(),
-            # Tags are matched here, not by the server: look further down the list for them.
-            "limit": PAGE if tags else min(PAGE, wanted * 4 + 10),
-        }
-        if not every_queue:
-            body["work_queue_names"] = [q.name for q in queues]
-        response = await self.http.request(
-            "POST", f"{pool_path(queues[0])}/get_scheduled_flow_runs", json=body
-        )
+        # Tags are matched here, not by the server: look further down the list for them.
+        limit = PAGE if tags else min(PAGE, wanted * 4 + 10)
+        if len(queues) == 1 and is_tag_queue(queues[0]):
+            # Its runs are other queues' runs that match its filter (prefect_tagqueues).
+            runs = await tag_queue_runs(self.http, queues[0], limit, prefetch_seconds)
+        else:
+            ids = {q.id for q in queues}
+            body: dict[str, Any] = {
+                "scheduled_before": (utcnow() + timedelta(seconds=prefetch_seconds)).isoformat(),
+                "limit": limit,
+            }
+            if not every_queue:
+                body["work_queue_names"] = [q.name for q in queues]
+            response = await self.http.request(
+                "POST", f"{pool_path(queues[0])}/get_scheduled_flow_runs", json=body
+            )
+            runs = [
+                item.flow_run
+                for item in TypeAdapter(list[PScheduled]).validate_python(response.json())
+                # Never a same-named queue's run; with every queue, the call is pool-scoped.
+                if every_queue or item.work_queue_id in ids
+            ]
         required = set(tags)
         due = []
-        for item in TypeAdapter(list[PScheduled]).validate_python(response.json()):
-            run = item.flow_run
+        for run in runs:
             if (
-                # Never a same-named queue's run; with every queue, the call is pool-scoped.
-                (every_queue or item.work_queue_id in ids)
-                and run.state_type == "SCHEDULED"
+                run.state_type == "SCHEDULED"
                 and run.deployment_id is not None
                 and required.issubset(run.tags)
                 and run.id not in self.held

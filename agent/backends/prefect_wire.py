@@ -43,6 +43,7 @@ class PState(_Prefect):
 class PRun(_Prefect):
     id: UUID
     name: str = ""
+    flow_id: UUID | None = None
     deployment_id: UUID | None = None
     work_queue_id: UUID | None = None
     work_queue_name: str | None = None
@@ -99,6 +100,8 @@ class PQueue(_Prefect):
     is_paused: bool = False
     concurrency_limit: int | None = None
     created: datetime | None = None
+    # A Prefect 2 tag-filter queue's {"tags": [...], "deployment_ids": [...]} (prefect_tagqueues)
+    filter: dict[str, Any] | None = None
 
 
 class PResult(_Prefect):

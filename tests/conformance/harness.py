@@ -289,13 +289,19 @@ class PrefectHarness(Harness):
         return int(value.rpartition(":")[2]) if value else None
 
     def cancel(self, run_id: str) -> None:
-        subprocess.run(
+        result = subprocess.run(
             [str(self.venv / "bin" / "prefect"), "flow-run", "cancel", run_id],
             env=clean_env(**self.prefect_env()),
-            check=True,
             capture_output=True,
+            text=True,
             timeout=60,
         )
+        assert result.returncode == 0, f"prefect flow-run cancel: {result.stdout}{result.stderr}"
+
+    def logs(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's log lines in Prefect, oldest first."""
+        body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "sort": "TIMESTAMP_ASC"}
+        return list(self.ok("POST", "logs/filter", json=body))
 
     def agent_online(self, queue: Queue, name: str) -> bool:
         workers = self.ok("POST", f"work_pools/{queue.pool}/workers/filter", json={})

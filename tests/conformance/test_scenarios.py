@@ -141,10 +141,10 @@ def test_cancel_ends_cancelled_within_10s_with_no_process_left(
     assert took < 10, f"took {took:.1f}s"
     time.sleep(1)  # nothing comes after: the agent's report was the last word
     assert server.state(run)["type"] == "CANCELLED", server.history(run)
-    # Prefect 3's engine answers the SIGTERM with a forced CRASHED just before our CANCELLED.
+    # Never CRASHED on the way, not even on Prefect (its engine takes a bare SIGTERM for a
+    # crash: the agent tells a 3.x engine first, and kills a 2.x one; test_prefect_hooks.py).
     history = server.history(run)
-    assert history[:4] == ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING"], history
-    assert history[-1] == "CANCELLED" and set(history[4:-1]) <= {"CRASHED"}, history
+    assert history == ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "CANCELLED"], history
 
 
 def test_agent_sigterm_during_a_run_ends_it_terminal_never_running(
