@@ -174,7 +174,7 @@ def agent_model(row: AgentRow, now: datetime, lease_seconds: float) -> AgentReco
         name=row.name,
         work_queue_id=row.work_queue_id,
         # An agent from before several queues per agent has an empty list: its one queue.
-        work_queue_ids=[uuid.UUID(q) for q in row.work_queue_ids] or [row.work_queue_id],
+        work_queue_ids=[uuid.UUID(q) for q in row.work_queue_ids or ()] or [row.work_queue_id],
         tags=list(row.tags),
         hostname=row.hostname,
         pid=row.pid,
