@@ -50,8 +50,11 @@ HookKind = Literal["cancellation", "crashed"]
 HOOKS_SWITCH = "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS"
 #: Hooks that hang are stopped: the run's final state waits for them.
 HOOK_TIMEOUT_SECONDS = 120.0
-#: Lines of a flow's output kept for shipping if the agent has to end its run.
+#: Lines of a flow's output kept for shipping if the agent has to end its run, and the most
+#: characters they may hold together: a line may be 64 KiB, and a run's output must not cost the
+#: agent more than its log shipper's own bound does (agent/logs.py).
 OUTPUT_LINES = 2000
+OUTPUT_CHARS = 1024 * 1024
 #: The logger name they are shipped under, and how many go in one request.
 OUTPUT_LOGGER = "flowagent.flow-output"
 LOG_BATCH = 200
@@ -183,24 +186,34 @@ class Hooks:
 
 
 class Output:
-    """The last :data:`OUTPUT_LINES` lines each running flow wrote to stdout and stderr."""
+    """The last :data:`OUTPUT_LINES` lines each running flow wrote to stdout and stderr, at
+    most :data:`OUTPUT_CHARS` characters of them."""
 
-    def __init__(self, lines: int = OUTPUT_LINES) -> None:
+    def __init__(self, lines: int = OUTPUT_LINES, chars: int = OUTPUT_CHARS) -> None:
         self.lines = lines
+        self.chars = chars
         self._kept: dict[UUID, deque[LogLineCreate]] = {}
+        self._size: dict[UUID, int] = {}
 
     def keep(self, run_id: UUID, lines: Sequence[LogLineCreate]) -> None:
-        kept = self._kept.get(run_id)
-        if kept is None:
-            kept = self._kept[run_id] = deque(maxlen=self.lines)
-        kept.extend(line for line in lines if line.stream is not LogStream.AGENT)
+        kept = self._kept.setdefault(run_id, deque())
+        size = self._size.get(run_id, 0)
+        for line in lines:
+            if line.stream is not LogStream.AGENT:
+                kept.append(line)
+                size += len(line.line)
+        while kept and (len(kept) > self.lines or size > self.chars):
+            size -= len(kept.popleft().line)
+        self._size[run_id] = size
 
     def take(self, run_id: UUID) -> list[LogLineCreate]:
         """What the flow wrote, now forgotten."""
+        self._size.pop(run_id, None)
         return list(self._kept.pop(run_id, ()))
 
     def forget(self, run_id: UUID) -> None:
         self._kept.pop(run_id, None)
+        self._size.pop(run_id, None)
 
     async def ship(self, http: HttpClient, run_id: UUID) -> None:
         """What the flow wrote, as the run's logs, when its engine could not ship it; a failure

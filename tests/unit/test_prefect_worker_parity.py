@@ -85,3 +85,13 @@ def test_output_keeps_the_flow_s_last_lines_not_the_agent_s() -> None:
     output.keep(run, [_line(LogStream.AGENT, "agent says"), _line(LogStream.STDERR, "err")])
     assert [line.line for line in output.take(run)] == ["out 2", "out 3", "err"]
     assert output.take(run) == []  # taken once
+
+
+def test_output_kept_is_bounded_in_characters_too() -> None:
+    output = Output(lines=2000, chars=100)
+    run = uuid.uuid4()
+    output.keep(run, [_line(LogStream.STDOUT, f"{i:02d}" + "x" * 38) for i in range(10)])
+    kept = [line.line for line in output.take(run)]
+    assert [line[:2] for line in kept] == ["08", "09"]  # the last 80 characters that fit
+    output.keep(run, [_line(LogStream.STDOUT, "y" * 500)])  # one line over the bound: dropped
+    assert output.take(run) == []
