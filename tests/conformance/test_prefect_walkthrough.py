@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conformance.harness import REPO, Agents, PrefectHarness, Queue, clean_env
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +67,14 @@ def test_from_prefect_server_start_to_a_completed_run(
 
         state = prefect.wait_state(run_id[1], timeout=120)
         assert state["type"] == "COMPLETED", state
-        logs = sh(str(bin_dir / "prefect"), "flow-run", "logs", run_id[1])
-        assert "hello Ada" in logs, logs
+
+        # The flow process sets COMPLETED before its log handler's last batch reaches the
+        # server, so the page's `prefect flow-run logs` may need a moment to show the line.
+        def logs() -> str | None:
+            out = sh(str(bin_dir / "prefect"), "flow-run", "logs", run_id[1])
+            return out if "hello Ada" in out else None
+
+        wait_for(logs, timeout=60, interval=1, what="the flow's 'hello Ada' log line")
         pending = [
             s
             for s in prefect.ok("GET", "flow_run_states/", params={"flow_run_id": run_id[1]})
