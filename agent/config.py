@@ -147,6 +147,17 @@ def _api_url(value: Any) -> str:
     return text
 
 
+def _database_url(value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if not text.startswith(("postgresql://", "postgresql+psycopg://", "postgres://", "sqlite:")):
+        raise ValueError(
+            "must be a postgresql+psycopg://user@host:5432/db URL (or sqlite:////path/to.db)"
+        )
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     """How one setting is named, parsed and shown."""
@@ -248,6 +259,13 @@ class Settings:
     missed_after_seconds: float = _setting(
         300.0, _positive_float, "server: older scheduled times are missed"
     )
+    # Secret: a URL may carry the database password.
+    database_url: str | None = _setting(
+        None,
+        _database_url,
+        "server: its database, postgresql+psycopg://user@host:5432/db (default: SQLite in home)",
+        secret=True,
+    )
     webhook_allow_private: bool = _setting(
         False, _bool, "server: let webhooks target loopback, private and link-local addresses (off)"
     )
@@ -344,7 +362,9 @@ def _parse(setting: Setting, value: Any, where: str) -> Any:
         return setting.parse(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
-            f"{where}: bad value {value!r} for {setting.key}: {exc}",
+            # A secret's value is not echoed: a database URL may carry a password.
+            f"{where}: bad value {'(hidden)' if setting.secret else repr(value)} "
+            f"for {setting.key}: {exc}",
             hint=f"{setting.key}: {setting.help}",
         ) from exc
 

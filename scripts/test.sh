@@ -6,14 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "==> .venv: flowagent with the server, docker and dev extras"
+echo "==> .venv: flowagent with the server, postgres, docker and dev extras"
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 # compat: a plain path in a .pth file. The default editable mode installs an import finder
 # that costs every Python start in this venv (agent, fence, each flow run) 12-16 ms; an installed
 # package (a wheel) has none.
-.venv/bin/pip install --quiet -e '.[server,docker,dev]' --config-settings editable_mode=compat \
-    || .venv/bin/pip install --quiet -e '.[server,docker,dev]'  # a setuptools without compat mode
+.venv/bin/pip install --quiet -e '.[server,postgres,docker,dev]' --config-settings editable_mode=compat \
+    || .venv/bin/pip install --quiet -e '.[server,postgres,docker,dev]'  # a setuptools without compat mode
 
 if [ "$(id -u)" -eq 0 ]; then
     bash scripts/ci-setup.sh

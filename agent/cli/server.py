@@ -32,9 +32,20 @@ def start(
             show_default=False,
         ),
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="PostgreSQL database, postgresql+psycopg://user@host:5432/db (setting "
+            "database_url, default: SQLite in the agent home). Replicas may share one.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve the work-queue API (SQLite database under the agent home)."""
-    settings = with_overrides(settings_of(ctx), server_host=host, server_port=port)
+    """Serve the work-queue API (SQLite under the agent home, or PostgreSQL)."""
+    settings = with_overrides(
+        settings_of(ctx), server_host=host, server_port=port, database_url=database_url
+    )
     require_installed()
     from agent.logs import configure_logging
     from agent.server.main import serve

@@ -22,8 +22,9 @@ def _settings(argv: list[str] | None) -> Settings:
     )
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", help="TCP port (default 4200)")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: SQLite in AGENT_HOME)")
     args = parser.parse_args(argv)
-    flags = {"server_host": args.host, "server_port": args.port}
+    flags = {"server_host": args.host, "server_port": args.port, "database_url": args.database_url}
     return load_settings(flags)
 
 

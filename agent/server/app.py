@@ -69,7 +69,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate_on_startup:
-            await anyio.to_thread.run_sync(migrate, settings.home)
+            await anyio.to_thread.run_sync(migrate, settings.home, settings.database())
         async with anyio.create_task_group() as background:
             background.start_soon(
                 lease_keeper, db, notifier, settings.lease_seconds, settings.lease_check_seconds
@@ -96,7 +96,7 @@ def create_app(
         lifespan=lifespan,
         docs_url="/docs",
     )
-    db = Database(settings.database_path)
+    db = Database(settings.database())
     notifier = ClaimWakeups()
     scheduling = scheduling or SchedulerConfig(
         horizon=timedelta(seconds=settings.schedule_horizon_seconds),

@@ -1,8 +1,13 @@
 """Handing runs to agents: the atomic claim and the long poll around it.
 
-The claim is one write transaction (``BEGIN IMMEDIATE``), and each run moves to PENDING with a
-compare-and-set ``UPDATE … WHERE state_type = 'SCHEDULED'``: a run is handed out once even when
-two server processes share the database.
+The claim is one transaction, and each run moves to PENDING with a compare-and-set
+``UPDATE … WHERE state_type = 'SCHEDULED'``: a run is handed out once even when several server
+processes share the database. On SQLite the transaction is a write transaction
+(``BEGIN IMMEDIATE``): claims go one at a time. On PostgreSQL claimers do not wait for each
+other: each locks its agent's row (so that one agent's retried claim, same ``claim_id``, sees
+the first one's answer) and reads the due runs ``FOR UPDATE SKIP LOCKED``, passing over the runs
+another claim is taking; only when a concurrency limit could apply does it take the write lock,
+so that the counts it checks are the counts it changes.
 
 One claim covers every queue an agent serves, in its priority order, and checks the
 concurrency limits of ``agent/server/limits.py`` in the same transaction.
@@ -28,7 +33,7 @@ from sqlalchemy.orm import Session
 from agent.models import AWAITING_SLOT, ClaimedRun, ClaimRequest, StateType, utcnow
 from agent.server.db import Database
 from agent.server.lifecycle import ACTIVE_STATES, finish_transition, record_state
-from agent.server.limits import ANY_QUEUE, Blocked, ClaimLimits
+from agent.server.limits import ANY_QUEUE, Blocked, ClaimLimits, any_limits
 from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, WorkQueueRow
 from agent.server.views import deployment_model, get_agent, not_found, run_model
 
@@ -156,7 +161,10 @@ def _due_matching(
                 )
             )
         page = session.scalars(
-            query.order_by(FlowRunRow.expected_start_time, FlowRunRow.id).limit(page_size)
+            query.order_by(FlowRunRow.expected_start_time, FlowRunRow.id)
+            .limit(page_size)
+            # PostgreSQL: runs another claim is taking are passed over, not waited for.
+            .with_for_update(skip_locked=True)
         ).all()
         for run in page:
             after = (run.expected_start_time, run.id)
@@ -205,6 +213,7 @@ def _mark_held_back(
         )
         .order_by(FlowRunRow.expected_start_time)
         .limit(_MARK_BATCH)
+        .with_for_update(skip_locked=True)
     ).all()
     for run in rows:
         deployment = session.get(DeploymentRow, run.deployment_id)
@@ -220,13 +229,18 @@ def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimReque
     before any of the second's, and so on. A paused queue is passed over; a missing one is a
     404 naming it (the agent drops it and goes on with the rest).
     """
-    with db.write() as session:
+    with db.claim() as session:
         queues = [session.get(WorkQueueRow, queue_id) for queue_id in queue_ids]
         missing = [str(q) for q, row in zip(queue_ids, queues, strict=True) if row is None]
         if missing:
             raise not_found("work queue", ", ".join(missing))
         serving = [row for row in queues if row is not None and not row.paused]
-        agent = get_agent(session, request.agent_id)
+        if db.is_postgres and (
+            any(row.concurrency_limit is not None for row in serving) or any_limits(session)
+        ):
+            # Before the agent's row, in the order writers take them: no deadlock.
+            db.lock_writes(session)
+        agent = get_agent(session, request.agent_id, lock=True)
         # Runs due within the agent's lead are handed over early, so it can start them on time.
         now = utcnow()
         due_by = now + timedelta(seconds=request.lead_seconds)
@@ -277,8 +291,9 @@ def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimReque
 def _take(session: Session, run_ids: list[uuid.UUID], agent_id: uuid.UUID) -> set[uuid.UUID]:
     """Move the runs that are still SCHEDULED to PENDING for the agent; their ids.
 
-    The write lock already keeps other claimers out; this compare-and-set (one UPDATE for the
-    whole claim) is the guarantee that does not depend on every writer of the file taking it.
+    The write lock (SQLite) or the rows' locks (PostgreSQL) already keep other claimers out;
+    this compare-and-set (one UPDATE for the whole claim) is the guarantee that does not depend
+    on every writer taking them.
     The ORM objects are updated by the caller, so the session is not synchronised here.
     """
     if not run_ids:

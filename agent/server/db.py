@@ -1,10 +1,16 @@
-"""The SQLite engine, its transactions, and the schema migrations.
+"""The database engine, its transactions, and the schema migrations.
 
-Every write transaction starts with ``BEGIN IMMEDIATE``: it takes SQLite's write lock before the
-first read, so a read-then-write (a claim, a state transition) can neither deadlock against
-another writer nor act on rows another writer is about to change, even when two server
+SQLite: every write transaction starts with ``BEGIN IMMEDIATE``: it takes SQLite's write lock
+before the first read, so a read-then-write (a claim, a state transition) can neither deadlock
+against another writer nor act on rows another writer is about to change, even when two server
 processes share one database file. Reads use a plain deferred ``BEGIN`` and, thanks to WAL,
 never wait for writers.
+
+PostgreSQL (several replicas on one database): a write transaction takes one transaction-level
+advisory lock first, which gives the same one-writer-at-a-time guarantee across every replica,
+and locks the runs and agents it reads (``FOR UPDATE``), since claims (:meth:`Database.claim`)
+do not take that lock: they lock only the rows they hand out (``SKIP LOCKED``), so claimers
+neither wait for each other nor for writers, and a writer never acts on a run a claim is taking.
 """
 
 from __future__ import annotations
@@ -13,81 +19,63 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import anyio.to_thread
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import URL, Connection, Engine, MetaData, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy import URL, Select, event, text
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
-from agent.private import private_dir, private_file
-from agent.server.settings import database_path
+from agent.server.engines import WRITE_OPTION, create_engine_for, create_sqlite_engine
+from agent.server.orm import AgentRow, FlowRunRow
+from agent.server.schema import migrate, reset_database
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-BUSY_TIMEOUT_MS = 5000
-_WRITE_OPTION = "flowagent_write"
+# Where callers have always found them.
+__all__ = ["Database", "create_sqlite_engine", "migrate", "reset_database"]
+
+#: pg_advisory_xact_lock key of write transactions ("flowagent writer").
+WRITE_LOCK_KEY = 0x666C6F77_00000001
+# The rows a PostgreSQL writer locks as it reads them: those a concurrent claim changes.
+_CLAIMED_ENTITIES = (FlowRunRow, AgentRow)
+_LOCK_ROWS = "flowagent_lock_rows"
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def create_sqlite_engine(path: Path) -> Engine:
-    """An engine on the database file with our pragmas and transaction control.
-
-    The file holds deployments' and runs' env: it is created 0600 (SQLite gives its WAL and
-    shared-memory files the database's mode) and an existing one is tightened to 0600.
-    """
-    private_file(path)
-    for suffix in ("-wal", "-shm", "-journal"):
-        private_file(path.with_name(path.name + suffix), create=False)
-    engine = create_engine(
-        # URL.create, not an f-string: a path may hold characters a URL would misread (?, #, %).
-        URL.create("sqlite", database=str(path)),
-        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
-        # One connection per worker thread at most (anyio's default limiter is 40 threads).
-        pool_size=20,
-        max_overflow=20,
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        # Take BEGIN away from the sqlite3 module so that _on_begin decides which kind to emit.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(_WRITE_OPTION):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
-
-    return engine
+def _lock_rows_read(state: ORMExecuteState) -> None:
+    """In a PostgreSQL write session, load runs and agents ``FOR UPDATE``: a claim running
+    beside the writer (it does not take the write lock) cannot change them under it."""
+    if not state.is_select or not state.session.info.get(_LOCK_ROWS):
+        return
+    statement = state.statement
+    if not isinstance(statement, Select) or statement._for_update_arg is not None:
+        return
+    described = statement.column_descriptions
+    # Whole rows of runs or agents only: FOR UPDATE is refused with aggregates, and a column
+    # read (a count, ids) is not what a writer changes afterwards.
+    if described and all(d.get("type") in _CLAIMED_ENTITIES for d in described):
+        state.statement = statement.with_for_update()
 
 
 class Database:
-    """The engine plus the two kinds of session the routes use."""
+    """The engine plus the kinds of session the routes use."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.engine = create_sqlite_engine(path)
+    def __init__(self, target: Path | URL) -> None:
+        self.engine = create_engine_for(target)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(
-            self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+            self.engine.execution_options(**{WRITE_OPTION: True}),
+            expire_on_commit=False,
+            info={_LOCK_ROWS: self.is_postgres},
         )
+        self._claimer = sessionmaker(self.engine, expire_on_commit=False)
+        if self.is_postgres:
+            event.listen(self._writer, "do_orm_execute", _lock_rows_read)
         # Writers of this process queue here rather than in SQLite's busy handler, which
         # sleeps and retries: under load from dozens of agents some writer would lose every
         # retry for the whole busy timeout and answer 503. SQLite's lock still guards the file
-        # against other processes.
+        # against other processes (PostgreSQL's advisory lock, against other replicas).
         self._write_lock = threading.RLock()
 
     @contextmanager
@@ -100,7 +88,29 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A session holding the write lock from its first statement; commits on success."""
         with self._write_lock, self._writer() as session, session.begin():
+            if self.is_postgres:
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
             yield session
+
+    @contextmanager
+    def claim(self) -> Iterator[Session]:
+        """A session for a claim; commits on success.
+
+        On SQLite it is a write session. On PostgreSQL it takes no lock of its own: the claim
+        locks its agent's row and the runs it hands out (``SKIP LOCKED``), and takes the write
+        lock (:meth:`lock_writes`) only when a concurrency limit needs counts that hold.
+        """
+        if not self.is_postgres:
+            with self.write() as session:
+                yield session
+            return
+        with self._claimer() as session, session.begin():
+            yield session
+
+    def lock_writes(self, session: Session) -> None:
+        """Inside a claim session: wait for the write lock, as writers do (PostgreSQL)."""
+        if self.is_postgres:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking database work in a worker thread, off the event loop."""
@@ -108,42 +118,3 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _alembic_config(engine: Engine) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # Percent signs in the path would otherwise be read as interpolation by configparser.
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string().replace("%", "%%"))
-    return config
-
-
-def _upgrade(engine: Engine) -> None:
-    config = _alembic_config(engine)
-    with engine.execution_options(**{_WRITE_OPTION: True}).connect() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-
-
-def migrate(home: Path) -> None:
-    """Create the database under ``home`` if needed and bring its schema to the newest version."""
-    private_dir(home)
-    engine = create_sqlite_engine(database_path(home))
-    try:
-        _upgrade(engine)
-    finally:
-        engine.dispose()
-
-
-def reset_database(home: Path) -> None:
-    """Drop every table (ours and Alembic's) and migrate again: an empty, current database."""
-    private_dir(home)
-    engine = create_sqlite_engine(database_path(home))
-    try:
-        with engine.execution_options(**{_WRITE_OPTION: True}).begin() as connection:
-            existing = MetaData()
-            existing.reflect(connection)
-            existing.drop_all(connection)
-        _upgrade(engine)
-    finally:
-        engine.dispose()

@@ -1,8 +1,10 @@
 """Concurrency limits beyond the queue: per deployment and per tag, checked by the claim.
 
-A run goes PENDING only inside the claim's write transaction (``BEGIN IMMEDIATE``), and the
-counts below are read inside that same transaction, so no number of agents or concurrent
-claims can together push a limit over: the count a claim checks is the count it changes.
+A run goes PENDING only inside the claim's write transaction (``BEGIN IMMEDIATE``; on
+PostgreSQL the write lock, which a claim takes whenever :func:`any_limits` says a limit could
+apply), and the counts below are read inside that same transaction, so no number of agents or
+concurrent claims can together push a limit over: the count a claim checks is the count it
+changes.
 A run holds a slot while PENDING, RUNNING or CANCELLING, whoever holds it.
 
 A due run over a limit is not an error: it stays SCHEDULED under the name
@@ -32,6 +34,18 @@ SLOT_STATES: tuple[str, ...] = (
 
 #: Notifying this "queue" wakes every held claimer: a tag's slot frees runs in any queue.
 ANY_QUEUE = uuid.UUID(int=0)
+
+
+def any_limits(session: Session) -> bool:
+    """Whether any tag or deployment has a concurrency limit."""
+    return bool(
+        session.scalar(
+            select(
+                exists(select(ConcurrencyLimitRow.id))
+                | exists().where(DeploymentRow.concurrency_limit.is_not(None))
+            )
+        )
+    )
 
 
 @dataclass(frozen=True)

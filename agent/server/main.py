@@ -36,18 +36,12 @@ def serve(settings: ServerSettings) -> None:
 
 def _run(settings: ServerSettings, sock: socket.socket) -> None:
     import uvicorn
-    from sqlalchemy.exc import SQLAlchemyError
 
     from agent.server.app import create_app
-    from agent.server.db import migrate
+    from agent.server.schema import migrate
 
-    try:
-        migrate(settings.home)
-    except (OSError, SQLAlchemyError) as exc:
-        raise ConfigError(
-            f"cannot prepare the database at {settings.database_path}: {exc}",
-            hint="check that AGENT_HOME is a writable directory",
-        ) from exc
+    # A database that is down, a wrong URL or a newer schema: a ConfigError, before listening.
+    migrate(settings.home, settings.database())
     app = create_app(settings, migrate_on_startup=False)
     config = uvicorn.Config(
         app,

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import Settings
+from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
 
 # Every default is the settings object's (agent/config.py): written once.
 _DEFAULT = Settings
@@ -16,7 +21,10 @@ class ServerSettings:
     """Where the server keeps its database and how it listens.
 
     Attributes:
-        home: the agent home directory; the database is ``home / "flowagent.db"``.
+        home: the agent home directory; the database is ``home / "flowagent.db"`` unless
+            ``database_url`` names another.
+        database_url: a PostgreSQL database (``postgresql+psycopg://…``) that several server
+            replicas may share, or None for SQLite in ``home``.
         host: interface to listen on; anything but loopback requires ``api_key``.
         port: TCP port.
         api_key: when set, every ``/api`` route but health needs ``Authorization: Bearer <key>``.
@@ -32,6 +40,7 @@ class ServerSettings:
     host: str = _DEFAULT.server_host
     port: int = _DEFAULT.server_port
     api_key: str | None = field(default=None, repr=False)
+    database_url: str | None = field(default=None, repr=False)
     lease_seconds: float = _DEFAULT.lease_seconds
     lease_check_seconds: float = 1.0
     schedule_horizon_seconds: float = _DEFAULT.schedule_horizon_seconds
@@ -46,6 +55,14 @@ class ServerSettings:
     def database_path(self) -> Path:
         return database_path(self.home)
 
+    def database(self) -> URL:
+        """The database's URL: ``database_url``, else the SQLite file in ``home``.
+
+        Raises:
+            ConfigError: ``database_url`` is not a URL of a database the server runs on.
+        """
+        return database_target(self.home, self.database_url)
+
 
 def from_settings(settings: Settings) -> ServerSettings:
     """The server's part of the one settings object the CLI built."""
@@ -54,6 +71,7 @@ def from_settings(settings: Settings) -> ServerSettings:
         host=settings.server_host,
         port=settings.server_port,
         api_key=settings.api_key,
+        database_url=settings.database_url,
         lease_seconds=settings.lease_seconds,
         schedule_horizon_seconds=settings.schedule_horizon_seconds,
         schedule_max_runs=settings.schedule_max_runs,
@@ -66,3 +84,17 @@ def from_settings(settings: Settings) -> ServerSettings:
 
 def database_path(home: Path) -> Path:
     return home / "flowagent.db"
+
+
+def database_target(home: Path, database_url: str | None) -> URL:
+    """The URL of the database ``database_url`` names, else of the SQLite file in ``home``."""
+    from agent.server.engines import parse_database_url, sqlite_url
+
+    if database_url is None:
+        return sqlite_url(database_path(home))
+    try:
+        return parse_database_url(database_url)
+    except ValueError as exc:
+        raise ConfigError(
+            f"bad database_url: {exc}", hint="set AGENT_DATABASE_URL or --database-url"
+        ) from exc

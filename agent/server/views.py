@@ -79,8 +79,9 @@ def get_run(session: Session, run_id: uuid.UUID) -> FlowRunRow:
     return row
 
 
-def get_agent(session: Session, agent_id: uuid.UUID) -> AgentRow:
-    row = session.get(AgentRow, agent_id)
+def get_agent(session: Session, agent_id: uuid.UUID, *, lock: bool = False) -> AgentRow:
+    """The agent's row (``lock``: ``FOR UPDATE``, where the database has row locks), or a 404."""
+    row = session.get(AgentRow, agent_id, with_for_update=lock)
     if row is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,

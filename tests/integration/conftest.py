@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.postgres import postgres_cluster, postgres_url  # noqa: F401 (fixtures)
 from tests.support import free_port, stop, wait_for
 
 
@@ -42,11 +43,15 @@ class ServerProcess:
         return self.stderr_path.read_text(errors="replace")
 
 
-def server_env(home: Path, api_key: str | None = None) -> dict[str, str]:
+def server_env(
+    home: Path, api_key: str | None = None, database_url: str | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
     env["AGENT_HOME"] = str(home)
     if api_key is not None:
         env["AGENT_API_KEY"] = api_key
+    if database_url is not None:
+        env["AGENT_DATABASE_URL"] = database_url
     return env
 
 
@@ -62,14 +67,16 @@ def run_server_command(
     )
 
 
-def start_server(home: Path, *, api_key: str | None = None) -> ServerProcess:
+def start_server(
+    home: Path, *, api_key: str | None = None, database_url: str | None = None
+) -> ServerProcess:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     stderr_path = home / f"server-{port}.stderr"
     with stderr_path.open("wb") as err, (home / f"server-{port}.stdout").open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "agent.server", "--port", str(port)],
-            env=server_env(home, api_key),
+            env=server_env(home, api_key, database_url),
             stdout=out,
             stderr=err,
         )
@@ -190,8 +197,10 @@ def server_factory() -> Iterator[ServerFactory]:
     """Start more servers (on a given home, maybe with an API key); all stop after the test."""
     started: list[ServerProcess] = []
 
-    def start(home: Path, *, api_key: str | None = None) -> ServerProcess:
-        started.append(start_server(home, api_key=api_key))
+    def start(
+        home: Path, *, api_key: str | None = None, database_url: str | None = None
+    ) -> ServerProcess:
+        started.append(start_server(home, api_key=api_key, database_url=database_url))
         return started[-1]
 
     yield start
