@@ -12,7 +12,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from agent import __version__
 from agent.models import utcnow
@@ -37,6 +37,7 @@ from agent.server.routes import (
 )
 from agent.server.scheduler import Clock, Scheduler, SchedulerConfig
 from agent.server.settings import ServerSettings
+from agent.server.wakeup_relay import WakeupRelay
 from agent.server.webhooks import DeliveryWorker
 
 log = structlog.get_logger("agent.server")
@@ -82,6 +83,9 @@ def create_app(
                 log.exception("first_scheduler_pass_failed")
             background.start_soon(scheduler.run, name="scheduler")
             background.start_soon(webhooks.run, name="notification-delivery")
+            if db.is_postgres:
+                relay = WakeupRelay(settings.database(), notifier)
+                background.start_soon(relay.run, name="wakeup-relay")
             try:
                 yield
             finally:
@@ -142,6 +146,7 @@ def create_app(
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(OverflowError, _out_of_range)
+    app.add_exception_handler(DataError, _out_of_range)  # PostgreSQL's own check: a 32-bit INTEGER
     return app
 
 
@@ -163,9 +168,10 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 
 async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
-    """A number too large for SQLite's 64-bit INTEGER (the write was rolled back): a 422."""
+    """A number too large for the database's INTEGER (the write was rolled back): a 422."""
+    reason = " ".join(str(getattr(exc, "orig", exc)).split())
     return JSONResponse(
-        {"detail": f"invalid request: a number is out of range ({exc})"},
+        {"detail": f"invalid request: a number is out of range ({reason})"},
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 

@@ -13,9 +13,10 @@ One claim covers every queue an agent serves, in its priority order, and checks 
 concurrency limits of ``agent/server/limits.py`` in the same transaction.
 
 The long poll waits on a :class:`ClaimWakeups`, which the routes poke after a commit that may have
-made work available to a queue. Writes from another process poke nobody, so a waiter also
-re-checks every :data:`RECHECK_SECONDS`, and wakes on its own when the queue's next future run
-becomes due.
+made work available to a queue. On PostgreSQL the pokes travel to the other replicas too
+(``agent/server/wakeup_relay.py``). Writes from a process that pokes nobody (or a poke lost
+on the way) are still seen: a waiter re-checks every :data:`RECHECK_SECONDS`, and wakes on its
+own when the queue's next future run becomes due.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class ClaimWakeups:
     def __init__(self) -> None:
         self._events: dict[uuid.UUID, asyncio.Event] = {}
         self.closed = False
+        # Told of every wake-up of this process, to pass on to other replicas
+        # (agent/server/wakeup_relay.py).
+        self.relays: list[Callable[[frozenset[uuid.UUID]], None]] = []
 
     def waiter(self, queue_id: uuid.UUID) -> asyncio.Event:
         event = self._events.get(queue_id)
@@ -67,8 +71,13 @@ class ClaimWakeups:
         """The events set when any of ``queue_ids`` (or every queue) is notified."""
         return [self.waiter(queue_id) for queue_id in (*queue_ids, ANY_QUEUE)]
 
-    def notify(self, queue_ids: Iterable[uuid.UUID]) -> None:
+    def notify(self, queue_ids: Iterable[uuid.UUID], *, relayed: bool = False) -> None:
+        """Wake the waiters of ``queue_ids``; pass them on to the relays unless ``relayed``
+        (they came from another replica)."""
         wanted = set(queue_ids)
+        if not relayed and wanted:
+            for relay in self.relays:
+                relay(frozenset(wanted))
         if ANY_QUEUE in wanted:
             wanted = set(self._events)
         for queue_id in wanted:

@@ -99,17 +99,40 @@ def require_psycopg() -> None:
         )
 
 
+def _nul_free_strings(dbapi_connection: Any) -> None:
+    """PostgreSQL's text cannot hold NUL, which SQLite stores and a flow may print: it becomes
+    U+FFFD, the replacement character, rather than a batch of log lines refused for ever."""
+    from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
+
+    class NulFreeText(StrDumperUnknown):
+        def dump(self, obj: str) -> Any:
+            return super().dump(obj.replace("\x00", "\ufffd"))
+
+    class NulFreeBinary(StrBinaryDumper):
+        def dump(self, obj: str) -> Any:
+            return super().dump(obj.replace("\x00", "\ufffd"))
+
+    dbapi_connection.adapters.register_dumper(str, NulFreeText)
+    dbapi_connection.adapters.register_dumper(str, NulFreeBinary)
+
+
 def create_postgres_engine(url: URL) -> Engine:
     """An engine on PostgreSQL: a pool sized like SQLite's, connections checked before use
     (a restarted database must not cost the first request of each pooled connection)."""
     require_psycopg()
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=20,
         max_overflow=20,
         pool_pre_ping=True,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "flowagent"},
     )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        _nul_free_strings(dbapi_connection)
+
+    return engine
 
 
 def create_engine_for(target: Path | URL) -> Engine:

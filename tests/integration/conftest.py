@@ -20,7 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.postgres import postgres_cluster, postgres_url  # noqa: F401 (fixtures)
+from tests.postgres import (  # noqa: F401 (fixtures)
+    PostgresCluster,
+    postgres_cluster,
+    postgres_url,
+)
 from tests.support import free_port, stop, wait_for
 
 
@@ -111,9 +115,20 @@ ServerFactory = Callable[..., ServerProcess]
 ServerCommand = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def shared_database(request: pytest.FixtureRequest) -> str | None:
+    """``FLOWAGENT_TEST_DATABASE=postgres``: the shared servers run on a PostgreSQL database of
+    the session's cluster (the server tests, again, on the other database); else SQLite."""
+    if os.environ.get("FLOWAGENT_TEST_DATABASE", "sqlite") != "postgres":
+        return None
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_database()
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path_factory.mktemp("server"))
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path_factory.mktemp("server"), database_url=shared_database(request))
     try:
         yield srv
     finally:
@@ -121,9 +136,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
-def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def secured_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
     """A second shared server, started with an API key."""
-    srv = start_server(tmp_path_factory.mktemp("secured"), api_key="s3cret-key-for-tests")
+    srv = start_server(
+        tmp_path_factory.mktemp("secured"),
+        api_key="s3cret-key-for-tests",
+        database_url=shared_database(request),
+    )
     try:
         yield srv
     finally:
