@@ -21,6 +21,7 @@ from agent.server.bundles import BundleStore
 from agent.server.claims import ClaimWakeups
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
+from agent.server.leadership import Leadership
 from agent.server.leases import lease_keeper
 from agent.server.metrics import install_metrics
 from agent.server.notifications import NotificationConfig
@@ -71,18 +72,32 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate_on_startup:
             await anyio.to_thread.run_sync(migrate, settings.home, settings.database())
+        leadership = Leadership(settings.database() if db.is_postgres else None)
+        app.state.leadership = leadership
+
+        async def duties() -> None:
+            async with anyio.create_task_group() as leading:
+                leading.start_soon(
+                    lease_keeper,
+                    db,
+                    notifier,
+                    settings.lease_seconds,
+                    settings.lease_check_seconds,
+                    name="lease-keeper",
+                )
+                leading.start_soon(scheduler.run, name="scheduler")
+                leading.start_soon(webhooks.run, name="notification-delivery")
+
         async with anyio.create_task_group() as background:
-            background.start_soon(
-                lease_keeper, db, notifier, settings.lease_seconds, settings.lease_check_seconds
-            )
             # One pass before serving, so that runs missed while the server was down are
-            # sorted out (catch-up policy) before any agent can claim them.
-            try:
-                await scheduler.tick_now()
-            except Exception:
-                log.exception("first_scheduler_pass_failed")
-            background.start_soon(scheduler.run, name="scheduler")
-            background.start_soon(webhooks.run, name="notification-delivery")
+            # sorted out (catch-up policy) before any agent can claim them (by the leader:
+            # a replica that starts beside a leader leaves it to that one).
+            if await leadership.try_acquire():
+                try:
+                    await scheduler.tick_now()
+                except Exception:
+                    log.exception("first_scheduler_pass_failed")
+            background.start_soon(leadership.run, duties, name="leadership")
             if db.is_postgres:
                 relay = WakeupRelay(settings.database(), notifier)
                 background.start_soon(relay.run, name="wakeup-relay")

@@ -37,6 +37,7 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     stderr_path: Path
     api_key: str | None = None
+    database_url: str | None = None  # None: SQLite in home
 
     def client(self, api_key: str | None = None, timeout: float = 30) -> httpx.Client:
         key = api_key if api_key is not None else self.api_key
@@ -84,7 +85,9 @@ def start_server(
             stdout=out,
             stderr=err,
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", home, process, stderr_path, api_key)
+    server = ServerProcess(
+        f"http://127.0.0.1:{port}", home, process, stderr_path, api_key, database_url
+    )
 
     def healthy() -> bool:
         if process.poll() is not None:

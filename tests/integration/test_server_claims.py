@@ -141,7 +141,7 @@ def test_concurrent_claimers_never_share_a_run(
     deployment = api.deployment(queue)
     agents = [api.agent(queue) for _ in range(16)]
     run_ids = {api.run(deployment)["id"] for _ in range(300)}
-    second = server_factory(server.home)
+    second = server_factory(server.home, database_url=server.database_url)
     servers = [server, second]
 
     def claimer(index: int) -> list[tuple[str, str]]:
@@ -420,7 +420,7 @@ def test_a_run_created_through_another_server_process_is_seen_within_a_second(
     server: ServerProcess, server_factory: ServerFactory, api: Api
 ) -> None:
     """Writes from another process wake nobody here; the periodic re-check catches them."""
-    other = server_factory(server.home)
+    other = server_factory(server.home, database_url=server.database_url)
     queue = api.queue()
     agent = api.agent(queue)
     deployment = api.deployment(queue)
