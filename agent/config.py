@@ -141,10 +141,16 @@ def _names(value: Any) -> tuple[str, ...]:
 
 
 def _api_url(value: Any) -> str:
-    text = str(value).rstrip("/")
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    return text
+    """One URL, or several (a list, or comma-separated) of replicas of one server: the agent
+    and the CLI use one and move to the next when it cannot be reached. Kept comma-joined."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    urls = [str(item).strip().rstrip("/") for item in items if str(item).strip()]
+    if not urls:
+        raise ValueError("must name at least one URL")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} must start with http:// or https://")
+    return ",".join(dict.fromkeys(urls))
 
 
 def _database_url(value: Any) -> str | None:
@@ -188,7 +194,9 @@ class Settings:
 
     home: Path = field(default_factory=lambda: Path("~/.agent").expanduser())
     api_url: str = _setting(
-        "http://127.0.0.1:4200/api", _api_url, "work-queue API the CLI and agent talk to"
+        "http://127.0.0.1:4200/api",
+        _api_url,
+        "work-queue API the CLI and agent talk to; several replicas' URLs comma-separated",
     )
     api_key: str | None = _setting(
         None, _optional_str, "API key sent as 'Authorization: Bearer'", secret=True
@@ -296,6 +304,11 @@ class Settings:
         DEFAULT_SECRET_PATTERNS, _patterns, "env names whose values are masked (comma-separated)"
     )
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def api_urls(self) -> tuple[str, ...]:
+        """``api_url``'s URLs, in the order they are tried."""
+        return tuple(self.api_url.split(","))
 
     @property
     def config_file(self) -> Path:

@@ -30,7 +30,7 @@ def native_backend(settings: Settings, *, retry_for: float | None = None) -> Nat
     from agent.backends.native import NativeBackend
 
     http = HttpClient(
-        settings.api_url,
+        settings.api_urls,
         api_key=settings.api_key,
         timeout=settings.request_timeout_seconds,
         retry_for=settings.startup_timeout_seconds if retry_for is None else retry_for,
@@ -57,7 +57,7 @@ def prefect_backend(
             )
         auth = (user, password)
     http = HttpClient(
-        settings.api_url,
+        settings.api_urls,
         api_key=settings.api_key,
         auth=auth,
         headers={"X-PREFECT-API-VERSION": API_VERSION},
@@ -66,7 +66,8 @@ def prefect_backend(
     )
     return PrefectBackend(
         http,
-        api_url=settings.api_url,
+        # What Prefect's engine is told (PREFECT_API_URL takes one URL).
+        api_url=settings.api_urls[0],
         api_key=settings.api_key,
         auth_string=settings.api_auth_string,
         runner_options=runner_options,
@@ -82,7 +83,7 @@ async def detect_backend(settings: Settings) -> str:
     from agent.backends.http import HttpClient
 
     http = HttpClient(
-        settings.api_url,
+        settings.api_urls,
         timeout=settings.request_timeout_seconds,
         retry_for=settings.startup_timeout_seconds,
     )

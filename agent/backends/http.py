@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -113,11 +113,17 @@ class _Wait:
 
 
 class HttpClient:
-    """An httpx.AsyncClient with our auth, error mapping and retry policy."""
+    """An httpx.AsyncClient with our auth, error mapping and retry policy.
+
+    Given several base URLs (replicas of one server), it sends to one and moves to the next
+    when that one cannot be reached (connection refused or cut, a timeout), before the retry:
+    a dead replica costs a retry's backoff, not the retry budget. Answers (even 5xx) do not
+    move it: a replica that answers is up, and its database is the others' too.
+    """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         api_key: str | None = None,
         auth: tuple[str, str] | None = None,
@@ -129,10 +135,13 @@ class HttpClient:
         all_headers = {"User-Agent": "flowagent"} | (headers or {})
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.base_urls = tuple(url.rstrip("/") for url in urls)
+        if not self.base_urls:
+            raise ValueError("HttpClient needs at least one base URL")
+        self._current = 0
         self.retry_for = retry_for
         self._config: dict[str, Any] = {
-            "base_url": self.base_url + "/",
             "headers": all_headers,
             "auth": httpx.BasicAuth(*auth) if auth else None,
             "timeout": httpx.Timeout(timeout, connect=min(timeout, 5.0)),
@@ -151,6 +160,18 @@ class HttpClient:
         # shared pool behind a thousand runs' final reports, they arrived so late that the server
         # expired the agent's lease and crashed runs that had completed.
         self._priority: httpx.AsyncClient | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The URL requests go to now."""
+        return self.base_urls[self._current]
+
+    def _fail_over(self, failed: str) -> None:
+        """``failed`` could not be reached: the next request goes to the next URL (unless
+        another request moved on already)."""
+        if len(self.base_urls) > 1 and self.base_url == failed:
+            self._current = (self._current + 1) % len(self.base_urls)
+            log.warning("api_fail_over", unreachable=failed, next=self.base_url)
 
     async def request(
         self,
@@ -225,7 +246,8 @@ class HttpClient:
         kwargs: dict[str, Any],
         retry: bool,
     ) -> httpx.Response:
-        url = path.lstrip("/")
+        base = self.base_url
+        url = f"{base}/{path.lstrip('/')}"
         try:
             if client is self._client:
                 async with self._slots:
@@ -233,9 +255,11 @@ class HttpClient:
             else:
                 response = await client.request(method, url, **kwargs)
         except httpx.ConnectError as exc:
-            raise _NotSent(self._unreachable(exc)) from exc
+            self._fail_over(base)
+            raise _NotSent(self._unreachable(base, exc)) from exc
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise RetryableError(self._unreachable(exc)) from exc
+            self._fail_over(base)
+            raise RetryableError(self._unreachable(base, exc)) from exc
         try:
             raise_for_status(response)
         except RetryableError:
@@ -246,9 +270,9 @@ class HttpClient:
             raise
         return response
 
-    def _unreachable(self, exc: Exception) -> str:
+    def _unreachable(self, base: str, exc: Exception) -> str:
         reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
-        return f"cannot reach the API at {self.base_url} ({reason})"
+        return f"cannot reach the API at {base} ({reason})"
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -81,10 +81,11 @@ def root(
         ),
     ] = None,
     api_url: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--api-url",
-            help="Work-queue API URL. Env: AGENT_API_URL. Default: http://127.0.0.1:4200/api",
+            help="Work-queue API URL; repeat it for a server's replicas (tried in turn). "
+            "Env: AGENT_API_URL (comma-separated). Default: http://127.0.0.1:4200/api",
             show_default=False,
         ),
     ] = None,

@@ -188,7 +188,7 @@ def backend_for(settings: Settings, retry_for: float = CLI_RETRY_SECONDS) -> Nat
             hint="manage Prefect work queues with the prefect CLI; `agent start` can poll them",
         )
     http = HttpClient(
-        settings.api_url,
+        settings.api_urls,
         api_key=settings.api_key,
         timeout=settings.request_timeout_seconds,
         retry_for=min(retry_for, settings.startup_timeout_seconds),

@@ -100,8 +100,12 @@ def start(
         typer.Option("--run-once", help="Take the runs due now, finish them, and exit."),
     ] = False,
     api_url: Annotated[
-        str | None,
-        typer.Option("--api-url", help="Work-queue API URL (setting api_url).", show_default=False),
+        list[str] | None,
+        typer.Option(
+            "--api-url",
+            help="Work-queue API URL (setting api_url); repeat it for a server's replicas.",
+            show_default=False,
+        ),
     ] = None,
     api_key: Annotated[
         str | None,
