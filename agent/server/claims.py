@@ -86,9 +86,10 @@ class ClaimWakeups:
                 event.set()
 
     def close(self) -> None:
-        """Release every waiter for good: the server is shutting down."""
+        """Release every waiter for good: the server is shutting down (this one: the other
+        replicas' waiters have nothing new to look at)."""
         self.closed = True
-        self.notify([ANY_QUEUE])
+        self.notify([ANY_QUEUE], relayed=True)
 
 
 async def _first_set(events: Sequence[asyncio.Event], timeout: float) -> None:
@@ -244,9 +245,10 @@ def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimReque
         if missing:
             raise not_found("work queue", ", ".join(missing))
         serving = [row for row in queues if row is not None and not row.paused]
-        if db.is_postgres and (
+        serialized = db.is_postgres and (
             any(row.concurrency_limit is not None for row in serving) or any_limits(session)
-        ):
+        )
+        if serialized:
             # Before the agent's row, in the order writers take them: no deadlock.
             db.lock_writes(session)
         agent = get_agent(session, request.agent_id, lock=True)
@@ -269,6 +271,10 @@ def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimReque
         if not serving or request.limit <= 0:
             return ClaimAttempt(claimed, next_due)
         limits = ClaimLimits(session)
+        if db.is_postgres and limits.any and not serialized:
+            # A limit was made since we looked: its counts need the write lock, which cannot
+            # be taken after the agent's row. Nothing now; the waiter looks again shortly.
+            return ClaimAttempt(claimed, next_due)
         for queue in serving:
             wanted = request.limit - len(claimed)
             free = _free_slots(session, queue)

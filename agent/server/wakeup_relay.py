@@ -105,19 +105,24 @@ class WakeupRelay:
                 wanted = set(await self._outbox.get())
                 while not self._outbox.empty():  # one message for a burst of pokes
                     wanted |= self._outbox.get_nowait()
-                try:
-                    if connection is None or connection.closed:
-                        connection = await psycopg.AsyncConnection.connect(
-                            self._conninfo, autocommit=True
-                        )
-                    for message in self._messages(wanted):
-                        await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, message))
-                except psycopg.Error as exc:
-                    # The others re-check on their own within a second; nothing is lost.
-                    log.warning("wakeup_publish_failed", error=str(exc).strip())
-                    if connection is not None:
-                        await connection.close()
-                    connection = None
+                # Twice: a connection the database dropped (a restart) is only found out by
+                # using it, and the first message after that deserves a fresh one.
+                for attempt in range(2):
+                    try:
+                        if connection is None or connection.closed:
+                            connection = await psycopg.AsyncConnection.connect(
+                                self._conninfo, autocommit=True
+                            )
+                        for message in self._messages(wanted):
+                            await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, message))
+                        break
+                    except psycopg.Error as exc:
+                        # The others re-check on their own within a second; nothing is lost.
+                        if attempt:
+                            log.warning("wakeup_publish_failed", error=str(exc).strip())
+                        if connection is not None:
+                            await connection.close()
+                        connection = None
         finally:
             if connection is not None:
                 await connection.close()
