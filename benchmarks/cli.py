@@ -25,6 +25,7 @@ from benchmarks.report import render_table
 from benchmarks.sampling import load_average
 from benchmarks.scenarios import (
     concurrency,
+    fleet,
     footprint,
     ontime,
     output,
@@ -59,6 +60,7 @@ SCENARIOS: list[tuple[Scenario, list[tuple[str, str]]]] = [
     (output.run, [("output", "(8) agent memory while a run prints a lot")]),
     (sources.run, [("sources", "(9) pickup of git-sourced and bundled deployments")]),
     (queues.run, [("queues", "(10) pickup with several queues per agent")]),
+    (fleet.run, [("fleet", "(11) a fleet of simulated agents: SQLite, PostgreSQL, replicas")]),
     (prefect.run, [("prefect", "(7) side by side on a Prefect 3 server")]),
 ]
 NAMES = [name for _, sections in SCENARIOS for name, _ in sections]

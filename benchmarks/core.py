@@ -32,6 +32,12 @@ class Sizes:
     prefect_runs: int = 12
     prefect_gap: float = 4.0  # mean seconds between two Prefect runs' creation (+-25 %)
     output_mb: int = 200  # what one run prints in the output scenario
+    fleet_agents: str = "100,300,1000"  # simulated agents held at once, one size after another
+    fleet_hold_seconds: float = 20.0
+    fleet_heartbeat_seconds: float = 5.0
+    fleet_runs: int = 1000  # queued runs taken to COMPLETED
+    fleet_workers: int = 100  # by this many simulated agents
+    fleet_pickups: int = 30
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -51,6 +57,12 @@ class Sizes:
             prefect_runs=3,
             prefect_gap=1.5,
             output_mb=10,
+            fleet_agents="20,50",
+            fleet_hold_seconds=4.0,
+            fleet_heartbeat_seconds=1.0,
+            fleet_runs=60,
+            fleet_workers=10,
+            fleet_pickups=5,
         )
 
 

@@ -216,13 +216,16 @@ class Lab:
     # ------------------------------------------------------------------ our server, our agent
 
     @contextlib.contextmanager
-    def native_server(self, name: str = "server") -> Iterator[NativeServer]:
+    def native_server(
+        self, name: str = "server", env: Mapping[str, str] | None = None
+    ) -> Iterator[NativeServer]:
+        """Our server; ``env`` adds settings (``AGENT_DATABASE_URL``: a PostgreSQL replica)."""
         home = self.path(name)
         port = free_port()
         proc = self.start(
             name,
             [AGENT, "server", "start", "--port", str(port)],
-            clean_env(AGENT_HOME=str(home), AGENT_LOG_FORMAT="json"),
+            clean_env(AGENT_HOME=str(home), AGENT_LOG_FORMAT="json") | dict(env or {}),
         )
         server = NativeServer(f"http://127.0.0.1:{port}/api", home, proc)
         self._spy(proc)

@@ -1,0 +1,286 @@
+"""(11) A fleet: many simulated agents on SQLite (one server) and PostgreSQL (one and two
+replicas), in the same run.
+
+A simulated agent is a few asyncio tasks on one shared client, not a process: it registers,
+heartbeats every ``fleet_heartbeat_seconds`` and long-polls claims (10 s, one run at a time) as
+a real agent does, and reports RUNNING then COMPLETED for what it claims, without running
+anything. The agents are spread over the setup's replicas in turn.
+
+- **heartbeats**: for each fleet size, the heartbeat round trip (p99 target 250 ms) while every
+  agent sits in its long poll, and whether any agent went longer than its lease between two
+  accepted heartbeats (a lost lease);
+- **throughput**: runs per second from 1,000 queued runs to the last COMPLETED report, claimed
+  by ``fleet_workers`` agents;
+- **pickup across replicas**: a run created through the first replica, claimed by an agent
+  long-polling on the last (on one server, the same one): creation to claim answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from benchmarks.api import NativeApi
+from benchmarks.core import Context, Section, ms
+from benchmarks.stats import Figure, Target
+
+LEASE_SECONDS = 30.0
+CLAIM_WAIT = 10.0
+
+
+@dataclass
+class Tally:
+    """What the simulated agents saw."""
+
+    heartbeat_ms: list[float] = field(default_factory=list)
+    heartbeat_errors: int = 0
+    lost_leases: int = 0
+    completed: int = 0
+    claim_errors: int = 0
+
+
+class Fleet:
+    """Simulated agents on one queue, spread over ``urls``."""
+
+    def __init__(self, urls: list[str], queue_id: str, heartbeat_seconds: float) -> None:
+        self.urls = urls
+        self.queue_id = queue_id
+        self.heartbeat_seconds = heartbeat_seconds
+        self.tally = Tally()
+        self.stopping = asyncio.Event()
+        self.done = asyncio.Event()  # set when ``target`` runs are COMPLETED
+        self.target = 0
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        self.http = httpx.AsyncClient(timeout=60, limits=limits)
+
+    async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        return await self.http.post(url, json=body)
+
+    async def agent(self, index: int, *, claiming: bool) -> None:
+        base = self.urls[index % len(self.urls)]
+        beat = {"name": f"fleet-{uuid.uuid4().hex[:10]}", "work_queue_id": self.queue_id}
+        response = await self._post(f"{base}/agents/heartbeat", beat)
+        response.raise_for_status()
+        agent_id = response.json()["id"]
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._heartbeats(base, beat, index))
+            if claiming:
+                tasks.create_task(self._claims(base, agent_id))
+
+    async def _heartbeats(self, base: str, beat: dict[str, Any], index: int) -> None:
+        # Spread the fleet's heartbeats over the interval, as agents started at random would.
+        await asyncio.sleep(self.heartbeat_seconds * (index % 97) / 97)
+        last_ok = time.monotonic()
+        while not self.stopping.is_set():
+            began = time.monotonic()
+            try:
+                response = await self._post(f"{base}/agents/heartbeat", beat)
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            answered = time.monotonic()
+            if ok:
+                self.tally.heartbeat_ms.append(ms(answered - began))
+                if answered - last_ok > LEASE_SECONDS:
+                    self.tally.lost_leases += 1
+                last_ok = answered
+            else:
+                self.tally.heartbeat_errors += 1
+            with contextlib.suppress(TimeoutError):
+                wait = max(0.0, self.heartbeat_seconds - (answered - began))
+                await asyncio.wait_for(self.stopping.wait(), wait)
+
+    async def _claims(self, base: str, agent_id: str) -> None:
+        claim_url = f"{base}/work_queues/{self.queue_id}/claim"
+        while not self.stopping.is_set():
+            body = {"agent_id": agent_id, "limit": 1, "wait_seconds": CLAIM_WAIT}
+            body["claim_id"] = str(uuid.uuid4())
+            try:
+                response = await self._post(claim_url, body)
+                if response.status_code != 200:
+                    self.tally.claim_errors += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                for claimed in response.json():
+                    run_id = claimed["flow_run"]["id"]
+                    for state in ("RUNNING", "COMPLETED"):
+                        await self._report(f"{base}/flow_runs/{run_id}/set_state", state)
+                    self.tally.completed += 1
+                    if self.tally.completed >= self.target:
+                        self.done.set()
+            except httpx.HTTPError:
+                self.tally.claim_errors += 1
+                await asyncio.sleep(0.1)
+
+    async def _report(self, url: str, state: str) -> None:
+        for _ in range(100):  # a busy database answers 503: report again, as an agent would
+            if (await self._post(url, {"type": state})).status_code < 500:
+                return
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def _hold(urls: list[str], queue_id: str, n: int, seconds: float, beat: float) -> Tally:
+    """``n`` agents heartbeating and long-polling (nothing to claim) for ``seconds``."""
+    fleet = Fleet(urls, queue_id, beat)
+    agents = [asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(n)]
+    await asyncio.sleep(seconds)
+    fleet.stopping.set()
+    await asyncio.wait(agents, timeout=CLAIM_WAIT + 30)
+    for task in agents:
+        task.cancel()
+    await fleet.close()
+    return fleet.tally
+
+
+async def _drain(urls: list[str], queue_id: str, workers: int, runs: int, beat: float) -> float:
+    """Seconds for ``workers`` agents to take ``runs`` queued runs to COMPLETED."""
+    fleet = Fleet(urls, queue_id, beat)
+    fleet.target = runs
+    began = time.monotonic()
+    agents = [asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(workers)]
+    await fleet.done.wait()
+    seconds = time.monotonic() - began
+    fleet.stopping.set()
+    await asyncio.wait(agents, timeout=CLAIM_WAIT + 30)
+    for task in agents:
+        task.cancel()
+    await fleet.close()
+    return seconds
+
+
+def _pickups(apis: list[NativeApi], deployment_id: str, queue_id: str, n: int) -> list[float]:
+    """Created through the first replica, claimed by a long poll held on the last."""
+    first, last = apis[0], apis[-1]
+    beat = {"name": f"pick-{uuid.uuid4().hex[:8]}", "work_queue_id": queue_id}
+    agent = last.call("POST", "agents/heartbeat", json=beat)
+    claim_url = f"{last.url}/work_queues/{queue_id}/claim"
+    body = {"agent_id": agent["id"], "wait_seconds": CLAIM_WAIT}
+    samples: list[float] = []
+
+    def held_claim(http: httpx.Client) -> float:
+        http.post(claim_url, json=body)
+        return time.monotonic()
+
+    with httpx.Client(timeout=60) as http, ThreadPoolExecutor(1) as pool:
+        for _ in range(n):
+            answered = pool.submit(held_claim, http)
+            time.sleep(0.3)  # the claim is held
+            created = time.monotonic()
+            first.call("POST", f"deployments/{deployment_id}/runs", json={})
+            samples.append(ms(answered.result() - created))
+    return samples
+
+
+@contextlib.contextmanager
+def _setup(
+    ctx: Context, label: str, replicas: int, database_url: str | None
+) -> Iterator[list[str]]:
+    env = {"AGENT_DATABASE_URL": database_url} if database_url else {}
+    with contextlib.ExitStack() as stack:
+        urls = [
+            stack.enter_context(ctx.lab.native_server(f"fleet-{label}-{i}", env)).url
+            for i in range(replicas)
+        ]
+        yield urls
+
+
+def _measure(ctx: Context, section: Section, label: str, urls: list[str]) -> None:
+    sizes = ctx.sizes
+    apis = [NativeApi(url) for url in urls]
+    try:
+        for n in (int(size) for size in sizes.fleet_agents.split(",")):
+            queue = apis[0].queue()
+            ctx.say(f"fleet {label}: {n} agents for {sizes.fleet_hold_seconds:g} s")
+            tally = asyncio.run(
+                _hold(urls, queue["id"], n, sizes.fleet_hold_seconds, sizes.fleet_heartbeat_seconds)
+            )
+            section.add(
+                Figure.distribution(
+                    "fleet",
+                    f"{label}: heartbeat round trip, {n} agents",
+                    "ms",
+                    tally.heartbeat_ms,
+                    [Target("p99", "<=", 250)],
+                    note=f"{tally.heartbeat_errors} failed, {tally.lost_leases} leases lost",
+                )
+            )
+            section.details[f"{label}/{n}"] = {
+                "heartbeat_errors": tally.heartbeat_errors,
+                "lost_leases": tally.lost_leases,
+                "claim_errors": tally.claim_errors,
+            }
+        queue = apis[0].queue()
+        deployment = apis[0].deployment(queue["id"], command=["true"])
+        runs = sizes.fleet_runs
+        asyncio.run(_create(urls, deployment, runs))
+        ctx.say(f"fleet {label}: {runs} queued runs, {sizes.fleet_workers} agents")
+        seconds = asyncio.run(
+            _drain(urls, queue["id"], sizes.fleet_workers, runs, sizes.fleet_heartbeat_seconds)
+        )
+        section.add(
+            Figure.scalar(
+                "fleet", f"{label}: claim → RUNNING → COMPLETED", "runs/s", runs / seconds, n=runs
+            )
+        )
+        picked = _pickups(apis, deployment, queue["id"], sizes.fleet_pickups)
+        where = "created on one replica, claimed on the other" if len(urls) > 1 else "one server"
+        section.add(
+            Figure.distribution(
+                "fleet", f"{label}: pickup, {where}", "ms", picked, [Target("p50", "<=", 50)]
+            )
+        )
+    finally:
+        for api in apis:
+            api.close()
+
+
+async def _create(urls: list[str], deployment_id: str, runs: int) -> None:
+    async with httpx.AsyncClient(timeout=60) as http:
+        semaphore = asyncio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            async with semaphore:
+                while True:
+                    url = f"{urls[i % len(urls)]}/deployments/{deployment_id}/runs"
+                    if (await http.post(url, json={})).status_code == 201:
+                        return
+                    await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(one(i) for i in range(runs)))
+
+
+def run(ctx: Context, sections: dict[str, Section]) -> None:
+    section = sections["fleet"]
+    with ctx.lab.native_server("fleet-sqlite") as server:
+        _measure(ctx, section, "SQLite, 1 server", [server.url])
+    from tests.postgres import make_cluster, postgres_problem
+
+    problem = postgres_problem()
+    if problem is not None:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI needs PostgreSQL for the fleet section, and {problem}")
+        section.details["postgres_skipped"] = problem
+        ctx.say(f"fleet: PostgreSQL setups skipped: {problem}")
+        return
+    cluster = make_cluster()
+    try:
+        for replicas in (1, 2):
+            label = f"PostgreSQL, {replicas} replica{'s' if replicas > 1 else ''}"
+            with _setup(ctx, f"pg{replicas}", replicas, cluster.new_database()) as urls:
+                _measure(ctx, section, label, urls)
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(cluster.directory, ignore_errors=True)
