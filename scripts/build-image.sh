@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the flowagent image (agent + server) on the local Python base image; never pulls.
 #
-# The image is built without network access: the wheels of flowagent[server,docker] and all its
+# The image is built without network access: the wheels of flowagent[server,docker,postgres] and its
 # dependencies are fetched here, on the host, for the base image's Python version and machine,
 # into build/docker-wheels/, and the Dockerfile's builder stage installs them from there with
 # pip run straight from its wheel (Debian's python3 has no ensurepip/pip).
@@ -35,7 +35,7 @@ project_wheel="$(ls "$WHEELS"/app/flowagent-*.whl)"
     --python-version "$pyver" --implementation cp --abi "cp$pyver" --abi abi3 --abi none \
     --platform "manylinux2014_$machine" --platform "manylinux_2_28_$machine" \
     --platform "manylinux_2_34_$machine" --platform any \
-    "$project_wheel[server,docker]" pip 2> >(grep -v "is ignored: it is neither" >&2)
+    "$project_wheel[server,docker,postgres]" pip 2> >(grep -v "is ignored: it is neither" >&2)
 rm -f "$WHEELS"/deps/flowagent-*.whl
 
 echo "==> docker build -> $TAG (on $BASE)"
