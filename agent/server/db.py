@@ -8,9 +8,16 @@ never wait for writers.
 
 PostgreSQL (several replicas on one database): a write transaction takes one transaction-level
 advisory lock first, which gives the same one-writer-at-a-time guarantee across every replica,
-and locks the runs and agents it reads (``FOR UPDATE``), since claims (:meth:`Database.claim`)
-do not take that lock: they lock only the rows they hand out (``SKIP LOCKED``), so claimers
-neither wait for each other nor for writers, and a writer never acts on a run a claim is taking.
+and locks the runs it reads (``FOR UPDATE``), since claims (:meth:`Database.claim`) do not take
+that lock: they lock only the rows they hand out (``SKIP LOCKED``), so claimers neither wait
+for each other nor for writers, and a writer never acts on a run a claim is taking. Heartbeats
+and a run's own reports (state, runner info, logs, report batches) do not take it either
+(``write(serialized=False)``): a heartbeat changes one agent's row, which it locks, and its
+runs; a report changes its runs; and runs are locked as any writer locks them. Behind the write
+lock they would queue behind every other write of every replica, and a lease must not run out
+while a heartbeat waits in that queue. What needs more than rows (claims under a concurrency
+limit, the scheduler, lease expiry, creating and changing queues, deployments, limits) still
+takes it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from sqlalchemy import URL, Select, event, text
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from agent.server.engines import WRITE_OPTION, create_engine_for, create_sqlite_engine
-from agent.server.orm import AgentRow, FlowRunRow
+from agent.server.orm import FlowRunRow
 from agent.server.schema import migrate, reset_database
 
 # Where callers have always found them.
@@ -34,8 +41,10 @@ __all__ = ["Database", "create_sqlite_engine", "migrate", "reset_database"]
 
 #: pg_advisory_xact_lock key of write transactions ("flowagent writer").
 WRITE_LOCK_KEY = 0x666C6F77_00000001
-# The rows a PostgreSQL writer locks as it reads them: those a concurrent claim changes.
-_CLAIMED_ENTITIES = (FlowRunRow, AgentRow)
+# The rows a PostgreSQL writer locks as it reads them: runs, which claims and heartbeats change
+# beside it. (Agents are not: a writer that changes an agent's row locks it itself, and a lock
+# taken on every read of an agent would make writers that read one wait for claims.)
+_CLAIMED_ENTITIES = (FlowRunRow,)
 _LOCK_ROWS = "flowagent_lock_rows"
 
 P = ParamSpec("P")
@@ -43,8 +52,8 @@ T = TypeVar("T")
 
 
 def _lock_rows_read(state: ORMExecuteState) -> None:
-    """In a PostgreSQL write session, load runs and agents ``FOR UPDATE``: a claim running
-    beside the writer (it does not take the write lock) cannot change them under it."""
+    """In a PostgreSQL write session, load runs ``FOR UPDATE``: a claim or a heartbeat running
+    beside the writer (they do not take the write lock) cannot change them under it."""
     if not state.is_select or not state.session.info.get(_LOCK_ROWS):
         return
     statement = state.statement
@@ -85,8 +94,16 @@ class Database:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A session holding the write lock from its first statement; commits on success."""
+    def write(self, *, serialized: bool = True) -> Iterator[Session]:
+        """A session holding the write lock from its first statement; commits on success.
+
+        ``serialized=False`` (PostgreSQL only; SQLite has one kind of write): no write lock,
+        for a transaction whose rows' locks are all it needs.
+        """
+        if self.is_postgres and not serialized:
+            with self._writer() as session, session.begin():
+                yield session
+            return
         with self._write_lock, self._writer() as session, session.begin():
             if self.is_postgres:
                 session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})

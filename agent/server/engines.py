@@ -117,14 +117,17 @@ def _nul_free_strings(dbapi_connection: Any) -> None:
 
 
 def create_postgres_engine(url: URL) -> Engine:
-    """An engine on PostgreSQL: a pool sized like SQLite's, connections checked before use
-    (a restarted database must not cost the first request of each pooled connection)."""
+    """An engine on PostgreSQL: a pool sized like SQLite's.
+
+    Connections are not pinged before use (a round trip on every transaction): after a
+    database restart the first request that meets a dead connection is a 503 its client
+    retries, and SQLAlchemy then drops every pooled connection at once.
+    """
     require_psycopg()
     engine = create_engine(
         url,
         pool_size=20,
         max_overflow=20,
-        pool_pre_ping=True,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "flowagent"},
     )
 

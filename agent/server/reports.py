@@ -47,7 +47,10 @@ def apply(session: Session, reports: list[RunReport]) -> Applied:
     # its run in the session's identity map instead of asking SQLite again. The identity map
     # holds objects weakly, so the list keeps them there until the batch is done.
     ids = list({report.run_id for report in reports})
-    loaded = session.scalars(select(FlowRunRow).where(FlowRunRow.id.in_(ids))).all()
+    # In id order: two batches that share runs lock them in one order (PostgreSQL).
+    loaded = session.scalars(
+        select(FlowRunRow).where(FlowRunRow.id.in_(ids)).order_by(FlowRunRow.id)
+    ).all()
     for report in reports:
         try:
             run, wake = _apply_one(session, report)
@@ -61,5 +64,6 @@ def apply(session: Session, reports: list[RunReport]) -> Applied:
 
 
 def apply_batch(db: Database, reports: list[RunReport]) -> Applied:
-    with db.write() as session:
+    # Its runs' row locks are all it needs (agent/server/db.py): not behind every other write.
+    with db.write(serialized=False) as session:
         return apply(session, reports)

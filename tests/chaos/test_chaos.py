@@ -13,6 +13,10 @@ executed twice, no two executions of a run overlapping, no finished work done ag
 agent was out of reach longer than the lease, no limit exceeded by the server's count or by the
 executions themselves) and the figures printed.
 
+It runs twice: on one server with SQLite, and on two server replicas sharing one PostgreSQL
+(``replicas``), each agent given both replicas' URLs (through a proxy each): there a replica is
+SIGKILLed and restarted instead of the server, and PostgreSQL itself is restarted once.
+
 Size: ``CHAOS_RUNS`` (default 240, what CI affords); ``CHAOS_RUNS=10000`` for the big one.
 """
 
@@ -37,6 +41,7 @@ import psutil
 import pytest
 
 from tests.faultproxy import FaultProxy
+from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401 (a fixture)
 from tests.support import (
     AGENT,
     FLOWS,
@@ -76,7 +81,7 @@ class Fleet:
     server_env: dict[str, str]
     queue_id: str
     home: Path
-    proxies: list[FaultProxy]
+    proxies: list[list[FaultProxy]]  # per agent: one per server replica, tried in turn
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     kills: list[tuple[str, float]] = field(default_factory=list)
     # index -> the monotonic time to start it again
@@ -85,7 +90,9 @@ class Fleet:
 
     def env(self, index: int) -> dict[str, str]:
         return self.server_env | {
-            "AGENT_API_URL": f"http://127.0.0.1:{self.proxies[index].port}/api",
+            "AGENT_API_URL": ",".join(
+                f"http://127.0.0.1:{proxy.port}/api" for proxy in self.proxies[index]
+            ),
             "AGENT_HEARTBEAT_SECONDS": "0.5",
             "AGENT_CANCEL_POLL_SECONDS": "0.5",
             "AGENT_LIMIT": "4",
@@ -193,23 +200,63 @@ def executions(marker_dir: Path) -> list[dict[str, Any]]:
     return marks
 
 
+class Api:
+    """The API through whichever server replica answers (one may be down, being restarted)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.clients = [httpx.Client(base_url=url + "/", timeout=30) for url in urls]
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        failure: httpx.HTTPError | None = None
+        for client in self.clients:
+            try:
+                return client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self._send("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self._send("POST", path, **kwargs)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
 @pytest.fixture
 def chaos_home(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
 @pytest.mark.timeout(3600)
-def test_chaos(chaos_home: Path) -> None:
+@pytest.mark.parametrize("topology", ["sqlite", "replicas"])
+def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) -> None:
     rng = random.Random(SEED)
     marker_dir = chaos_home / "markers"
     marker_dir.mkdir()
     home = chaos_home / "server"
-    port = free_port()
     server_env = {"AGENT_LEASE_SECONDS": str(LEASE)}
+    cluster: PostgresCluster | None = None
+    replicas = 1
+    if topology == "replicas":
+        cluster = request.getfixturevalue("postgres_cluster")
+        server_env["AGENT_DATABASE_URL"] = cluster.new_database()
+        replicas = 2
+    homes = [home, *(chaos_home / f"server-{r}" for r in range(1, replicas))]
+    ports = [free_port() for _ in range(replicas)]
 
     with ExitStack() as stack:
-        server = stack.enter_context(running_server(home, server_env, port=port))
-        api = stack.enter_context(httpx.Client(base_url=server.url + "/", timeout=30))
+        servers = [
+            stack.enter_context(running_server(homes[r], server_env, port=ports[r]))
+            for r in range(replicas)
+        ]
+        server = servers[0]
+        api = Api([s.url for s in servers])
+        stack.callback(api.close)
         queue = api.post("work_queues", json={"name": "chaos"}).json()
         api.post("concurrency_limits", json={"tag": TAG, "limit": TAG_LIMIT}).raise_for_status()
         spec = {
@@ -226,7 +273,14 @@ def test_chaos(chaos_home: Path) -> None:
             json={"name": "chaos-limited", "concurrency_limit": DEPLOYMENT_LIMIT, **spec},
         ).json()
         sampler = stack.enter_context(ActiveSampler(server.url))
-        proxies = [stack.enter_context(FaultProxy(port, seed=SEED + i)) for i in range(AGENTS)]
+        proxies = [
+            [
+                stack.enter_context(FaultProxy(port, seed=SEED + i + 100 * r))
+                for r, port in enumerate(ports)
+            ]
+            for i in range(AGENTS)
+        ]
+        every_proxy = [proxy for per_agent in proxies for proxy in per_agent]
         fleet = Fleet(base_env(home), queue["id"], chaos_home, proxies)
         # A failed assertion must not leave agents behind: stop them on the way out, whatever.
         stack.callback(fleet.stop_all)
@@ -247,10 +301,13 @@ def test_chaos(chaos_home: Path) -> None:
                     )
                 except httpx.HTTPError:
                     return  # the server is being restarted: next round
+                if response.status_code == 503:
+                    return  # its database is being restarted: next round
                 assert response.status_code == 201, response.text
                 run_ids.append(response.json()["id"])
 
-        server_process = server.process
+        server_processes = [s.process for s in servers]
+        database_restarts = 0
         events: Counter[str] = Counter()
         partitioned_until = 0.0
         began = time.monotonic()
@@ -308,34 +365,45 @@ def test_chaos(chaos_home: Path) -> None:
                 elif action == "twin":
                     events["twin_refused"] += fleet.twin_refused(index)
                 elif action == "delay":
-                    proxy = rng.choice(proxies)
+                    proxy = rng.choice(every_proxy)
                     proxy.delay_seconds = rng.uniform(0.05, 0.5)
                     with proxy.fault("delay"):
                         time.sleep(1.0)
                 elif action == "reset":
-                    proxy = rng.choice(proxies)
+                    proxy = rng.choice(every_proxy)
                     with proxy.fault("reset"):  # open connections too
                         time.sleep(rng.uniform(0.2, 1.0))
                 elif action == "server" and server_kills < 2:
-                    server_process.send_signal(signal.SIGKILL)
-                    server_process.wait()
+                    # With replicas: one of them (the agents move to the other), restarted.
+                    r = rng.randrange(replicas)
+                    server_processes[r].send_signal(signal.SIGKILL)
+                    server_processes[r].wait()
                     server_kills += 1
                     time.sleep(0.5)
-                    server_process = stack.enter_context(
-                        running_server(home, server_env, port=port)
+                    server_processes[r] = stack.enter_context(
+                        running_server(homes[r], server_env, port=ports[r])
                     ).process
+                    if cluster is not None and database_restarts == 0:
+                        # Once: the database under both replicas goes away and comes back.
+                        cluster.stop("fast")
+                        time.sleep(rng.uniform(0.5, 2.0))
+                        cluster.start()
+                        database_restarts += 1
                 elif action == "partition" and partitioned_until == 0.0:
-                    proxies[-1].set_mode("blackhole")
+                    for proxy in proxies[-1]:  # cut off from every replica
+                        proxy.set_mode("blackhole")
                     partitioned_until = now + LEASE + 3
                 events[action] += 1
             if partitioned_until and now > partitioned_until:
-                proxies[-1].set_mode("pass")
+                for proxy in proxies[-1]:
+                    proxy.set_mode("pass")
                 partitioned_until = -1.0
             settled = now >= chaos_until and len(run_ids) == RUNS and not fleet.pending
             if settled and open_runs() == 0:
                 break
             time.sleep(0.2)
-        proxies[-1].set_mode("pass")
+        for proxy in proxies[-1]:
+            proxy.set_mode("pass")
 
         exit_codes = fleet.stop_all()
         runs = {rid: api.get(f"flow_runs/{rid}").json() for rid in run_ids}
@@ -353,13 +421,14 @@ def test_chaos(chaos_home: Path) -> None:
     states = Counter(run["state"]["type"] for run in runs.values())
     attempts = Counter(run["attempt"] for run in runs.values())
     print(
-        f"\nchaos: {RUNS} runs, {AGENTS} agents, lease {LEASE:g}s, seed {SEED}\n"
+        f"\nchaos ({topology}): {RUNS} runs, {AGENTS} agents, lease {LEASE:g}s, seed {SEED}\n"
         f"  final states: {dict(states)}\n"
         f"  attempts: {dict(sorted(attempts.items()))}\n"
         f"  executions recorded: {len(marks)}\n"
-        f"  chaos: {dict(events)}, agent kills {len(fleet.kills)}, server kills {server_kills}\n"
-        f"  proxy connections: {sum(p.connections for p in proxies)}, "
-        f"resets {sum(p.resets for p in proxies)}\n"
+        f"  chaos: {dict(events)}, agent kills {len(fleet.kills)}, server kills {server_kills}, "
+        f"database restarts {database_restarts}\n"
+        f"  proxy connections: {sum(p.connections for p in every_proxy)}, "
+        f"resets {sum(p.resets for p in every_proxy)}\n"
         f"  agent exit codes at the end: {exit_codes}\n"
         f"  limit samples: {len(sampler.samples)} ({sampler.failed} reads failed), most active "
         f"with tag {TAG} {sampler.most(lambda r: TAG in r['tags'])}/{TAG_LIMIT}, of "
@@ -369,6 +438,9 @@ def test_chaos(chaos_home: Path) -> None:
 
     # 1. Every run ends in a terminal state, without a person acting; agents stop cleanly.
     assert set(states) <= TERMINAL, states
+    assert len(runs) == RUNS  # none lost
+    if cluster is not None:
+        assert server_kills >= 1 and database_restarts == 1, (server_kills, database_restarts)
     assert exit_codes == [0] * AGENTS, exit_codes
 
     # 1b. No limit was ever exceeded, by the server's count (sampled every 50 ms) or by the

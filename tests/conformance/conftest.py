@@ -5,6 +5,8 @@
   PREFECT_HOME, UI and analytics off); ``prefect2``: the seed's Prefect 2.20.27 from
   ``.prefect2-venv``. ``bash scripts/prefect-setup.sh --with-2`` creates both venvs; a missing
   one fails the tests when ``CI`` is set and skips them otherwise.
+* ``replicas``: our server as two replicas on one PostgreSQL (agents given both URLs, the
+  scenario's requests sent to each in turn).
 * ``*_auth``: the same servers with authentication on (our API key; Prefect's basic auth).
 
 Scenarios take the ``server`` fixture and run once per kind.
@@ -23,12 +25,14 @@ from tests.conformance.harness import (
     Harness,
     NativeHarness,
     PrefectHarness,
+    ReplicasHarness,
     native_server,
     prefect_server,
     venv_or_skip,
 )
+from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401 (a fixture)
 
-KINDS = ["native", "prefect3", "prefect2"]
+KINDS = ["native", "replicas", "prefect3", "prefect2"]
 AUTH_STRING = "flowagent:s3cret-pass"
 API_KEY = "s3cret-key-for-conformance"
 VENVS = {"prefect3": (".prefect-venv", ""), "prefect2": (".prefect2-venv", " --with-2")}
@@ -39,6 +43,20 @@ def native_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness
     home = tmp_path_factory.mktemp("native")
     with native_server(home) as url:
         yield NativeHarness(kind="native", url=url, home=home)
+
+
+@pytest.fixture(scope="session")
+def replicas_harness(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Harness]:
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    home = tmp_path_factory.mktemp("replicas")
+    database_url = cluster.new_database()
+    with (
+        native_server(home / "a", database_url=database_url) as a,
+        native_server(home / "b", database_url=database_url) as b,
+    ):
+        yield ReplicasHarness(kind="native", url=a, home=home, urls=[a, b])
 
 
 def _prefect(

@@ -203,6 +203,23 @@ class NativeHarness(Harness):
 
 
 @dataclass
+class ReplicasHarness(NativeHarness):
+    """Our server as two replicas on one PostgreSQL: the scenario's own requests go to each
+    replica in turn (what one wrote, the other reads), and agents are given both URLs."""
+
+    urls: list[str] = field(default_factory=list)
+    _turn: int = 0
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        self._turn += 1
+        self.url = self.urls[self._turn % len(self.urls)]
+        return super().request(method, path, **kwargs)
+
+    def agent_env(self, home: Path, **extra: str) -> dict[str, str]:
+        return super().agent_env(home, **extra) | {"AGENT_API_URL": ",".join(self.urls)}
+
+
+@dataclass
 class PrefectHarness(Harness):
     """A real Prefect server (`prefect server start`) and the venv it came from."""
 
@@ -379,13 +396,18 @@ def prefect_server(
 
 
 @contextlib.contextmanager
-def native_server(home: Path, *, api_key: str | None = None) -> Iterator[str]:
-    """Our embedded server as a real process (`agent server start`)."""
+def native_server(
+    home: Path, *, api_key: str | None = None, database_url: str | None = None
+) -> Iterator[str]:
+    """Our embedded server as a real process (`agent server start`), on SQLite in ``home``
+    or on ``database_url``."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = clean_env(AGENT_HOME=str(home))
     if api_key:
         env["AGENT_API_KEY"] = api_key
+    if database_url:
+        env["AGENT_DATABASE_URL"] = database_url
     with (home / "server.log").open("ab") as log:
         process = subprocess.Popen(
             [AGENT, "server", "start", "--port", str(port)],

@@ -22,10 +22,12 @@ router = APIRouter(prefix="/agents", tags=["agents"])
 def _heartbeat(
     db: Database, beat: Heartbeat, lease_seconds: float
 ) -> tuple[AgentRecord, set[uuid.UUID]]:
-    with db.write() as session:
+    # Not behind every other write (see agent/server/db.py): the agent's row, locked, is all
+    # a heartbeat needs to be alone with.
+    with db.write(serialized=False) as session:
         queues = _existing_queues(session, beat)
         now = utcnow()
-        row = session.scalar(select(AgentRow).where(AgentRow.name == beat.name))
+        row = session.scalar(select(AgentRow).where(AgentRow.name == beat.name).with_for_update())
         if row is None:
             # The name is the agent's identity: a restarted agent keeps its id and its runs.
             row = AgentRow(id=uuid.uuid4(), name=beat.name, created=now, last_claim_run_ids=[])

@@ -68,24 +68,24 @@ def _states(db: Database, run_id: uuid.UUID) -> list[State]:
 
 
 def _set_state(db: Database, run_id: uuid.UUID, proposal: StateProposal) -> lifecycle.Transition:
-    with db.write() as session:
+    with db.write(serialized=False) as session:  # the run's row lock is enough
         return lifecycle.set_state(session, run_id, proposal)
 
 
 def _cancel(db: Database, run_id: uuid.UUID) -> lifecycle.Transition:
-    with db.write() as session:
+    with db.write(serialized=False) as session:  # the run's row lock is enough
         return lifecycle.cancel(session, run_id)
 
 
 def _update_runner_info(db: Database, run_id: uuid.UUID, body: RunnerInfoUpdate) -> FlowRun:
-    with db.write() as session:
+    with db.write(serialized=False) as session:  # the run's row lock is enough
         return run_model(lifecycle.update_runner_info(session, run_id, body.runner_info))
 
 
 def _add_logs(
     db: Database, run_id: uuid.UUID, lines: list[LogLineCreate], batch_id: uuid.UUID | None
 ) -> int:
-    with db.write() as session:
+    with db.write(serialized=False) as session:  # the run's row lock is enough
         get_run(session, run_id)
         if batch_id is not None and session.scalar(
             select(LogRow.id).where(LogRow.flow_run_id == run_id, LogRow.batch_id == batch_id)
