@@ -316,6 +316,27 @@ def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) 
         deadline = chaos_until + max(120.0, RUNS * 0.2)
         server_kills = 0
 
+        def kill_server(r: int) -> None:
+            """SIGKILL server (replica) ``r`` and start it again on its port: with replicas,
+            the agents move to the other one meanwhile."""
+            nonlocal server_kills
+            server_processes[r].send_signal(signal.SIGKILL)
+            server_processes[r].wait()
+            server_kills += 1
+            time.sleep(0.5)
+            server_processes[r] = stack.enter_context(
+                running_server(homes[r], server_env, port=ports[r])
+            ).process
+
+        # With replicas, whatever the dice say: a replica dies mid-chaos, and later the
+        # database under both goes away and comes back.
+        forced = (
+            {"replica": began + (chaos_until - began) * 0.3}
+            | {"database": began + (chaos_until - began) * 0.6}
+            if cluster is not None
+            else {}
+        )
+
         def open_runs() -> int:
             try:
                 runs = api.get(
@@ -333,6 +354,16 @@ def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) 
             now = time.monotonic()
             fleet.tick()
             submit(int(RUNS * (now - began) / (submitted_by - began)) + 1)
+            if "replica" in forced and now >= forced["replica"]:
+                del forced["replica"]
+                kill_server(rng.randrange(replicas))
+                events["replica_killed"] += 1
+            if "database" in forced and now >= forced["database"] and cluster is not None:
+                del forced["database"]
+                cluster.stop("fast")
+                time.sleep(rng.uniform(0.5, 2.0))
+                cluster.start()
+                database_restarts += 1
             if now < chaos_until:
                 action = rng.choice(ACTIONS)
                 # The last agent is the partition victim; the others die in every way.
@@ -374,21 +405,7 @@ def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) 
                     with proxy.fault("reset"):  # open connections too
                         time.sleep(rng.uniform(0.2, 1.0))
                 elif action == "server" and server_kills < 2:
-                    # With replicas: one of them (the agents move to the other), restarted.
-                    r = rng.randrange(replicas)
-                    server_processes[r].send_signal(signal.SIGKILL)
-                    server_processes[r].wait()
-                    server_kills += 1
-                    time.sleep(0.5)
-                    server_processes[r] = stack.enter_context(
-                        running_server(homes[r], server_env, port=ports[r])
-                    ).process
-                    if cluster is not None and database_restarts == 0:
-                        # Once: the database under both replicas goes away and comes back.
-                        cluster.stop("fast")
-                        time.sleep(rng.uniform(0.5, 2.0))
-                        cluster.start()
-                        database_restarts += 1
+                    kill_server(rng.randrange(replicas))
                 elif action == "partition" and partitioned_until == 0.0:
                     for proxy in proxies[-1]:  # cut off from every replica
                         proxy.set_mode("blackhole")
