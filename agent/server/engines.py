@@ -117,17 +117,15 @@ def _nul_free_strings(dbapi_connection: Any) -> None:
 
 
 def create_postgres_engine(url: URL) -> Engine:
-    """An engine on PostgreSQL: a pool sized like SQLite's.
-
-    Connections are not pinged before use (a round trip on every transaction): after a
-    database restart the first request that meets a dead connection is a 503 its client
-    retries, and SQLAlchemy then drops every pooled connection at once.
-    """
+    """An engine on PostgreSQL: a pool sized like SQLite's, connections checked before use
+    (a round trip each; without it, every pooled connection would cost one request a 503
+    after a database restart or failover)."""
     require_psycopg()
     engine = create_engine(
         url,
         pool_size=20,
         max_overflow=20,
+        pool_pre_ping=True,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "flowagent"},
     )
 
