@@ -57,12 +57,12 @@ class Sizes:
             prefect_runs=3,
             prefect_gap=1.5,
             output_mb=10,
-            fleet_agents="20,50",
-            fleet_hold_seconds=4.0,
+            fleet_agents="20",
+            fleet_hold_seconds=3.0,
             fleet_heartbeat_seconds=1.0,
-            fleet_runs=60,
-            fleet_workers=10,
-            fleet_pickups=5,
+            fleet_runs=30,
+            fleet_workers=5,
+            fleet_pickups=3,
         )
 
 
