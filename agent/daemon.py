@@ -205,10 +205,14 @@ class Agent:
         await self.outbox.drain()
         await self._take_over(leftovers)
         # What an earlier life (SIGKILLed, say) left on disk of runs no one takes over.
-        self.sources.checkouts.remove_all_but({s.ctx.run_id for s in self._adopted})
+        # Off the loop, like every deletion of a tree: it may be large.
+        adopted = {s.ctx.run_id for s in self._adopted}
+        await asyncio.to_thread(self.sources.checkouts.remove_all_but, adopted)
         # Mirrors and bundles of the host no run used for long (never one a run is reading).
         try:
-            prune_sources(self.settings.home, self.settings.source_max_idle)
+            await asyncio.to_thread(
+                prune_sources, self.settings.home, self.settings.source_max_idle
+            )
         except OSError as exc:
             log.warning("sources_not_pruned", error=str(exc))
         await self._release_orphans()

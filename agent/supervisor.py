@@ -132,6 +132,7 @@ class RunSupervisor:
         claimed = ctx.claimed
         self.redactor = policy.redactor.with_env(claimed.deployment.env | claimed.flow_run.env)
         self.source: PreparedSource | None = None
+        self._source_released = False
 
     @property
     def _run(self) -> FlowRun:
@@ -201,9 +202,14 @@ class RunSupervisor:
         self._agent_line(self.source.summary)
         return True
 
-    def _release_source(self) -> None:
-        if self._deployment.source is not None and self.policy.sources is not None:
-            self.policy.sources.release(self._run.id)
+    async def _release_source(self) -> None:
+        """The run is over: its checkout goes, once, off the event loop (a large tree takes a
+        while to delete, and heartbeats and other runs must not wait for it)."""
+        sources = self.policy.sources
+        if self._deployment.source is None or sources is None or self._source_released:
+            return
+        self._source_released = True
+        await asyncio.to_thread(sources.release, self._run.id)
 
     def _agent_line(self, message: str) -> None:
         self.shipper.add(self._run.id, "agent", message)
@@ -227,7 +233,7 @@ class RunSupervisor:
             await self._report(StateType.CRASHED, f"agent error while supervising: {exc!r}")
         finally:
             if not keep_checkout:
-                self._release_source()
+                await self._release_source()
             await self.shipper.flush(run_id)
             self.shipper.forget(run_id)
             structlog.contextvars.unbind_contextvars("run_id")
@@ -479,7 +485,7 @@ class RunSupervisor:
             "run_finished", state=state.value, message=proposal.message, exit_code=result.exit_code
         )
         # Its code goes before its end is reported: whoever sees the run over sees it gone.
-        self._release_source()
+        await self._release_source()
         await self.shipper.flush(self._run.id)
         await self._deliver(proposal)
 
