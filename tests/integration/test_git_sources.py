@@ -325,7 +325,8 @@ def test_a_sigkilled_agents_checkouts_are_removed_when_it_starts_again(
     run = make_run(api, deployment)
     wait_state(api, run["id"], {"RUNNING"})
     assert len(checkouts(home)) == 1
-    pid = get_run(api, run["id"])["runner_info"]["pid"]
+    # RUNNING is reported before the flow is released and its pid follows in a later report.
+    pid = wait_for(lambda: get_run(api, run["id"])["runner_info"].get("pid"), what="the flow's pid")
 
     agent.send_signal(signal.SIGKILL)
     agent.wait()
