@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 import httpx
@@ -93,6 +93,7 @@ class NativeBackend:
     """Talks to `agent server start`. Implements :class:`agent.backends.base.Backend`."""
 
     kind = "native"
+    several_queues: ClassVar[bool] = True
 
     def __init__(self, http: HttpClient) -> None:
         self.http = http

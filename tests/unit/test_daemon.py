@@ -22,7 +22,7 @@ import pytest
 from agent.backends.memory import InMemoryBackend
 from agent.config import Settings
 from agent.daemon import EXIT_OK, Agent, AgentOptions
-from agent.errors import ServerUnavailable
+from agent.errors import ConfigError, ServerUnavailable
 from agent.models import FlowRun, StateType
 from runners.base import Outcome, RunResult
 from runners.testing import FakeHandle, FakeRunner
@@ -269,5 +269,43 @@ def test_no_more_runs_at_once_than_the_limit(tmp_path: Path, limit: int) -> None
             for run in runs:
                 await rig.state(run, StateType.COMPLETED)
             assert _ids(runs) == set(rig.runner.handles)
+
+    arun(scenario())
+
+
+class OneQueueBackend(InMemoryBackend):
+    """A backend like Prefect's: one queue per agent, queues named by UUID only."""
+
+    several_queues = False
+
+
+def start_on(tmp_path: Path, backend: InMemoryBackend, *queues: str) -> Agent:
+    return Agent(
+        Settings(home=tmp_path, startup_timeout_seconds=1.0),
+        AgentOptions(queues=queues, name="unit", runner="fake"),
+        backend,
+        runners={"fake": FakeRunner()},
+    )
+
+
+def test_a_backend_of_one_queue_per_agent_refuses_two_at_start_up(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        backend = OneQueueBackend()
+        first, second = backend.add_queue("a"), backend.add_queue("b")
+        agent = start_on(tmp_path, backend, str(first.id), str(second.id))
+        with pytest.raises(ConfigError, match="several queues per agent"):
+            await agent.run()
+        assert "claim" not in {call.method for call in backend.calls}  # refused before any
+
+    arun(scenario())
+
+
+def test_a_queue_name_needs_a_backend_that_finds_queues_by_name(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        backend = OneQueueBackend()
+        backend.add_queue("etl")
+        agent = start_on(tmp_path, backend, "etl")
+        with pytest.raises(ConfigError, match="'etl' is not a work queue UUID"):
+            await agent.run()
 
     arun(scenario())
