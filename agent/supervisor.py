@@ -312,15 +312,15 @@ class RunSupervisor:
         if not starts_held(runner):
             await self._until(due)
         if self.ctx.stop_requested.is_set():
-            await self._report(StateType.CANCELLED, self._stop_message())
+            await self._stopped_before_start()
             return None
         if isinstance(runner, RunnerError):
             await self._report(StateType.FAILED, runner.message)
             return None
         if not await self._prepare_source():
             return None
-        if self.ctx.stop_requested.is_set():  # cancelled while the code was fetched
-            await self._report(StateType.CANCELLED, self._stop_message())
+        if self.ctx.stop_requested.is_set():  # stopped while the code was fetched
+            await self._stopped_before_start()
             return None
         self.fence.register_starting(self._run.id, adoption_record(self.ctx.claimed))
         if not starts_held(runner):
@@ -349,8 +349,19 @@ class RunSupervisor:
         elif refused is not None:
             await self._not_started(refused)
         else:
-            await self._report(StateType.CANCELLED, self._stop_message())
+            await self._stopped_before_start()
         return None
+
+    async def _stopped_before_start(self) -> None:
+        """A stop came before the flow began. A user's cancel ends the run; the agent shutting
+        down or losing its lease hands it back: it never executed, and must not be lost."""
+        if self.ctx.stop_reason is StopReason.CANCELLED:
+            await self._report(StateType.CANCELLED, self._stop_message())
+            return
+        log.info("run_handed_back", reason=self._stop_message())
+        await self._report(
+            StateType.SCHEDULED, f"{self._stop_message()} before the run started: handed back"
+        )
 
     async def _until(self, moment: float) -> None:
         """Sleep until ``moment`` (Unix time) unless a stop is requested first."""

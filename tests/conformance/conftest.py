@@ -23,10 +23,10 @@ from tests.conformance.harness import (
     Harness,
     NativeHarness,
     PrefectHarness,
-    native_server,
     prefect_server,
     venv_or_skip,
 )
+from tests.support import running_server
 
 KINDS = ["native", "prefect3", "prefect2"]
 AUTH_STRING = "flowagent:s3cret-pass"
@@ -37,8 +37,8 @@ VENVS = {"prefect3": (".prefect-venv", ""), "prefect2": (".prefect2-venv", " --w
 @pytest.fixture(scope="session")
 def native_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     home = tmp_path_factory.mktemp("native")
-    with native_server(home) as url:
-        yield NativeHarness(kind="native", url=url, home=home)
+    with running_server(home) as server:
+        yield NativeHarness(kind="native", url=server.url, home=home)
 
 
 def _prefect(
@@ -73,10 +73,10 @@ def prefect2_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harne
 @pytest.fixture(scope="session")
 def native_auth_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     home = tmp_path_factory.mktemp("native-auth")
-    with native_server(home, api_key=API_KEY) as url:
+    with running_server(home, api_key=API_KEY) as server:
         yield NativeHarness(
             kind="native",
-            url=url,
+            url=server.url,
             home=home,
             headers={"Authorization": f"Bearer {API_KEY}"},
             api_key=API_KEY,

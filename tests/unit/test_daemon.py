@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -217,6 +218,48 @@ def test_a_lost_lease_stops_the_runs_so_they_cannot_run_twice(tmp_path: Path) ->
             rig.backend.failing.clear()
             message = await rig.state(run, StateType.CRASHED)
         assert "stopped so it cannot run twice" in message
+
+    arun(scenario())
+
+
+def add_later_run(rig: Rig, seconds: float) -> FlowRun:
+    """A run due in ``seconds``, which an agent with a start lead claims and holds until then."""
+    run = add_run(rig)
+    later = run.model_copy(update={"expected_start_time": run.created + timedelta(seconds=seconds)})
+    rig.backend.runs[run.id] = later
+    return later
+
+
+def test_a_lease_lost_before_the_flow_began_hands_the_run_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, lease_seconds=1.0, start_lead_seconds=60) as rig:
+            run = add_later_run(rig, 30)
+            handle = await within(rig.runner.started(run.id))  # launched held, waiting
+            for method in ("heartbeat", "set_state", "send_logs", "claim"):
+                rig.backend.failing[method] = ServerUnavailable("down")
+            await until(lambda: handle.ended, "the held run stopped at half the lease")
+            rig.backend.failing.clear()
+            message = await rig.state(run, StateType.SCHEDULED)
+        # It never executed: it goes back to the queue, not to CANCELLED (a run lost).
+        assert not handle.began.is_set()
+        assert message == "agent lost contact with the server before the run started: handed back"
+        assert rig.backend.states(run.id) == ["SCHEDULED", "PENDING", "SCHEDULED"]
+
+    arun(scenario())
+
+
+def test_a_shutdown_before_the_flow_began_hands_the_run_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, start_lead_seconds=60, drain_timeout_seconds=0.2) as rig:
+            run = add_later_run(rig, 30)
+            handle = await within(rig.runner.started(run.id))
+            rig.agent.on_signal(signal.SIGTERM)
+            assert await within(rig.task) == EXIT_OK
+        assert not handle.began.is_set()
+        assert rig.backend.runs[run.id].state.message == (
+            "agent shut down before the run started: handed back"
+        )
+        assert rig.backend.states(run.id) == ["SCHEDULED", "PENDING", "SCHEDULED"]
 
     arun(scenario())
 
