@@ -2,7 +2,7 @@
 // (defaults filled in, every value checked before it is sent) and its recent runs.
 
 import { api } from './api.js';
-import { h, clear, when, ago, badge, json, table, runLink, firstSteps, go } from './dom.js';
+import { h, when, ago, badge, json, table, runLink, firstSteps, go, STATES } from './dom.js';
 
 export async function deploymentsPage(main) {
   const [deployments, queues] = await Promise.all([api('deployments'), api('work_queues')]);
@@ -21,8 +21,12 @@ export async function deploymentsPage(main) {
 export async function deploymentPage(main, { args: [id] }) {
   const [deployment, schedules, recent, upcoming] = await Promise.all([
     api(`deployments/${id}`), api(`deployments/${id}/schedules`),
-    api('flow_runs', { query: { deployment_id: id, limit: 10 } }),
-    api('flow_runs', { query: { deployment_id: id, state: 'SCHEDULED', limit: 10 } })]);
+    // Recent: what has been picked up or ended; next: the waiting runs soonest first (the
+    // scheduler makes a day of them ahead, so the list is newest-created first otherwise).
+    api('flow_runs', { query: { deployment_id: id, limit: 10,
+      state: STATES.filter((st) => st !== 'SCHEDULED') } }),
+    api('flow_runs', { query: { deployment_id: id, state: 'SCHEDULED', limit: 1000 } })]);
+  upcoming.sort((a, b) => new Date(a.expected_start_time) - new Date(b.expected_start_time));
   main.append(h('h1', {}, deployment.name),
     h('p', {}, h('code', {}, deployment.entrypoint ?? (deployment.command || []).join(' '))),
     h('div', { class: 'columns' },
@@ -31,7 +35,7 @@ export async function deploymentPage(main, { args: [id] }) {
         table(['schedule', 'active', 'next run'], schedules.map((sc) => [describe(sc),
           sc.active ? 'yes' : 'paused', when(sc.next_run_time)]), 'No schedule: runs start only when asked.'),
         h('h2', {}, 'Next runs'),
-        table(['run', 'expected start', 'state'], upcoming.slice().reverse().map((r) => [runLink(r),
+        table(['run', 'expected start', 'state'], upcoming.slice(0, 10).map((r) => [runLink(r),
           `${when(r.expected_start_time)} (${ago(r.expected_start_time)})`, badge(r.state.type, r.state.name)]),
         'No run waiting.'))),
     h('section', {}, h('h2', {}, 'Recent runs'),
