@@ -9,7 +9,8 @@ that poll, since a poke only reaches streams in its own process.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import anyio
@@ -25,17 +26,48 @@ PAGE = 500
 
 
 class LogFeed:
-    """Wakes the streams of a run when lines for it were stored."""
+    """Wakes the streams of a run when lines for it were stored.
+
+    Each watched run has a version that every poke raises: a stream notes it before it reads
+    the database and waits only while it is unchanged, so lines stored during the read are not
+    missed until the next poll. Nothing is kept for a run nobody watches.
+    """
 
     def __init__(self) -> None:
+        self._watchers: dict[uuid.UUID, int] = {}
+        self._versions: dict[uuid.UUID, int] = {}
         self._events: dict[uuid.UUID, anyio.Event] = {}
 
+    @contextmanager
+    def watching(self, run_id: uuid.UUID) -> Iterator[None]:
+        self._watchers[run_id] = self._watchers.get(run_id, 0) + 1
+        self._versions.setdefault(run_id, 0)
+        try:
+            yield
+        finally:
+            left = self._watchers[run_id] - 1
+            if left:
+                self._watchers[run_id] = left
+            else:
+                del self._watchers[run_id]
+                self._versions.pop(run_id, None)
+                self._events.pop(run_id, None)
+
+    def version(self, run_id: uuid.UUID) -> int:
+        return self._versions.get(run_id, 0)
+
     def poke(self, run_id: uuid.UUID) -> None:
+        if run_id not in self._watchers:
+            return
+        self._versions[run_id] += 1
         event = self._events.pop(run_id, None)
         if event is not None:
             event.set()
 
-    async def wait(self, run_id: uuid.UUID, timeout: float) -> None:
+    async def wait(self, run_id: uuid.UUID, seen: int, timeout: float) -> None:
+        """Until ``run_id`` is poked past version ``seen``, or ``timeout`` seconds."""
+        if self.version(run_id) != seen:
+            return
         event = self._events.setdefault(run_id, anyio.Event())
         with anyio.move_on_after(timeout):
             await event.wait()
@@ -68,10 +100,19 @@ async def events(
     """``run`` events when the run changes, ``log`` events for its lines (``id`` = the line's
     id, so a reconnect resumes with ``Last-Event-ID``), and ``end`` once the run is terminal and
     every line it wrote has been sent."""
+    with feed.watching(run_id):
+        async for event in _events(db, feed, run_id, after, read):
+            yield event
+
+
+async def _events(
+    db: Database, feed: LogFeed, run_id: uuid.UUID, after: int, read: ReadPage
+) -> AsyncIterator[str]:
     last_seen = after
     shown: tuple[object, ...] | None = None
     idle = 0.0
     while True:
+        version = feed.version(run_id)
         # The run is read before its lines: once it is terminal, the lines read after it are
         # all of them (the agent ships every line before it reports the final state).
         run, lines = await db.run(read, db, run_id, last_seen, PAGE)
@@ -93,5 +134,5 @@ async def events(
             idle = 0.0
             yield ": keepalive\n\n"
         started = anyio.current_time()
-        await feed.wait(run_id, STATE_POLL_SECONDS)
+        await feed.wait(run_id, version, STATE_POLL_SECONDS)
         idle += anyio.current_time() - started
