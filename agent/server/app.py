@@ -20,6 +20,7 @@ from agent.server import web
 from agent.server.body_limit import BodyLimit
 from agent.server.bundles import BundleStore
 from agent.server.claims import ClaimWakeups
+from agent.server.cross_site import RefuseCrossSite
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
 from agent.server.leases import lease_keeper
@@ -144,6 +145,8 @@ def create_app(
     install_metrics(app, db, settings.lease_seconds)  # GET /metrics, request counters
     # A 413 before an oversized body is read into memory; bundles stream to disk, bounded apart.
     app.add_middleware(BodyLimit, exempt=("/api/bundles",))
+    # Outermost: a forged request from another site is refused before anything reads it.
+    app.add_middleware(RefuseCrossSite)
 
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -369,3 +369,22 @@ def test_a_fresh_server_explains_how_to_start(browser: Browser, tmp_path: Path) 
             p.locator(".empty").filter(has_text="No flow run yet").wait_for()
         finally:
             context.close()
+
+
+def test_another_site_cannot_make_the_browser_cancel_a_run(
+    server: Server, browser: Browser, api: httpx.Client
+) -> None:
+    run = make_run(api, make_deployment(api, make_queue(api), command=["true"]))  # no agent
+    context = browser.new_context()  # not the watched page: the 403 is the expected outcome
+    try:
+        p = context.new_page()
+        # A page from elsewhere (here: no origin at all) posting a form at the server, as a
+        # malicious site would; the server has no API key, so only the cross-site check stands.
+        action = f"{server.url}/flow_runs/{run['id']}/cancel"
+        p.set_content(f'<form id="f" method="post" action="{action}"></form>')
+        with p.expect_navigation():
+            p.evaluate("document.getElementById('f').submit()")
+        assert "cross-site request refused" in p.inner_text("body")
+    finally:
+        context.close()
+    assert api.get(f"flow_runs/{run['id']}").json()["state"]["type"] == "SCHEDULED"

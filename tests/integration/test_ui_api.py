@@ -196,3 +196,36 @@ def test_with_an_api_key_the_ui_files_are_public_and_its_data_is_not(tmp_path: P
             assert httpx.get(f"{secured.url}/{path}?api_key=k3y").status_code == 401, path
         good = httpx.get(f"{secured.url}/overview", headers={"Authorization": "Bearer k3y"})
         assert good.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:1"},
+    ],
+)
+def test_a_cross_site_request_changes_nothing(api: httpx.Client, headers: dict[str, str]) -> None:
+    run = make_run(api, make_deployment(api, make_queue(api), command=["true"]))
+    for path in (f"flow_runs/{run['id']}/cancel", f"flow_runs/{run['id']}/rerun"):
+        forged = api.post(path, headers=headers)
+        assert forged.status_code == 403, forged.text
+        assert "cross-site request refused" in forged.json()["detail"]
+    assert api.get(f"flow_runs/{run['id']}").json()["state"]["type"] == "SCHEDULED"
+    assert len(api.get("flow_runs", params={"deployment_id": run["deployment_id"]}).json()) == 1
+    assert api.get(f"flow_runs/{run['id']}", headers=headers).status_code == 200  # reads: fine
+
+
+def test_same_origin_and_non_browser_requests_go_through(server: Server, api: httpx.Client) -> None:
+    host = server.url.removeprefix("http://").removesuffix("/api")
+    deployment = make_deployment(api, make_queue(api), command=["true"])
+    for headers in (
+        {},  # the CLI and agents send no Origin
+        {"Origin": f"http://{host}"},
+        {"Sec-Fetch-Site": "same-origin", "Origin": "http://proxy.example"},  # Host rewritten
+    ):
+        run = make_run(api, deployment)
+        cancelled = api.post(f"flow_runs/{run['id']}/cancel", headers=headers)
+        assert cancelled.status_code == 200, (headers, cancelled.text)
