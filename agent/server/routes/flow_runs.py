@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import String, and_, cast, or_, select
+from sqlalchemy import String, cast, or_, select
 
 from agent.models import (
     MAX_REPORTS,
@@ -72,11 +72,10 @@ def _list(db: Database, where: RunFilter, before: uuid.UUID | None, limit: int) 
             # Keyset paging: the runs after the cursor in (created, id) order, newest first, so
             # a page costs the same at the 100,000th run as at the first and never repeats one.
             cursor = get_run(session, before)
+            # `created <= c` first: a range SQLite reads from the index; the OR only settles ties.
             query = query.where(
-                or_(
-                    FlowRunRow.created < cursor.created,
-                    and_(FlowRunRow.created == cursor.created, FlowRunRow.id < cursor.id),
-                )
+                FlowRunRow.created <= cursor.created,
+                or_(FlowRunRow.created < cursor.created, FlowRunRow.id < cursor.id),
             )
         query = query.order_by(FlowRunRow.created.desc(), FlowRunRow.id.desc()).limit(limit)
         return [run_model(row) for row in session.scalars(query)]
