@@ -21,6 +21,7 @@ from tests.support import (
     FLOWS,
     Server,
     cli,
+    free_port,
     make_deployment,
     make_queue,
     make_run,
@@ -388,3 +389,44 @@ def test_another_site_cannot_make_the_browser_cancel_a_run(
     finally:
         context.close()
     assert api.get(f"flow_runs/{run['id']}").json()["state"]["type"] == "SCHEDULED"
+
+
+def test_the_log_tail_picks_up_again_after_a_server_restart(
+    browser: Browser, tmp_path: Path
+) -> None:
+    home, markers, port = tmp_path / "server", tmp_path / "markers", free_port()
+    markers.mkdir()
+    # Not the watched page: while the server is down, the browser logs the failed requests.
+    context = browser.new_context()
+    agent = None
+    try:
+        p = context.new_page()
+        p.set_default_timeout(TIMEOUT_MS)
+        with running_server(home, port=port) as first:
+            with first.client() as api:
+                queue = make_queue(api)
+                deployment = make_deployment(
+                    api,
+                    queue,
+                    entrypoint="sample.py:phases",
+                    parameters={"marker_dir": str(markers)},
+                )
+                run = make_run(api, deployment)
+            agent = start_agent(first, queue["id"])
+            p.goto(f"{origin(first)}/#/runs/{run['id']}")
+            p.locator("#logs").filter(has_text="before").wait_for()
+            state_is(p, "RUNNING")
+        p.locator("#stream-status").filter(has_text="reconnecting").wait_for()
+        with running_server(home, port=port):
+            (markers / "go-1").touch()
+            (markers / "go-2").touch()
+            state_is(p, "COMPLETED")
+            p.locator("#stream-status").filter(has_text="run ended").wait_for()
+            # Every line once, in order: the stream went on after the last line it had shown.
+            shown = p.locator("#logs .line span").all_inner_texts()
+            assert shown == ["before", "during 0", "during 1", "during 2", "after"]
+            assert stop(agent) == 0
+    finally:
+        if agent is not None:
+            stop(agent)
+        context.close()

@@ -128,9 +128,12 @@ export async function runPage(main, { args: [id], signal, refresh }) {
   renderRun();
   await renderHistory();
   let lines = 0;
-  stream(`flow_runs/${id}/logs/stream`, {}, (event, data) => {
+  let lastId = 0;
+  let ended = false;
+  const onEvent = (event, data) => {
     if (event === 'log') {
       lines += 1;
+      lastId = data.id;
       // textContent only: a line holding <script> shows as that text.
       logs.append(h('div', { class: `line ${data.stream}` },
         h('time', { datetime: data.timestamp }, new Date(data.timestamp).toLocaleTimeString()), ' ',
@@ -142,12 +145,28 @@ export async function runPage(main, { args: [id], signal, refresh }) {
       renderHistory().catch(() => {});
       streamNote.textContent = 'live';
     } else if (event === 'end') {
+      ended = true;
       streamNote.textContent = `run ended · ${lines} lines`;
     }
-  }, signal).catch((error) => {
-    if (signal.aborted) return;
-    streamNote.textContent = `stream stopped: ${error.message}`;
-  });
+  };
+  // Followed until the run ends; a dropped stream (a server restart, a proxy timeout) is
+  // picked up again after the last line shown, so no line is shown twice or lost.
+  (async () => {
+    while (!ended && !signal.aborted) {
+      try {
+        await stream(`flow_runs/${id}/logs/stream`, { after: lastId }, onEvent, signal);
+        if (!ended) streamNote.textContent = 'reconnecting…';
+      } catch (error) {
+        if (signal.aborted) return;
+        if (error instanceof AuthError || (error.status && error.status < 500)) {
+          streamNote.textContent = `stream stopped: ${error.message}`;
+          return; // asking again would get the same answer
+        }
+        streamNote.textContent = `reconnecting (${error.message})…`;
+      }
+      if (!ended) await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  })();
 }
 
 function row(label, ...value) {
