@@ -518,9 +518,16 @@ class FlowRun(_Model):
     source: RunSource | None = Field(
         default=None, description="the commit the run executes; kept by every retry attempt"
     )
+    rerun_of: UUID | None = Field(default=None, description="the run this one is a rerun of")
     created: datetime
     start_time: datetime | None = None
     end_time: datetime | None = None
+
+
+class FlowRunRerun(_Model):
+    parameters: Parameters = Field(
+        default_factory=dict, description="over the parameters of the run that is repeated"
+    )
 
 
 class StateProposal(_Model):
@@ -821,3 +828,34 @@ class Health(_Model):
     status: str
     server: str = "flowagent"
     version: str
+
+
+# --------------------------------------------------------------------------- overview (the UI)
+
+
+class StateCounts(_Model):
+    start: datetime = Field(description="the bucket's start; it lasts `bucket_seconds`")
+    counts: dict[StateType, int] = Field(description="runs due in the bucket, by current state")
+
+
+class QueueBacklog(_Model):
+    id: UUID
+    name: str
+    paused: bool
+    concurrency_limit: int | None
+    scheduled: int = Field(description="runs waiting (SCHEDULED), due or not")
+    late: int = Field(description="of those, the ones marked Late")
+    active: int = Field(description="runs PENDING, RUNNING or CANCELLING")
+
+
+class Overview(_Model):
+    since: datetime
+    until: datetime
+    bucket_seconds: float
+    buckets: list[StateCounts]
+    totals: dict[StateType, int]
+    late: list[FlowRun] = Field(description="SCHEDULED runs marked Late, most overdue first")
+    failed: list[FlowRun] = Field(
+        description="runs that FAILED or CRASHED in the window, newest first"
+    )
+    queues: list[QueueBacklog]

@@ -16,6 +16,7 @@ command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies our unit files
 # debootstrap checks the Release signature with this keyring; without it it falls back to https.
 [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the UI tests' browser
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

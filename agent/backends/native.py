@@ -25,6 +25,7 @@ from agent.models import (
     DeploymentCreate,
     FlowRun,
     FlowRunCreate,
+    FlowRunRerun,
     Health,
     Heartbeat,
     LogLine,
@@ -231,6 +232,18 @@ class NativeBackend:
 
     async def cancel_run(self, run_id: UUID) -> FlowRun:
         response = await self.http.request("POST", f"flow_runs/{run_id}/cancel")
+        return _parse(FlowRun, response)
+
+    async def retry_run(self, run_id: UUID) -> FlowRun:
+        # Not retried: a lost answer resent would be refused (the run is SCHEDULED by then).
+        response = await self.http.request("POST", f"flow_runs/{run_id}/retry", retry=False)
+        return _parse(FlowRun, response)
+
+    async def rerun_run(self, run_id: UUID, body: FlowRunRerun) -> FlowRun:
+        # Not retried: each request makes a new run.
+        response = await self.http.request(
+            "POST", f"flow_runs/{run_id}/rerun", json=_body(body), retry=False
+        )
         return _parse(FlowRun, response)
 
     async def get_logs(

@@ -176,6 +176,8 @@ class FlowRunRow(Base):
     # The commit the run executes (models.RunSource), set by its first attempt that starts and
     # kept across retries, so no attempt runs other code than the one before it.
     source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The run a `rerun` repeated; no foreign key: the link outlives the run it names.
+    rerun_of: Mapped[uuid.UUID | None] = mapped_column(UUIDString())
 
 
 class ConcurrencyLimitRow(Base):
