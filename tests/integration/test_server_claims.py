@@ -153,6 +153,9 @@ def test_concurrent_claimers_never_share_a_run(
                     f"work_queues/{queue['id']}/claim",
                     json={"agent_id": agent["id"], "limit": rng.randint(1, 5)},
                 )
+                if response.status_code == 503:  # the database is busy: as agents do, retry
+                    time.sleep(float(response.headers.get("Retry-After", "1")))
+                    continue
                 assert response.status_code == 200, response.text
                 batch = response.json()
                 if not batch:

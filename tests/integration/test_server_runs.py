@@ -163,6 +163,27 @@ def test_handing_a_run_back_frees_it_for_another_agent(api: Api) -> None:
     assert again[0]["flow_run"]["agent_id"] == second["id"]
 
 
+def test_a_late_report_about_a_handed_back_run_cannot_end_it(api: Api) -> None:
+    """Once its claim is over (handed back, or released by the server) the run is free: a
+    report its old holder sends late must not end a run that no one ran."""
+    queue = api.queue()
+    run = api.run(api.deployment(queue))
+    holder = api.agent(queue)
+    assert len(api.claim(queue, holder)) == 1
+    handed_back = api.set_state(run["id"], "SCHEDULED", agent_id=holder["id"])
+    assert handed_back.status_code == 200, handed_back.text
+
+    late = api.set_state(run["id"], "CANCELLED", agent_id=holder["id"], attempt=1)
+    assert late.status_code == 409, late.text
+    assert late.json()["detail"] == (
+        f"run {run['id']} is not held by agent {holder['id']}: report dropped"
+    )
+    assert api.get_run(run["id"])["state"]["type"] == "SCHEDULED"
+    # A person may still cancel it.
+    cancelled = api.set_state(run["id"], "CANCELLED")
+    assert cancelled.status_code == 200, cancelled.text
+
+
 def test_a_failed_or_crashed_run_is_retried_as_the_next_attempt_of_the_same_run(api: Api) -> None:
     queue = api.queue()
     deployment = api.deployment(queue, retries=2, retry_delay_seconds=0)
