@@ -7,6 +7,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,24 @@ def test_overview_counts_runs_by_state_and_queue_backlog(api: httpx.Client) -> N
     assert after["totals"]["SCHEDULED"] == before["totals"]["SCHEDULED"] + 1
     assert next(q for q in after["queues"] if q["id"] == queue["id"])["scheduled"] == 3
     assert api.get("overview", params={"hours": 0}).status_code == 422
+
+
+def test_overview_puts_each_run_in_the_bucket_of_its_time(api: httpx.Client) -> None:
+    deployment = make_deployment(api, make_queue(api), command=["true"])
+    params = {"hours": 1, "buckets": 6}  # 10-minute buckets, the oldest first
+    before = api.get("overview", params=params).json()["buckets"]
+    now = datetime.now(UTC)
+    for minutes_ago in (55, 33, 2, 2):
+        make_run(
+            api, deployment, expected_start_time=(now - timedelta(minutes=minutes_ago)).isoformat()
+        )
+    make_run(api, deployment, expected_start_time=(now - timedelta(hours=3)).isoformat())  # out
+    after = api.get("overview", params=params).json()["buckets"]
+    added = [
+        a["counts"]["SCHEDULED"] - b["counts"]["SCHEDULED"]
+        for a, b in zip(after, before, strict=True)
+    ]
+    assert added == [1, 0, 1, 0, 0, 2]
 
 
 def read_events(response: httpx.Response, into: list[tuple[str, Any]]) -> None:
