@@ -128,6 +128,9 @@ def test_overview_puts_each_run_in_the_bucket_of_its_time(api: httpx.Client) -> 
         for a, b in zip(after, before, strict=True)
     ]
     assert added == [1, 0, 1, 0, 0, 2]
+    one = api.get("overview", params={"hours": 1, "buckets": 1})
+    assert one.status_code == 200, one.text
+    assert one.json()["buckets"][0]["counts"] == one.json()["totals"]
 
 
 def read_events(response: httpx.Response, into: list[tuple[str, Any]]) -> None:

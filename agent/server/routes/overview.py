@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
 from agent.models import Overview, QueueBacklog, StateCounts, StateType, utcnow
@@ -34,10 +34,9 @@ def _overview(db: Database, hours: float, buckets: int) -> Overview:
     # One query counts every (bucket, state) from the index on (expected_start_time, state):
     # a CASE over the bucket edges is plain SQL, the same on SQLite and PostgreSQL (their date
     # arithmetic differs), and no run is read into Python.
-    slot = case(
-        *((FlowRunRow.expected_start_time < edge, i) for i, edge in enumerate(edges)),
-        else_=buckets - 1,
-    ).label("bucket")
+    whens = [(FlowRunRow.expected_start_time < edge, i) for i, edge in enumerate(edges)]
+    # One bucket has no edge, and a CASE needs at least one WHEN.
+    slot = (case(*whens, else_=buckets - 1) if whens else literal(0)).label("bucket")
     with db.read() as session:
         rows = session.execute(
             select(slot, FlowRunRow.state_type, func.count())
