@@ -315,6 +315,12 @@ def test_every_page_renders_and_its_actions_work(
     p.select_option("#filter-state", "FAILED")
     p.click("#run-filters button[type=submit]")
     p.locator("table").filter(has_text=failed["name"]).wait_for()
+    p.fill("#filter-until", "2001-01-01T00:00")  # in the browser's time zone
+    p.click("#run-filters button[type=submit]")
+    p.locator(".empty").filter(has_text="No run matches").wait_for()
+    p.fill("#filter-until", "")
+    p.click("#run-filters button[type=submit]")
+    p.locator("table").filter(has_text=failed["name"]).wait_for()
     p.screenshot(path=str(shots / "runs.png"), full_page=True)
 
     p.goto(f"{base}/#/runs/{failed['id']}")
