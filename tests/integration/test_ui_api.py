@@ -251,3 +251,21 @@ def test_same_origin_and_non_browser_requests_go_through(server: Server, api: ht
         run = make_run(api, deployment)
         cancelled = api.post(f"flow_runs/{run['id']}/cancel", headers=headers)
         assert cancelled.status_code == 200, (headers, cancelled.text)
+
+
+def test_a_server_without_a_key_answers_only_to_loopback_names(
+    server: Server, api: httpx.Client
+) -> None:
+    port = server.url.split(":")[2].split("/")[0]
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+        refused = api.get("work_queues", headers={"Host": host})
+        assert refused.status_code == 403, host
+        assert "DNS-rebinding" in refused.json()["detail"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+        assert api.get("work_queues", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_server_with_a_key_answers_to_any_name(tmp_path: Path) -> None:
+    with running_server(tmp_path, extra_env={"AGENT_API_KEY": "k3y"}) as secured:
+        headers = {"Host": "flowagent.example", "Authorization": "Bearer k3y"}
+        assert httpx.get(f"{secured.url}/work_queues", headers=headers).status_code == 200
