@@ -320,13 +320,14 @@ def main(argv: list[str] | None = None) -> int:
         api = measure_api(url, data, args.samples)
         stream = measure_stream(lab, url, args.ticks)
         lab.stop(server)
+        size = sum(path.stat().st_size for path in home.glob("flowagent.db*"))
     result = {
         "meta": {
             "when": datetime.now(UTC).isoformat(),
             "runs": data["runs"],
             "log_lines": data["log_lines"],
             "fill_seconds": data["fill_seconds"],
-            "database_bytes": (home / "flowagent.db").stat().st_size if home.exists() else None,
+            "database_bytes": size,
         },
         "api": api,
         "stream": stream,

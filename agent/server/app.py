@@ -146,7 +146,7 @@ def create_app(
     # A 413 before an oversized body is read into memory; bundles stream to disk, bounded apart.
     app.add_middleware(BodyLimit, exempt=("/api/bundles",))
     # Outermost: a forged request from another site is refused before anything reads it.
-    app.add_middleware(RefuseCrossSite)
+    app.add_middleware(RefuseCrossSite, loopback_names_only=settings.api_key is None)
 
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -1,14 +1,22 @@
-"""Cross-site requests refused: a web page elsewhere cannot make a browser change anything here.
+"""Requests a web page elsewhere makes a browser send are refused: it can neither change
+anything here nor read anything.
 
-The API takes no cookie, so a forged request carries no credential; but a server without an
-API key needs none, and a body-less ``POST …/cancel`` is a request any page may make a browser
-send (a form, a no-cors fetch). Browsers say where such a request comes from (``Origin``,
-``Sec-Fetch-Site``); a state-changing request from another origin is refused with a 403. The
-CLI and agents send neither header and are not affected; the UI is same-origin.
+- **Forged requests.** The API takes no cookie, so a forged request carries no credential; but a
+  server without an API key needs none, and a body-less ``POST …/cancel`` is a request any page
+  may make a browser send (a form, a no-cors fetch). Browsers say where such a request comes from
+  (``Origin``, ``Sec-Fetch-Site``); a state-changing request from another origin is refused with
+  a 403. The CLI and agents send neither header and are not affected; the UI is same-origin.
+- **DNS rebinding.** A page at ``evil.example`` whose name is then pointed at 127.0.0.1 is, to the
+  browser, same-origin with this server, so it could read and act freely on a server without an
+  API key (which only ever listens on loopback: ``main.py`` refuses otherwise). Such a server
+  answers only requests addressed to a loopback name (``Host: localhost``, ``127.0.0.1``,
+  ``[::1]``); the rebound page's requests say ``Host: evil.example`` and get a 403. A server with
+  a key needs no such check: the other site has no key.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from urllib.parse import urlsplit
 
@@ -39,22 +47,48 @@ def cross_site_reason(method: str, headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
-class RefuseCrossSite:
-    """ASGI middleware: a 403 for a state-changing request a browser sent from another origin."""
+def addressed_to_loopback(headers: dict[bytes, bytes]) -> bool:
+    """Whether the request's Host names this machine's loopback (any port)."""
+    host = headers.get(b"host", b"").decode("latin-1").lower()
+    if host.startswith("["):
+        name = host[1:].split("]", 1)[0]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class RefuseCrossSite:
+    """ASGI middleware: a 403 for a state-changing request a browser sent from another origin
+    and, with ``loopback_names_only``, for any request addressed to another name."""
+
+    def __init__(self, app: ASGIApp, *, loopback_names_only: bool) -> None:
         self.app = app
+        self.loopback_names_only = loopback_names_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            reason = cross_site_reason(scope["method"], dict(scope["headers"]))
-            if reason is not None:
-                body = json.dumps(
-                    {
-                        "detail": f"cross-site request refused ({reason}): change things here "
-                        "from this server's own UI, the CLI or the API"
-                    }
-                ).encode()
+            headers = dict(scope["headers"])
+            detail = None
+            if self.loopback_names_only and not addressed_to_loopback(headers):
+                host = headers.get(b"host", b"").decode("latin-1")
+                detail = (
+                    f"request for host {host!r} refused: a server without an API key answers "
+                    "only to localhost, 127.0.0.1 or [::1] (another name may be a DNS-rebinding "
+                    "page); use one of those, or give the server an API key (AGENT_API_KEY)"
+                )
+            reason = cross_site_reason(scope["method"], headers)
+            if detail is None and reason is not None:
+                detail = (
+                    f"cross-site request refused ({reason}): change things here from this "
+                    "server's own UI, the CLI or the API"
+                )
+            if detail is not None:
+                body = json.dumps({"detail": detail}).encode()
                 await send(
                     {
                         "type": "http.response.start",

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 TIMEOUT_MS = 30_000
+REBOUND = "rebound.example"
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,12 @@ def browser() -> Iterator[Browser]:
     if executable is None:
         unavailable("no chromium on PATH: apt-get install chromium (scripts/ci-setup.sh)")
     with sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
-        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start. The resolver
+        # rule plays a DNS-rebinding attacker's name that resolves to this machine.
+        launched = playwright.chromium.launch(
+            executable_path=executable,
+            args=["--no-sandbox", f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"],
+        )
         try:
             yield launched
         finally:
@@ -315,6 +320,12 @@ def test_every_page_renders_and_its_actions_work(
     p.select_option("#filter-state", "FAILED")
     p.click("#run-filters button[type=submit]")
     p.locator("table").filter(has_text=failed["name"]).wait_for()
+    p.fill("#filter-until", "2001-01-01T00:00")  # in the browser's time zone
+    p.click("#run-filters button[type=submit]")
+    p.locator(".empty").filter(has_text="No run matches").wait_for()
+    p.fill("#filter-until", "")
+    p.click("#run-filters button[type=submit]")
+    p.locator("table").filter(has_text=failed["name"]).wait_for()
     p.screenshot(path=str(shots / "runs.png"), full_page=True)
 
     p.goto(f"{base}/#/runs/{failed['id']}")
@@ -429,4 +440,22 @@ def test_the_log_tail_picks_up_again_after_a_server_restart(
     finally:
         if agent is not None:
             stop(agent)
+        context.close()
+
+
+def test_a_rebound_name_gets_nothing_from_a_server_without_a_key(
+    server: Server, queue: dict[str, Any], browser: Browser
+) -> None:
+    port = server.url.split(":")[2].split("/")[0]
+    context = browser.new_context()  # not the watched page: the 403s are the expected outcome
+    try:
+        p = context.new_page()
+        # To the browser this page and the server are one origin; only the Host header differs.
+        response = p.goto(f"http://{REBOUND}:{port}/#/queues")
+        assert response is not None and response.status == 403
+        assert "DNS-rebinding" in p.inner_text("body")
+        answer = p.evaluate("fetch('/api/work_queues').then((r) => r.status)")
+        assert answer == 403
+        assert queue["name"] not in p.content()
+    finally:
         context.close()

@@ -7,6 +7,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,27 @@ def test_overview_counts_runs_by_state_and_queue_backlog(api: httpx.Client) -> N
     assert after["totals"]["SCHEDULED"] == before["totals"]["SCHEDULED"] + 1
     assert next(q for q in after["queues"] if q["id"] == queue["id"])["scheduled"] == 3
     assert api.get("overview", params={"hours": 0}).status_code == 422
+
+
+def test_overview_puts_each_run_in_the_bucket_of_its_time(api: httpx.Client) -> None:
+    deployment = make_deployment(api, make_queue(api), command=["true"])
+    params = {"hours": 1, "buckets": 6}  # 10-minute buckets, the oldest first
+    before = api.get("overview", params=params).json()["buckets"]
+    now = datetime.now(UTC)
+    for minutes_ago in (55, 33, 2, 2):
+        make_run(
+            api, deployment, expected_start_time=(now - timedelta(minutes=minutes_ago)).isoformat()
+        )
+    make_run(api, deployment, expected_start_time=(now - timedelta(hours=3)).isoformat())  # out
+    after = api.get("overview", params=params).json()["buckets"]
+    added = [
+        a["counts"]["SCHEDULED"] - b["counts"]["SCHEDULED"]
+        for a, b in zip(after, before, strict=True)
+    ]
+    assert added == [1, 0, 1, 0, 0, 2]
+    one = api.get("overview", params={"hours": 1, "buckets": 1})
+    assert one.status_code == 200, one.text
+    assert one.json()["buckets"][0]["counts"] == one.json()["totals"]
 
 
 def read_events(response: httpx.Response, into: list[tuple[str, Any]]) -> None:
@@ -229,3 +251,21 @@ def test_same_origin_and_non_browser_requests_go_through(server: Server, api: ht
         run = make_run(api, deployment)
         cancelled = api.post(f"flow_runs/{run['id']}/cancel", headers=headers)
         assert cancelled.status_code == 200, (headers, cancelled.text)
+
+
+def test_a_server_without_a_key_answers_only_to_loopback_names(
+    server: Server, api: httpx.Client
+) -> None:
+    port = server.url.split(":")[2].split("/")[0]
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+        refused = api.get("work_queues", headers={"Host": host})
+        assert refused.status_code == 403, host
+        assert "DNS-rebinding" in refused.json()["detail"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+        assert api.get("work_queues", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_server_with_a_key_answers_to_any_name(tmp_path: Path) -> None:
+    with running_server(tmp_path, extra_env={"AGENT_API_KEY": "k3y"}) as secured:
+        headers = {"Host": "flowagent.example", "Authorization": "Bearer k3y"}
+        assert httpx.get(f"{secured.url}/work_queues", headers=headers).status_code == 200

@@ -1,4 +1,4 @@
-"""a run made by `rerun` names the run it repeats
+"""a run made by `rerun` names the run it repeats; indexes for the UI's lists and overview
 
 Revision ID: 0005
 Revises: 0004
@@ -22,8 +22,12 @@ def upgrade() -> None:
     # No foreign key: a rerun's link outlives the run it repeats (as deployment_id does).
     with op.batch_alter_table("flow_runs") as batch:
         batch.add_column(sa.Column("rerun_of", sa.String(36), nullable=True))
+    op.create_index("ix_flow_runs_deployment_created", "flow_runs", ["deployment_id", "created"])
+    op.create_index("ix_flow_runs_due_state", "flow_runs", ["expected_start_time", "state_type"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_flow_runs_due_state", table_name="flow_runs")
+    op.drop_index("ix_flow_runs_deployment_created", table_name="flow_runs")
     with op.batch_alter_table("flow_runs") as batch:
         batch.drop_column("rerun_of")

@@ -18,6 +18,8 @@ export async function runsPage(main, { query, signal }) {
     h('label', {}, 'Tag', h('input', { name: 'tag', id: 'filter-tag', value: query.tag || '' })),
     h('label', {}, 'Created since', h('input', { name: 'since', id: 'filter-since',
       type: 'datetime-local', value: query.since || '' })),
+    h('label', {}, 'Created before', h('input', { name: 'until', id: 'filter-until',
+      type: 'datetime-local', value: query.until || '' })),
     h('button', { type: 'submit' }, 'Filter'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -26,6 +28,7 @@ export async function runsPage(main, { query, signal }) {
   const runs = await api('flow_runs', { query: {
     state: query.state, work_queue_id: query.queue, deployment_id: query.deployment, tag: query.tag,
     created_after: query.since ? new Date(query.since).toISOString() : undefined,
+    created_before: query.until ? new Date(query.until).toISOString() : undefined,
     before: query.before, limit: PAGE,
   } });
   if (signal.aborted) return;
