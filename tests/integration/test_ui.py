@@ -26,6 +26,7 @@ from tests.support import (
     make_queue,
     make_run,
     running_server,
+    server_fixture,
     start_agent,
     stop,
     unavailable,
@@ -65,10 +66,7 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("ui")) as srv:
-        yield srv
+server = server_fixture("ui")
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +79,6 @@ def queue(server: Server) -> Iterator[dict[str, Any]]:
     agent = start_agent(server, found["id"], "--name", f"ui-agent-{time.monotonic_ns()}")
     yield found
     assert stop(agent) == 0
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
 
 
 class Watched:
