@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 import structlog
 
 from agent.adoption import Leftover, Stage, find_leftovers, lost_message, still_ours
-from agent.backends.base import Backend
+from agent.backends.base import Backend, NamedQueues
 from agent.config import Settings
 from agent.errors import (
     AuthError,
@@ -126,7 +126,7 @@ class Agent:
                 hint="start the server with `agent server start`, or point --api-url / "
                 "AGENT_API_URL at it",
             ) from exc
-        if len(queues) > 1 and getattr(self.backend, "kind", None) != "native":
+        if len(queues) > 1 and not self.backend.several_queues:
             raise ConfigError(
                 "several queues per agent need the embedded server (agent server start)",
                 hint="start one agent per queue on this server",
@@ -148,14 +148,13 @@ class Agent:
             queue_id = None  # a name
         if queue_id is not None:
             return await self.backend.get_queue(queue_id)
-        by_name = getattr(self.backend, "get_queue_by_name", None)
-        if by_name is None:
+        if not isinstance(self.backend, NamedQueues):
             raise ConfigError(
                 f"{ref!r} is not a work queue UUID",
                 hint="this server's queues are named by UUID: give the queue's UUID",
             )
         try:
-            queue: WorkQueue = await by_name(ref)
+            queue = await self.backend.get_queue_by_name(ref)
         except NotFound:
             raise NotFound(
                 f"no work queue named {ref!r}", hint="list the queues with `agent work-queue ls`"
@@ -205,10 +204,14 @@ class Agent:
         await self.outbox.drain()
         await self._take_over(leftovers)
         # What an earlier life (SIGKILLed, say) left on disk of runs no one takes over.
-        self.sources.checkouts.remove_all_but({s.ctx.run_id for s in self._adopted})
+        # Off the loop, like every deletion of a tree: it may be large.
+        adopted = {s.ctx.run_id for s in self._adopted}
+        await asyncio.to_thread(self.sources.checkouts.remove_all_but, adopted)
         # Mirrors and bundles of the host no run used for long (never one a run is reading).
         try:
-            prune_sources(self.settings.home, self.settings.source_max_idle)
+            await asyncio.to_thread(
+                prune_sources, self.settings.home, self.settings.source_max_idle
+            )
         except OSError as exc:
             log.warning("sources_not_pruned", error=str(exc))
         await self._release_orphans()

@@ -139,6 +139,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# What the server answers: a field a newer server adds is ignored, not refused, so agents and
+# CLIs of the release before keep working while a fleet is upgraded server first. What clients
+# send stays strict (a misspelt field is a 422, not silently dropped).
+_ANSWER = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class _Answer(BaseModel):
+    model_config = _ANSWER
+
+
 # --------------------------------------------------------------------------- work queues
 
 
@@ -155,7 +165,7 @@ class WorkQueueUpdate(_Model):
     paused: bool | None = None
 
 
-class WorkQueue(_Model):
+class WorkQueue(_Answer):
     id: UUID
     name: str
     tags: list[str]
@@ -254,6 +264,8 @@ class ScheduleUpdate(_Model):
 
 
 class Schedule(ScheduleCreate):
+    model_config = _ANSWER
+
     # As stored: one made before the minimum existed is still shown.
     interval_seconds: float | None = None
     id: UUID
@@ -326,7 +338,7 @@ class BundleSource(_Model):
     )
 
 
-class Bundle(_Model):
+class Bundle(_Answer):
     """An uploaded bundle as the server keeps it."""
 
     digest: str
@@ -334,7 +346,7 @@ class Bundle(_Model):
     created: bool = Field(description="false: the same content was stored already")
 
 
-class RunSource(_Model):
+class RunSource(_Answer):
     """The code one run executes, recorded when its first attempt starts: a git commit, or a
     bundle's digest."""
 
@@ -474,6 +486,8 @@ def check_source_target(entrypoint: str | None, working_dir: str | None) -> None
 
 
 class Deployment(DeploymentCreate):
+    model_config = _ANSWER
+
     name: str  # as stored (see NameText)
     tags: list[str] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -487,7 +501,7 @@ class Deployment(DeploymentCreate):
 # --------------------------------------------------------------------------- flow runs
 
 
-class State(_Model):
+class State(_Answer):
     type: StateType
     name: str
     message: str | None = None
@@ -501,7 +515,7 @@ class FlowRunCreate(_Model):
     expected_start_time: datetime | None = Field(default=None, description="default: now")
 
 
-class FlowRun(_Model):
+class FlowRun(_Answer):
     id: UUID
     name: str
     deployment_id: UUID
@@ -518,9 +532,16 @@ class FlowRun(_Model):
     source: RunSource | None = Field(
         default=None, description="the commit the run executes; kept by every retry attempt"
     )
+    rerun_of: UUID | None = Field(default=None, description="the run this one is a rerun of")
     created: datetime
     start_time: datetime | None = None
     end_time: datetime | None = None
+
+
+class FlowRunRerun(_Model):
+    parameters: Parameters = Field(
+        default_factory=dict, description="over the parameters of the run that is repeated"
+    )
 
 
 class StateProposal(_Model):
@@ -567,7 +588,7 @@ class RunReport(_Model):
         return self
 
 
-class RunReportResult(_Model):
+class RunReportResult(_Answer):
     """What became of one report: the status the single-run route would have answered."""
 
     status: int = Field(description="200 applied; 404 no such run (or agent); 409 refused")
@@ -609,7 +630,7 @@ class ClaimRequest(_Model):
     )
 
 
-class ClaimedRun(_Model):
+class ClaimedRun(_Answer):
     """A run handed to one agent, with the deployment it needs to launch it."""
 
     flow_run: FlowRun
@@ -660,7 +681,7 @@ class Heartbeat(_Model):
 DEFAULT_LEASE_SECONDS = 30.0
 
 
-class AgentRecord(_Model):
+class AgentRecord(_Answer):
     id: UUID
     name: str
     work_queue_id: UUID
@@ -697,7 +718,7 @@ class ConcurrencyLimitUpdate(_Model):
     limit: int = Field(ge=1, le=100_000)
 
 
-class ConcurrencyLimit(_Model):
+class ConcurrencyLimit(_Answer):
     id: UUID
     name: str
     tag: str
@@ -726,6 +747,8 @@ class LogLineCreate(_Model):
 
 
 class LogLine(LogLineCreate):
+    model_config = _ANSWER
+
     id: int
     flow_run_id: UUID
 
@@ -779,7 +802,7 @@ class DeliveryStatus(StrEnum):
     FAILED = "FAILED"  # given up: out of attempts, or a 4xx that retrying cannot fix
 
 
-class NotificationAttempt(_Model):
+class NotificationAttempt(_Answer):
     attempt: int
     timestamp: datetime
     ok: bool
@@ -787,7 +810,7 @@ class NotificationAttempt(_Model):
     error: str | None = None
 
 
-class NotificationDelivery(_Model):
+class NotificationDelivery(_Answer):
     id: int
     notification_id: UUID
     event: str
@@ -801,7 +824,7 @@ class NotificationDelivery(_Model):
     history: list[NotificationAttempt] = Field(default_factory=list)
 
 
-class Notification(_Model):
+class Notification(_Answer):
     id: UUID
     name: str
     on: list[str]
@@ -817,7 +840,38 @@ class Notification(_Model):
 # --------------------------------------------------------------------------- health
 
 
-class Health(_Model):
+class Health(_Answer):
     status: str
     server: str = "flowagent"
     version: str
+
+
+# --------------------------------------------------------------------------- overview (the UI)
+
+
+class StateCounts(_Answer):
+    start: datetime = Field(description="the bucket's start; it lasts `bucket_seconds`")
+    counts: dict[StateType, int] = Field(description="runs due in the bucket, by current state")
+
+
+class QueueBacklog(_Answer):
+    id: UUID
+    name: str
+    paused: bool
+    concurrency_limit: int | None
+    scheduled: int = Field(description="runs waiting (SCHEDULED), due or not")
+    late: int = Field(description="of those, the ones marked Late")
+    active: int = Field(description="runs PENDING, RUNNING or CANCELLING")
+
+
+class Overview(_Answer):
+    since: datetime
+    until: datetime
+    bucket_seconds: float
+    buckets: list[StateCounts]
+    totals: dict[StateType, int]
+    late: list[FlowRun] = Field(description="SCHEDULED runs marked Late, most overdue first")
+    failed: list[FlowRun] = Field(
+        description="runs that FAILED or CRASHED in the window, newest first"
+    )
+    queues: list[QueueBacklog]

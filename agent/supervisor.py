@@ -132,6 +132,7 @@ class RunSupervisor:
         claimed = ctx.claimed
         self.redactor = policy.redactor.with_env(claimed.deployment.env | claimed.flow_run.env)
         self.source: PreparedSource | None = None
+        self._source_released = False
 
     @property
     def _run(self) -> FlowRun:
@@ -201,9 +202,14 @@ class RunSupervisor:
         self._agent_line(self.source.summary)
         return True
 
-    def _release_source(self) -> None:
-        if self._deployment.source is not None and self.policy.sources is not None:
-            self.policy.sources.release(self._run.id)
+    async def _release_source(self) -> None:
+        """The run is over: its checkout goes, once, off the event loop (a large tree takes a
+        while to delete, and heartbeats and other runs must not wait for it)."""
+        sources = self.policy.sources
+        if self._deployment.source is None or sources is None or self._source_released:
+            return
+        self._source_released = True
+        await asyncio.to_thread(sources.release, self._run.id)
 
     def _agent_line(self, message: str) -> None:
         self.shipper.add(self._run.id, "agent", message)
@@ -227,7 +233,7 @@ class RunSupervisor:
             await self._report(StateType.CRASHED, f"agent error while supervising: {exc!r}")
         finally:
             if not keep_checkout:
-                self._release_source()
+                await self._release_source()
             await self.shipper.flush(run_id)
             self.shipper.forget(run_id)
             structlog.contextvars.unbind_contextvars("run_id")
@@ -306,15 +312,15 @@ class RunSupervisor:
         if not starts_held(runner):
             await self._until(due)
         if self.ctx.stop_requested.is_set():
-            await self._report(StateType.CANCELLED, self._stop_message())
+            await self._stopped_before_start()
             return None
         if isinstance(runner, RunnerError):
             await self._report(StateType.FAILED, runner.message)
             return None
         if not await self._prepare_source():
             return None
-        if self.ctx.stop_requested.is_set():  # cancelled while the code was fetched
-            await self._report(StateType.CANCELLED, self._stop_message())
+        if self.ctx.stop_requested.is_set():  # stopped while the code was fetched
+            await self._stopped_before_start()
             return None
         self.fence.register_starting(self._run.id, adoption_record(self.ctx.claimed))
         if not starts_held(runner):
@@ -343,8 +349,19 @@ class RunSupervisor:
         elif refused is not None:
             await self._not_started(refused)
         else:
-            await self._report(StateType.CANCELLED, self._stop_message())
+            await self._stopped_before_start()
         return None
+
+    async def _stopped_before_start(self) -> None:
+        """A stop came before the flow began. A user's cancel ends the run; the agent shutting
+        down or losing its lease hands it back: it never executed, and must not be lost."""
+        if self.ctx.stop_reason is StopReason.CANCELLED:
+            await self._report(StateType.CANCELLED, self._stop_message())
+            return
+        log.info("run_handed_back", reason=self._stop_message())
+        await self._report(
+            StateType.SCHEDULED, f"{self._stop_message()} before the run started: handed back"
+        )
 
     async def _until(self, moment: float) -> None:
         """Sleep until ``moment`` (Unix time) unless a stop is requested first."""
@@ -479,7 +496,7 @@ class RunSupervisor:
             "run_finished", state=state.value, message=proposal.message, exit_code=result.exit_code
         )
         # Its code goes before its end is reported: whoever sees the run over sees it gone.
-        self._release_source()
+        await self._release_source()
         await self.shipper.flush(self._run.id)
         await self._deliver(proposal)
 

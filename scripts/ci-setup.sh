@@ -16,6 +16,7 @@ command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies our unit files
 # debootstrap checks the Release signature with this keyring; without it it falls back to https.
 [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the UI tests' browser
 # The PostgreSQL tests make their own throwaway clusters with its initdb and pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,10 +76,83 @@ class Server:
     home: Path
     process: subprocess.Popen[bytes]
     env: dict[str, str]
+    api_key: str | None = None
+    database_url: str | None = None  # None: SQLite in home
 
-    def client(self, api_key: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        return httpx.Client(base_url=self.url + "/", headers=headers, timeout=30)
+    @property
+    def base(self) -> str:
+        """Where it listens, without /api: /docs, /openapi.json and /metrics hang off it."""
+        return self.url.removesuffix("/api")
+
+    def client(self, api_key: str | None = None, timeout: float = 30) -> Api:
+        """A client of its API, with the server's own key unless given another."""
+        key = api_key if api_key is not None else self.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return Api(base_url=self.url + "/", headers=headers, timeout=timeout)
+
+    def log(self) -> str:
+        """What it printed (stdout and stderr), every life of it on this home."""
+        return (self.home / "server.log").read_text(errors="replace")
+
+    def assert_stopped_cleanly(self) -> None:
+        """It went down on SIGTERM by itself (uvicorn re-raises the signal), no traceback."""
+        code = self.process.returncode
+        assert code in (0, -signal.SIGTERM), f"server exited with {code}:\n{self.log()}"
+        assert "Traceback" not in self.log(), self.log()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Api(httpx.Client):
+    """A client of the server's API with helpers that assert the status, so that tests read
+    as steps."""
+
+    def queue(self, **fields: Any) -> dict[str, Any]:
+        response = self.post("work_queues", json={"name": unique("q"), **fields})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def deployment(self, queue: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        body = {"name": unique("d"), "work_queue_id": queue["id"], "command": ["true"], **fields}
+        response = self.post("deployments", json=body)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def run(self, deployment: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        response = self.post(f"deployments/{deployment['id']}/runs", json=fields)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def agent(self, queue: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        body = {"name": unique("agent"), "work_queue_id": queue["id"], **fields}
+        response = self.post("agents/heartbeat", json=body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        response = self.get(f"flow_runs/{run_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def claim(self, queue: dict[str, Any], agent: dict[str, Any], **fields: Any) -> list[Any]:
+        body = {"agent_id": agent["id"], **fields}
+        response = self.post(f"work_queues/{queue['id']}/claim", json=body)
+        assert response.status_code == 200, response.text
+        return list(response.json())
+
+    def set_state(self, run_id: str, state: str, **fields: Any) -> httpx.Response:
+        return self.post(f"flow_runs/{run_id}/set_state", json={"type": state, **fields})
+
+    def move(self, run_id: str, *states: str) -> dict[str, Any]:
+        """Walk a run through ``states``, each of which must be accepted."""
+        run: dict[str, Any] = {}
+        for state in states:
+            response = self.set_state(run_id, state)
+            assert response.status_code == 200, response.text
+            run = dict(response.json())
+        return run
 
 
 def base_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -89,11 +163,22 @@ def base_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, st
 
 @contextlib.contextmanager
 def running_server(
-    home: Path, extra_env: Mapping[str, str] | None = None, port: int | None = None
+    home: Path,
+    extra_env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    *,
+    api_key: str | None = None,
+    database_url: str | None = None,
 ) -> Iterator[Server]:
-    """The real embedded server on a (free) loopback port, as a separate process."""
+    """The real embedded server on a (free) loopback port, as a separate process; its output
+    goes to ``home/server.log``. On SQLite in ``home``, or on ``database_url``."""
     port = port or free_port()
     env = base_env(home, extra_env)
+    if api_key is not None:
+        env["AGENT_API_KEY"] = api_key
+    if database_url is not None:
+        env["AGENT_DATABASE_URL"] = database_url
+    database_url = env.get("AGENT_DATABASE_URL")
     log_path = home / "server.log"
     home.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -116,9 +201,28 @@ def running_server(
 
     try:
         wait_for(healthy, timeout=20, what="the server's /api/health")
-        yield Server(url=url, home=home, process=process, env=env)
+        yield Server(
+            url=url,
+            home=home,
+            process=process,
+            env=env,
+            api_key=api_key,
+            database_url=database_url,
+        )
     finally:
         stop(process)
+
+
+def server_fixture(label: str, extra_env: Mapping[str, str] | None = None) -> Any:
+    """A module's own server (its own home and settings), for the module's tests:
+    ``server = server_fixture("e2e")``. The ``api`` fixture then talks to it."""
+
+    @pytest.fixture(scope="module", name="server")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+        with running_server(tmp_path_factory.mktemp(label), extra_env) as srv:
+            yield srv
+
+    return fixture
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:

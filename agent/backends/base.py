@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 from uuid import UUID
 
 from agent.models import (
@@ -19,6 +19,9 @@ from agent.models import (
 
 class Backend(Protocol):
     """What the daemon needs from a work-queue server (ours or Prefect's)."""
+
+    several_queues: ClassVar[bool]
+    """Whether one agent may serve several queues (one claim covering them all)."""
 
     async def get_queue(self, queue_id: UUID) -> WorkQueue:
         """Resolve the queue; raises NotFound when there is no such queue."""
@@ -71,6 +74,15 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class NamedQueues(Protocol):
+    """A backend whose queues can be found by name as well as by UUID (ours)."""
+
+    async def get_queue_by_name(self, name: str) -> WorkQueue:
+        """Raises NotFound when no queue has that name."""
+        ...
 
 
 @runtime_checkable

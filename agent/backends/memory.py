@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID, uuid4
 
 from agent.backends.base import Backend
@@ -55,6 +55,8 @@ class Call:
 
 @dataclass
 class InMemoryBackend:
+    several_queues: ClassVar[bool] = True
+
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     queues: dict[UUID, WorkQueue] = field(default_factory=dict)
     deployments: dict[UUID, Deployment] = field(default_factory=dict)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 import httpx
@@ -25,6 +25,7 @@ from agent.models import (
     DeploymentCreate,
     FlowRun,
     FlowRunCreate,
+    FlowRunRerun,
     Health,
     Heartbeat,
     LogLine,
@@ -93,6 +94,7 @@ class NativeBackend:
     """Talks to `agent server start`. Implements :class:`agent.backends.base.Backend`."""
 
     kind = "native"
+    several_queues: ClassVar[bool] = True
 
     def __init__(self, http: HttpClient) -> None:
         self.http = http
@@ -230,6 +232,18 @@ class NativeBackend:
 
     async def cancel_run(self, run_id: UUID) -> FlowRun:
         response = await self.http.request("POST", f"flow_runs/{run_id}/cancel")
+        return _parse(FlowRun, response)
+
+    async def retry_run(self, run_id: UUID) -> FlowRun:
+        # Not retried: a lost answer resent would be refused (the run is SCHEDULED by then).
+        response = await self.http.request("POST", f"flow_runs/{run_id}/retry", retry=False)
+        return _parse(FlowRun, response)
+
+    async def rerun_run(self, run_id: UUID, body: FlowRunRerun) -> FlowRun:
+        # Not retried: each request makes a new run.
+        response = await self.http.request(
+            "POST", f"flow_runs/{run_id}/rerun", json=_body(body), retry=False
+        )
         return _parse(FlowRun, response)
 
     async def get_logs(

@@ -60,7 +60,7 @@ import signal
 import socket
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import structlog
@@ -123,6 +123,7 @@ class PrefectBackend:
     """Talks to a Prefect server. Implements :class:`agent.backends.base.Backend`."""
 
     kind = "prefect"
+    several_queues: ClassVar[bool] = False  # one queue, or one --pool, per agent (see claim)
 
     def __init__(
         self,

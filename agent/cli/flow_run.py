@@ -1,4 +1,4 @@
-"""`agent flow-run …`: list, inspect, follow the logs of, and cancel flow runs."""
+"""`agent flow-run …`: list, inspect, follow the logs of, cancel, retry and rerun flow runs."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from agent.cli.output import (
     text,
     when,
 )
+from agent.cli.parsing import parse_pairs
 from agent.errors import InputError, NotFound
-from agent.models import FlowRun, LogLine, LogStream, StateType
+from agent.models import FlowRun, FlowRunRerun, LogLine, LogStream, StateType
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -215,3 +216,43 @@ def cancel(ctx: typer.Context, ref: RunArg) -> None:
     say(text(f"flow run {cancelled.name} ({cancelled.id}): ") + state_text(cancelled.state.type))
     if cancelled.state.type is StateType.CANCELLING:
         info("its agent will interrupt it and report CANCELLED")
+
+
+@app.command("retry")
+def retry(ctx: typer.Context, ref: RunArg) -> None:
+    """Schedule a FAILED, CRASHED or CANCELLED run again, as the next attempt of the same run."""
+    rid = run_id(ref)
+
+    async def run(backend: NativeBackend) -> FlowRun:
+        await get_run(backend, rid)
+        return await backend.retry_run(rid)
+
+    retried = call(settings_of(ctx), run)
+    say(
+        text(f"flow run {retried.name} ({retried.id}): attempt {retried.attempt} ")
+        + state_text(retried.state.type)
+    )
+
+
+@app.command("rerun")
+def rerun(
+    ctx: typer.Context,
+    ref: RunArg,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="Parameter k=v over the old run's; v JSON if it can be."
+        ),
+    ] = None,
+) -> None:
+    """Start a new run of the same deployment with this run's parameters (and print its id)."""
+    rid = run_id(ref)
+    body = FlowRunRerun(parameters=parse_pairs(param or [], "--param"))
+
+    async def run(backend: NativeBackend) -> FlowRun:
+        await get_run(backend, rid)
+        return await backend.rerun_run(rid, body)
+
+    created = call(settings_of(ctx), run)
+    typer.echo(str(created.id))
+    info(f"scheduled flow run {created.name!r} of {created.deployment_name!r}, a rerun of {rid}")

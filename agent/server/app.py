@@ -16,13 +16,16 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from agent import __version__
 from agent.models import utcnow
+from agent.server import web
 from agent.server.body_limit import BodyLimit
 from agent.server.bundles import BundleStore
 from agent.server.claims import ClaimWakeups
+from agent.server.cross_site import RefuseCrossSite
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
 from agent.server.leadership import Leadership
 from agent.server.leases import lease_keeper
+from agent.server.log_stream import LogFeed
 from agent.server.metrics import install_metrics
 from agent.server.notifications import NotificationConfig
 from agent.server.routes import (
@@ -33,6 +36,7 @@ from agent.server.routes import (
     flow_runs,
     health,
     notifications,
+    overview,
     schedules,
     work_queues,
 )
@@ -137,6 +141,7 @@ def create_app(
     app.state.notifier = notifier
     app.state.scheduler = scheduler
     app.state.bundles = BundleStore(settings.home, settings.bundle_max_bytes)
+    app.state.log_feed = LogFeed()
 
     api = APIRouter(prefix="/api")
     api.include_router(health.router)
@@ -150,13 +155,17 @@ def create_app(
         notifications,
         bundles,
         concurrency_limits,
+        overview,
     ):
         protected.include_router(module.router)
     api.include_router(protected)
     app.include_router(api)
+    app.include_router(web.router)  # the UI at /, its files under /ui/
     install_metrics(app, db, settings.lease_seconds)  # GET /metrics, request counters
     # A 413 before an oversized body is read into memory; bundles stream to disk, bounded apart.
     app.add_middleware(BodyLimit, exempt=("/api/bundles",))
+    # Outermost: a forged request from another site is refused before anything reads it.
+    app.add_middleware(RefuseCrossSite, loopback_names_only=settings.api_key is None)
 
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _invalid_request)

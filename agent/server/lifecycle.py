@@ -164,6 +164,16 @@ def check_state(session: Session, run_id: uuid.UUID, proposal: StateProposal) ->
         and run.agent_id != proposal.agent_id
     ):
         raise conflict(f"run {run.id} is claimed by agent {run.agent_id}")
+    if (
+        proposal.agent_id is not None
+        and run.agent_id is None
+        and not _takes_ownership(run, proposal)
+        and not current.is_terminal
+    ):
+        # The agent's claim is over (handed back, or released by the server) and the run is
+        # free for anyone: a late report of it (a cancel, a failure) would end a run that no
+        # one ran. The next claim decides what happens to it.
+        raise conflict(f"run {run.id} is not held by agent {proposal.agent_id}: report dropped")
     reason = transition_error(current, proposal.type)
     if reason is not None:
         raise conflict(reason)

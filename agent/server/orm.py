@@ -143,6 +143,10 @@ class FlowRunRow(Base):
         Index("ix_flow_runs_created", "created"),
         Index("ux_flow_runs_idempotency_key", "idempotency_key", unique=True),
         Index("ix_flow_runs_schedule", "schedule_id", "state_type", "expected_start_time"),
+        # The runs list of one deployment, newest first (the UI's filter, keyset paging).
+        Index("ix_flow_runs_deployment_created", "deployment_id", "created"),
+        # The overview: runs due in a window counted by state, from the index alone.
+        Index("ix_flow_runs_due_state", "expected_start_time", "state_type"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -176,6 +180,8 @@ class FlowRunRow(Base):
     # The commit the run executes (models.RunSource), set by its first attempt that starts and
     # kept across retries, so no attempt runs other code than the one before it.
     source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The run a `rerun` repeated; no foreign key: the link outlives the run it names.
+    rerun_of: Mapped[uuid.UUID | None] = mapped_column(UUIDString())
 
 
 class ConcurrencyLimitRow(Base):

@@ -154,6 +154,7 @@ def run_model(row: FlowRunRow) -> FlowRun:
         runner_info=dict(row.runner_info),
         attempt=row.attempt,
         source=None if row.source is None else RunSource.model_validate(row.source),
+        rerun_of=row.rerun_of,
         created=row.created,
         start_time=row.start_time,
         end_time=row.end_time,

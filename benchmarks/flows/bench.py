@@ -59,3 +59,11 @@ def hold(out: str, release: str, limit: float = 600.0) -> None:
     deadline = time.monotonic() + limit
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.5)
+
+
+@flow
+def ticks(count: int = 50, every: float = 0.2) -> None:
+    """Print ``tick <wall-clock time>`` ``count`` times: a reader compares when it saw each."""
+    for _ in range(count):
+        print(f"tick {time.time()!r}", flush=True)
+        time.sleep(every)

@@ -15,7 +15,7 @@ executions themselves) and the figures printed.
 
 It runs twice: on one server with SQLite, and on two server replicas sharing one PostgreSQL
 (``replicas``), each agent given both replicas' URLs (through a proxy each): there a replica is
-SIGKILLed and restarted instead of the server, and PostgreSQL itself is restarted once.
+SIGKILLed and restarted besides whatever the dice say, and PostgreSQL itself is restarted once.
 
 Size: ``CHAOS_RUNS`` (default 240, what CI affords); ``CHAOS_RUNS=10000`` for the big one.
 """
@@ -164,6 +164,15 @@ class Fleet:
             return False
         return True
 
+    def holds_its_name(self, index: int) -> bool:
+        """Agent ``index`` has locked its name: it wrote its pid, which it does after the lock
+        (an agent only just started has not, and a twin started then would win the name)."""
+        pid_file = self.home / "server" / "agents" / f"chaos-{index}" / "agent.pid"
+        try:
+            return int(pid_file.read_text()) == self.processes[f"chaos-{index}"].pid
+        except (OSError, ValueError):
+            return False
+
     def twin_refused(self, index: int) -> bool:
         """Start a second agent under a live agent's name on this host: it must refuse."""
         twin = subprocess.run(
@@ -200,6 +209,75 @@ def executions(marker_dir: Path) -> list[dict[str, Any]]:
     return marks
 
 
+@pytest.fixture
+def chaos_home(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+@pytest.mark.timeout(max(3600, int(RUNS * 0.7) + 600))
+@pytest.mark.parametrize("topology", ["sqlite", "replicas"])
+def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) -> None:
+    cluster: PostgresCluster | None = None
+    if topology == "replicas":
+        cluster = request.getfixturevalue("postgres_cluster")
+    with ExitStack() as stack:
+        rig = set_up(stack, chaos_home, cluster)
+        events, server_kills = unleash(stack, rig)
+        seen = collect(rig)
+    print(
+        f"\nchaos ({topology}): {RUNS} runs, {AGENTS} agents, lease {LEASE:g}s, seed {SEED}\n"
+        f"  final states: {dict(seen.states)}\n"
+        f"  attempts: {dict(sorted(Counter(r['attempt'] for r in seen.runs.values()).items()))}\n"
+        f"  executions recorded: {len(seen.marks)}\n"
+        f"  chaos: {dict(events)}, agent kills {len(rig.fleet.kills)}, server kills {server_kills}"
+        f", database restarts {rig.database_restarts}\n"
+        f"  proxy connections: {sum(p.connections for p in rig.every_proxy)}, "
+        f"resets {sum(p.resets for p in rig.every_proxy)}\n"
+        f"  agent exit codes at the end: {seen.exit_codes}\n"
+        f"  limit samples: {len(rig.sampler.samples)} ({rig.sampler.failed} reads failed), most "
+        f"active with tag {TAG} {rig.sampler.most(lambda r: TAG in r['tags'])}/{TAG_LIMIT}, of "
+        f"chaos-limited {rig.sampler.most(lambda r: r['deployment_id'] == rig.limited['id'])}"
+        f"/{DEPLOYMENT_LIMIT}"
+    )
+    assert len(seen.runs) == RUNS  # none lost
+    if cluster is not None:  # what the replicas variant is for happened
+        assert server_kills >= 1 and rig.database_restarts == 1, (
+            server_kills,
+            rig.database_restarts,
+        )
+    check_every_run_resolved(seen)
+    check_no_limit_exceeded(rig, seen)
+    check_no_run_overlaps_itself(seen)
+    check_each_attempt_executes_once(seen)
+    check_no_run_held_by_a_dead_agent(rig, seen)
+    check_output_lines(seen)
+
+
+# ------------------------------------------------------------------ phase 1: a server, a fleet
+
+
+@dataclass
+class Rig:
+    homes: list[Path]  # the servers' (one per replica; the first is the agents' too)
+    ports: list[int]
+    server_processes: list[subprocess.Popen[bytes]]
+    api: Api
+    marker_dir: Path
+    deployment: dict[str, Any]
+    limited: dict[str, Any]  # the deployment limited to DEPLOYMENT_LIMIT at once
+    sampler: ActiveSampler
+    proxies: list[list[FaultProxy]]  # per agent, one per replica
+    fleet: Fleet
+    server_env: dict[str, str]
+    cluster: PostgresCluster | None  # the replicas' database
+    run_ids: list[str] = field(default_factory=list)
+    database_restarts: int = 0
+
+    @property
+    def every_proxy(self) -> list[FaultProxy]:
+        return [proxy for per_agent in self.proxies for proxy in per_agent]
+
+
 class Api:
     """The API through whichever server replica answers (one may be down, being restarted)."""
 
@@ -227,272 +305,299 @@ class Api:
             client.close()
 
 
-@pytest.fixture
-def chaos_home(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+SERVER_ENV = {"AGENT_LEASE_SECONDS": str(LEASE)}
 
 
-@pytest.mark.timeout(3600)
-@pytest.mark.parametrize("topology", ["sqlite", "replicas"])
-def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) -> None:
-    rng = random.Random(SEED)
+def set_up(stack: ExitStack, chaos_home: Path, cluster: PostgresCluster | None) -> Rig:
+    """One server on SQLite, or (``cluster``) two replicas on one PostgreSQL database."""
     marker_dir = chaos_home / "markers"
     marker_dir.mkdir()
     home = chaos_home / "server"
-    server_env = {"AGENT_LEASE_SECONDS": str(LEASE)}
-    cluster: PostgresCluster | None = None
+    server_env = dict(SERVER_ENV)
     replicas = 1
-    if topology == "replicas":
-        cluster = request.getfixturevalue("postgres_cluster")
+    if cluster is not None:
         server_env["AGENT_DATABASE_URL"] = cluster.new_database()
         replicas = 2
     homes = [home, *(chaos_home / f"server-{r}" for r in range(1, replicas))]
     ports = [free_port() for _ in range(replicas)]
-
-    with ExitStack() as stack:
-        servers = [
-            stack.enter_context(running_server(homes[r], server_env, port=ports[r]))
-            for r in range(replicas)
+    servers = [
+        stack.enter_context(running_server(homes[r], server_env, port=ports[r]))
+        for r in range(replicas)
+    ]
+    server = servers[0]
+    api = Api([s.url for s in servers])
+    stack.callback(api.close)
+    queue = api.post("work_queues", json={"name": "chaos"}).json()
+    api.post("concurrency_limits", json={"tag": TAG, "limit": TAG_LIMIT}).raise_for_status()
+    spec = {
+        "work_queue_id": queue["id"],
+        "entrypoint": "sample.py:record",
+        "working_dir": str(FLOWS),
+        "retries": 5,
+        "parameters": {"marker_dir": str(marker_dir)},
+        "tags": [TAG],
+    }
+    deployment = api.post("deployments", json={"name": "chaos", **spec}).json()
+    limited = api.post(
+        "deployments",
+        json={"name": "chaos-limited", "concurrency_limit": DEPLOYMENT_LIMIT, **spec},
+    ).json()
+    sampler = stack.enter_context(ActiveSampler(server.url))
+    proxies = [
+        [
+            stack.enter_context(FaultProxy(port, seed=SEED + i + 100 * r))
+            for r, port in enumerate(ports)
         ]
-        server = servers[0]
-        api = Api([s.url for s in servers])
-        stack.callback(api.close)
-        queue = api.post("work_queues", json={"name": "chaos"}).json()
-        api.post("concurrency_limits", json={"tag": TAG, "limit": TAG_LIMIT}).raise_for_status()
-        spec = {
-            "work_queue_id": queue["id"],
-            "entrypoint": "sample.py:record",
-            "working_dir": str(FLOWS),
-            "retries": 5,
-            "parameters": {"marker_dir": str(marker_dir)},
-            "tags": [TAG],
-        }
-        deployment = api.post("deployments", json={"name": "chaos", **spec}).json()
-        limited = api.post(
-            "deployments",
-            json={"name": "chaos-limited", "concurrency_limit": DEPLOYMENT_LIMIT, **spec},
-        ).json()
-        sampler = stack.enter_context(ActiveSampler(server.url))
-        proxies = [
-            [
-                stack.enter_context(FaultProxy(port, seed=SEED + i + 100 * r))
-                for r, port in enumerate(ports)
-            ]
-            for i in range(AGENTS)
-        ]
-        every_proxy = [proxy for per_agent in proxies for proxy in per_agent]
-        fleet = Fleet(base_env(home), queue["id"], chaos_home, proxies)
-        # A failed assertion must not leave agents behind: stop them on the way out, whatever.
-        stack.callback(fleet.stop_all)
-        for index in range(AGENTS):
-            fleet.start(index)
-
-        # Submitted through most of the chaos, so that every fault meets runs in every phase
-        # (claimed, spawning, running, ending, reporting), not an idle fleet.
-        bodies = [{"parameters": {"seconds": round(rng.uniform(0.3, 3.0), 2)}} for _ in range(RUNS)]
-        run_ids: list[str] = []
-
-        def submit(upto: int) -> None:
-            while len(run_ids) < min(upto, RUNS):
-                target = limited if len(run_ids) % LIMITED_EVERY == 0 else deployment
-                try:
-                    response = api.post(
-                        f"deployments/{target['id']}/runs", json=bodies[len(run_ids)]
-                    )
-                except httpx.HTTPError:
-                    return  # the server is being restarted: next round
-                if response.status_code == 503:
-                    return  # its database is being restarted: next round
-                assert response.status_code == 201, response.text
-                run_ids.append(response.json()["id"])
-
-        server_processes = [s.process for s in servers]
-        database_restarts = 0
-        events: Counter[str] = Counter()
-        partitioned_until = 0.0
-        began = time.monotonic()
-        chaos_until = began + max(60.0, RUNS * 0.1)
-        submitted_by = began + (chaos_until - began) * 0.7
-        deadline = chaos_until + max(120.0, RUNS * 0.2)
-        server_kills = 0
-
-        def kill_server(r: int) -> None:
-            """SIGKILL server (replica) ``r`` and start it again on its port: with replicas,
-            the agents move to the other one meanwhile."""
-            nonlocal server_kills
-            server_processes[r].send_signal(signal.SIGKILL)
-            server_processes[r].wait()
-            server_kills += 1
-            time.sleep(0.5)
-            server_processes[r] = stack.enter_context(
-                running_server(homes[r], server_env, port=ports[r])
-            ).process
-
-        # With replicas, whatever the dice say: a replica dies mid-chaos, and later the
-        # database under both goes away and comes back.
-        forced = (
-            {"replica": began + (chaos_until - began) * 0.3}
-            | {"database": began + (chaos_until - began) * 0.6}
-            if cluster is not None
-            else {}
-        )
-
-        def open_runs() -> int:
-            try:
-                runs = api.get(
-                    "flow_runs",
-                    params={
-                        "limit": 1000,
-                        "state": ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING"],
-                    },
-                ).json()
-            except httpx.HTTPError:
-                return -1
-            return len(runs) if isinstance(runs, list) else -1
-
-        while time.monotonic() < deadline:
-            now = time.monotonic()
-            fleet.tick()
-            submit(int(RUNS * (now - began) / (submitted_by - began)) + 1)
-            if "replica" in forced and now >= forced["replica"]:
-                del forced["replica"]
-                kill_server(rng.randrange(replicas))
-                events["replica_killed"] += 1
-            if "database" in forced and now >= forced["database"] and cluster is not None:
-                del forced["database"]
-                cluster.stop("fast")
-                time.sleep(rng.uniform(0.5, 2.0))
-                cluster.start()
-                database_restarts += 1
-            if now < chaos_until:
-                action = rng.choice(ACTIONS)
-                # The last agent is the partition victim; the others die in every way.
-                index = rng.randrange(AGENTS - 1)
-                if action in AGENT_ACTIONS and not fleet.alive(index):
-                    action = "calm"
-                if action == "kill_agent":
-                    fleet.kill(index)
-                    time.sleep(rng.uniform(0.1, 1.5))
-                    fleet.start(index)
-                elif action == "kill_at_spawn":
-                    if fleet.flow_appears(index, timeout=3.0):
-                        fleet.kill_for(index, rng.uniform(0.1, 1.0))
-                    else:
-                        action = "calm"
-                elif action == "restart_after_fence":
-                    # The fence fires at half the lease without a renewal; the agent is back
-                    # (started, its lease renewed) before the lease ends.
-                    fleet.kill_for(index, rng.uniform(LEASE / 2 + 0.2, LEASE / 2 + 0.8))
-                elif action == "restart_after_lease":
-                    fleet.kill_for(index, rng.uniform(LEASE + 0.5, LEASE + 3))
-                elif action == "kill_fence":
-                    if fleet.kill_fence(index):
-                        # Its agent dies before it has started the fence again, or after.
-                        time.sleep(rng.uniform(0.0, 2.5))
-                        if rng.random() < 0.5:
-                            fleet.kill_for(index, rng.uniform(0.1, LEASE + 2))
-                    else:
-                        action = "calm"
-                elif action == "twin":
-                    events["twin_refused"] += fleet.twin_refused(index)
-                elif action == "delay":
-                    proxy = rng.choice(every_proxy)
-                    proxy.delay_seconds = rng.uniform(0.05, 0.5)
-                    with proxy.fault("delay"):
-                        time.sleep(1.0)
-                elif action == "reset":
-                    proxy = rng.choice(every_proxy)
-                    with proxy.fault("reset"):  # open connections too
-                        time.sleep(rng.uniform(0.2, 1.0))
-                elif action == "server" and server_kills < 2:
-                    kill_server(rng.randrange(replicas))
-                elif action == "partition" and partitioned_until == 0.0:
-                    for proxy in proxies[-1]:  # cut off from every replica
-                        proxy.set_mode("blackhole")
-                    partitioned_until = now + LEASE + 3
-                events[action] += 1
-            if partitioned_until and now > partitioned_until:
-                for proxy in proxies[-1]:
-                    proxy.set_mode("pass")
-                partitioned_until = -1.0
-            settled = now >= chaos_until and len(run_ids) == RUNS and not fleet.pending
-            if settled and open_runs() == 0:
-                break
-            time.sleep(0.2)
-        for proxy in proxies[-1]:
-            proxy.set_mode("pass")
-
-        exit_codes = fleet.stop_all()
-        runs = {rid: api.get(f"flow_runs/{rid}").json() for rid in run_ids}
-        histories = {rid: api.get(f"flow_runs/{rid}/states").json() for rid in run_ids}
-        logs = {
-            rid: [
-                line["line"]
-                for line in api.get(f"flow_runs/{rid}/logs", params={"limit": 10000}).json()
-            ]
-            for rid, run in runs.items()
-            if run["state"]["type"] == "COMPLETED"
-        }
-
-    marks = executions(marker_dir)
-    states = Counter(run["state"]["type"] for run in runs.values())
-    attempts = Counter(run["attempt"] for run in runs.values())
-    print(
-        f"\nchaos ({topology}): {RUNS} runs, {AGENTS} agents, lease {LEASE:g}s, seed {SEED}\n"
-        f"  final states: {dict(states)}\n"
-        f"  attempts: {dict(sorted(attempts.items()))}\n"
-        f"  executions recorded: {len(marks)}\n"
-        f"  chaos: {dict(events)}, agent kills {len(fleet.kills)}, server kills {server_kills}, "
-        f"database restarts {database_restarts}\n"
-        f"  proxy connections: {sum(p.connections for p in every_proxy)}, "
-        f"resets {sum(p.resets for p in every_proxy)}\n"
-        f"  agent exit codes at the end: {exit_codes}\n"
-        f"  limit samples: {len(sampler.samples)} ({sampler.failed} reads failed), most active "
-        f"with tag {TAG} {sampler.most(lambda r: TAG in r['tags'])}/{TAG_LIMIT}, of "
-        f"chaos-limited {sampler.most(lambda r: r['deployment_id'] == limited['id'])}"
-        f"/{DEPLOYMENT_LIMIT}"
+        for i in range(AGENTS)
+    ]
+    fleet = Fleet(base_env(home), queue["id"], chaos_home, proxies)
+    # A failed assertion must not leave agents behind: stop them on the way out, whatever.
+    stack.callback(fleet.stop_all)
+    for index in range(AGENTS):
+        fleet.start(index)
+    return Rig(
+        homes,
+        ports,
+        [s.process for s in servers],
+        api,
+        marker_dir,
+        deployment,
+        limited,
+        sampler,
+        proxies,
+        fleet,
+        server_env,
+        cluster,
     )
 
-    # 1. Every run ends in a terminal state, without a person acting; agents stop cleanly.
-    assert set(states) <= TERMINAL, states
-    assert len(runs) == RUNS  # none lost
-    if cluster is not None:
-        assert server_kills >= 1 and database_restarts == 1, (server_kills, database_restarts)
-    assert exit_codes == [0] * AGENTS, exit_codes
 
-    # 1b. No limit was ever exceeded, by the server's count (sampled every 50 ms) or by the
-    #     executions themselves (from their markers: start to end, or to last seen alive).
+# ------------------------------------------------------------------ phase 2: everything goes wrong
+
+
+def unleash(stack: ExitStack, rig: Rig) -> tuple[Counter[str], int]:
+    """Submit the runs while faults happen, until every run is resolved; what was done."""
+    rng = random.Random(SEED)
+    api, fleet, proxies = rig.api, rig.fleet, rig.every_proxy
+    victim = rig.proxies[-1]  # the last agent's: cut off from every replica
+    # Submitted through most of the chaos, so that every fault meets runs in every phase
+    # (claimed, spawning, running, ending, reporting), not an idle fleet.
+    bodies = [{"parameters": {"seconds": round(rng.uniform(0.3, 3.0), 2)}} for _ in range(RUNS)]
+    run_ids = rig.run_ids
+
+    def submit(upto: int) -> None:
+        while len(run_ids) < min(upto, RUNS):
+            target = rig.limited if len(run_ids) % LIMITED_EVERY == 0 else rig.deployment
+            try:
+                response = api.post(f"deployments/{target['id']}/runs", json=bodies[len(run_ids)])
+            except httpx.HTTPError:
+                return  # the server is being restarted: next round
+            if response.status_code == 503:
+                return  # its database is being restarted: next round
+            assert response.status_code == 201, response.text
+            run_ids.append(response.json()["id"])
+
+    def open_runs() -> int:
+        try:
+            runs = api.get(
+                "flow_runs",
+                params={"limit": 1000, "state": ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING"]},
+            ).json()
+        except httpx.HTTPError:
+            return -1
+        return len(runs) if isinstance(runs, list) else -1
+
+    events: Counter[str] = Counter()
+    partitioned_until = 0.0
+    began = time.monotonic()
+    chaos_until = began + max(60.0, RUNS * 0.1)
+    submitted_by = began + (chaos_until - began) * 0.7
+    # Resolving takes a loaded 2-core machine up to ~0.5 s a run (the tag limit binds).
+    deadline = chaos_until + max(120.0, RUNS * 0.6)
+    server_kills = 0
+
+    def kill_server(r: int) -> None:
+        """SIGKILL server (replica) ``r`` and start it again on its port: with replicas, the
+        agents move to the other one meanwhile."""
+        nonlocal server_kills
+        rig.server_processes[r].send_signal(signal.SIGKILL)
+        rig.server_processes[r].wait()
+        server_kills += 1
+        time.sleep(0.5)
+        rig.server_processes[r] = stack.enter_context(
+            running_server(rig.homes[r], rig.server_env, port=rig.ports[r])
+        ).process
+
+    # With replicas, whatever the dice say: a replica dies mid-chaos, and later the database
+    # under both goes away and comes back.
+    forced = (
+        {"replica": began + (chaos_until - began) * 0.3}
+        | {"database": began + (chaos_until - began) * 0.6}
+        if rig.cluster is not None
+        else {}
+    )
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        fleet.tick()
+        submit(int(RUNS * (now - began) / (submitted_by - began)) + 1)
+        if "replica" in forced and now >= forced["replica"]:
+            del forced["replica"]
+            kill_server(rng.randrange(len(rig.ports)))
+            events["replica_killed"] += 1
+        if "database" in forced and now >= forced["database"] and rig.cluster is not None:
+            del forced["database"]
+            rig.cluster.stop("fast")
+            time.sleep(rng.uniform(0.5, 2.0))
+            rig.cluster.start()
+            rig.database_restarts += 1
+        if now < chaos_until:
+            action = rng.choice(ACTIONS)
+            # The last agent is the partition victim; the others die in every way.
+            index = rng.randrange(AGENTS - 1)
+            if action in AGENT_ACTIONS and not fleet.alive(index):
+                action = "calm"
+            if action == "kill_agent":
+                fleet.kill(index)
+                time.sleep(rng.uniform(0.1, 1.5))
+                fleet.start(index)
+            elif action == "kill_at_spawn":
+                if fleet.flow_appears(index, timeout=3.0):
+                    fleet.kill_for(index, rng.uniform(0.1, 1.0))
+                else:
+                    action = "calm"
+            elif action == "restart_after_fence":
+                # The fence fires at half the lease without a renewal; the agent is back
+                # (started, its lease renewed) before the lease ends.
+                fleet.kill_for(index, rng.uniform(LEASE / 2 + 0.2, LEASE / 2 + 0.8))
+            elif action == "restart_after_lease":
+                fleet.kill_for(index, rng.uniform(LEASE + 0.5, LEASE + 3))
+            elif action == "kill_fence":
+                if fleet.kill_fence(index):
+                    # Its agent dies before it has started the fence again, or after.
+                    time.sleep(rng.uniform(0.0, 2.5))
+                    if rng.random() < 0.5:
+                        fleet.kill_for(index, rng.uniform(0.1, LEASE + 2))
+                else:
+                    action = "calm"
+            elif action == "twin":
+                if fleet.holds_its_name(index):
+                    events["twin_refused"] += fleet.twin_refused(index)
+                else:
+                    action = "calm"
+            elif action == "delay":
+                proxy = rng.choice(proxies)
+                proxy.delay_seconds = rng.uniform(0.05, 0.5)
+                with proxy.fault("delay"):
+                    time.sleep(1.0)
+            elif action == "reset":
+                proxy = rng.choice(proxies)
+                with proxy.fault("reset"):  # open connections too
+                    time.sleep(rng.uniform(0.2, 1.0))
+            elif action == "server" and server_kills < 2:
+                kill_server(rng.randrange(len(rig.ports)))
+            elif action == "partition" and partitioned_until == 0.0:
+                for proxy in victim:
+                    proxy.set_mode("blackhole")
+                partitioned_until = now + LEASE + 3
+            events[action] += 1
+        if partitioned_until and now > partitioned_until:
+            for proxy in victim:
+                proxy.set_mode("pass")
+            partitioned_until = -1.0
+        settled = now >= chaos_until and len(run_ids) == RUNS and not fleet.pending
+        if settled and open_runs() == 0:
+            break
+        time.sleep(0.2)
+    for proxy in victim:
+        proxy.set_mode("pass")
+    return events, server_kills
+
+
+# ------------------------------------------------------------------ phase 3: what happened
+
+
+@dataclass
+class Seen:
+    runs: dict[str, dict[str, Any]]
+    histories: dict[str, list[dict[str, Any]]]
+    logs: dict[str, list[str]]  # of the COMPLETED runs
+    marks: list[dict[str, Any]]  # one per execution, written by the flow
+    exit_codes: list[int]
+
+    @property
+    def states(self) -> Counter[str]:
+        return Counter(run["state"]["type"] for run in self.runs.values())
+
+    def by_run(self) -> dict[str, list[dict[str, Any]]]:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for mark in self.marks:
+            grouped.setdefault(mark["run"], []).append(mark)
+        return grouped
+
+
+def collect(rig: Rig) -> Seen:
+    exit_codes = rig.fleet.stop_all()
+    api = rig.api
+    runs = {rid: api.get(f"flow_runs/{rid}").json() for rid in rig.run_ids}
+    histories = {rid: api.get(f"flow_runs/{rid}/states").json() for rid in rig.run_ids}
+    logs = {
+        rid: [
+            line["line"]
+            for line in api.get(f"flow_runs/{rid}/logs", params={"limit": 10000}).json()
+        ]
+        for rid, run in runs.items()
+        if run["state"]["type"] == "COMPLETED"
+    }
+    return Seen(runs, histories, logs, executions(rig.marker_dir), exit_codes)
+
+
+# ------------------------------------------------------------------ phase 4: the promises
+
+
+def check_every_run_resolved(seen: Seen) -> None:
+    """Every run ends in a terminal state, without a person acting; agents stop cleanly.
+    Nobody cancels here: a CANCELLED run is one the faults made the fleet give up on (lost)."""
+    assert set(seen.states) <= TERMINAL - {"CANCELLED"}, seen.states
+    assert seen.exit_codes == [0] * AGENTS, seen.exit_codes
+
+
+def check_no_limit_exceeded(rig: Rig, seen: Seen) -> None:
+    """No limit was ever exceeded, by the server's count (sampled every 50 ms) or by the
+    executions themselves (from their markers: start to end, or to last seen alive)."""
+    sampler, limited = rig.sampler, rig.limited
     assert len(sampler.samples) > 100
     assert sampler.most(lambda r: TAG in r["tags"]) <= TAG_LIMIT
     assert sampler.most(lambda r: r["deployment_id"] == limited["id"]) <= DEPLOYMENT_LIMIT
-    of_limited = {rid for rid, run in runs.items() if run["deployment_id"] == limited["id"]}
-    assert _most_overlapping(marks) <= TAG_LIMIT
-    assert _most_overlapping([m for m in marks if m["run"] in of_limited]) <= DEPLOYMENT_LIMIT
+    of_limited = {rid for rid, run in seen.runs.items() if run["deployment_id"] == limited["id"]}
+    assert _most_overlapping(seen.marks) <= TAG_LIMIT
+    marks_of_limited = [m for m in seen.marks if m["run"] in of_limited]
+    assert _most_overlapping(marks_of_limited) <= DEPLOYMENT_LIMIT
 
-    # 2. No two executions of one run overlap in time.
-    by_run: dict[str, list[dict[str, Any]]] = {}
-    for mark in marks:
-        by_run.setdefault(mark["run"], []).append(mark)
-    for run_id, runs_marks in by_run.items():
+
+def check_no_run_overlaps_itself(seen: Seen) -> None:
+    """No two executions of one run overlap in time."""
+    for run_id, runs_marks in seen.by_run().items():
         spans = sorted((m["start"], m.get("end", m["alive"]), m["pid"]) for m in runs_marks)
         for (_, end, pid), (start, _, other) in itertools.pairwise(spans):
             assert end <= start, f"run {run_id}: executions {pid} and {other} overlapped"
 
-    # 3. Each attempt executes at most once (a retried claim or report never starts it again),
-    #    and every COMPLETED run has exactly one finished execution of the attempt that
-    #    completed. An earlier attempt may have finished its work and still been killed before
-    #    it could exit and report (the fence does that when contact is lost): that attempt is
-    #    CRASHED, retried, and counted here as repeated work.
-    per_attempt = Counter((m["run"], m["attempt"]) for m in marks)
+
+def check_each_attempt_executes_once(seen: Seen) -> None:
+    """Each attempt executes at most once (a retried claim or report never starts it again),
+    and every COMPLETED run has exactly one finished execution of the attempt that completed.
+    An earlier attempt may have finished its work and still been killed before it could exit
+    and report (the fence does that when contact is lost): that attempt is CRASHED, retried,
+    and counted here as repeated work.
+
+    Work an earlier attempt finished is done again only when the server could not know of it:
+    its agent was out of reach (partitioned, or dead and not back) until its lease ran out, and
+    the server crashed the attempt for that. A restart within the lease, a fence firing, a
+    killed fence, a kill in the spawn window: none may make finished work run again."""
+    per_attempt = Counter((m["run"], m["attempt"]) for m in seen.marks)
     twice = {key: n for key, n in per_attempt.items() if n > 1}
     assert not twice, f"attempts executed more than once: {twice}"
-    #    Work an earlier attempt finished is done again only when the server could not know of
-    #    it: its agent was out of reach (partitioned, or dead and not back) until its lease ran
-    #    out, and the server crashed the attempt for that. A restart within the lease, a fence
-    #    firing, a killed fence, a kill in the spawn window: none may make finished work run
-    #    again.
+    by_run = seen.by_run()
     repeated_work, past_lease, wrongly_repeated = 0, 0, []
-    for run_id, run in runs.items():
+    for run_id, run in seen.runs.items():
         if run["state"]["type"] != "COMPLETED":
             continue
         finished = [m for m in by_run.get(run_id, []) if "end" in m]
@@ -503,7 +608,7 @@ def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) 
                 continue
             repeated_work += 1
             lapsed = f"agent {earlier.get('agent')} stopped heartbeating at"
-            if any(lapsed in (state["message"] or "") for state in histories[run_id]):
+            if any(lapsed in (state["message"] or "") for state in seen.histories[run_id]):
                 past_lease += 1
             else:
                 wrongly_repeated.append((run_id, earlier["attempt"], earlier.get("agent")))
@@ -513,8 +618,10 @@ def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) 
     )
     assert not wrongly_repeated, f"finished work done again: {wrongly_repeated}"
 
-    # 4. No run stayed claimed by a dead agent longer than lease + grace.
-    for run_id, history in histories.items():
+
+def check_no_run_held_by_a_dead_agent(rig: Rig, seen: Seen) -> None:
+    """No run stayed claimed by a dead agent longer than lease + grace."""
+    for run_id, history in seen.histories.items():
         for state, after in itertools.pairwise(history):
             if state["type"] != "RUNNING" or not (state["message"] or "").startswith(
                 "started by agent "
@@ -523,19 +630,21 @@ def test_chaos(chaos_home: Path, topology: str, request: pytest.FixtureRequest) 
             holder = state["message"].removeprefix("started by agent ")
             began = _ts(state["timestamp"])
             ended = _ts(after["timestamp"])
-            for name, killed_at in fleet.kills:
+            for name, killed_at in rig.fleet.kills:
                 if name == holder and began < killed_at < ended:
                     assert ended - killed_at <= LEASE + GRACE, (
                         f"run {run_id} stayed RUNNING {ended - killed_at:.1f}s after {name} died"
                     )
 
-    # 5. Every COMPLETED run has its execution's output line, unless its agent was SIGKILLed
-    #    while it ran: lines the dead agent had read but not yet sent die with it, and lines in
-    #    the pipe die with the flow if it exits before an agent takes it over ("could not be
-    #    followed again"). Counted, so that the figure is seen.
+
+def check_output_lines(seen: Seen) -> None:
+    """Every COMPLETED run has its execution's output line, unless its agent was SIGKILLed
+    while it ran: lines the dead agent had read but not yet sent die with it, and lines in the
+    pipe die with the flow if it exits before an agent takes it over ("could not be followed
+    again"). Counted, so that the figure is seen."""
     lost_with_agent = 0
-    for run_id, lines in logs.items():
-        attempt = runs[run_id]["attempt"]
+    for run_id, lines in seen.logs.items():
+        attempt = seen.runs[run_id]["attempt"]
         if f"recording {run_id} attempt {attempt}" in lines:
             continue
         killed = any(

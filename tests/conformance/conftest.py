@@ -26,11 +26,11 @@ from tests.conformance.harness import (
     NativeHarness,
     PrefectHarness,
     ReplicasHarness,
-    native_server,
     prefect_server,
     venv_or_skip,
 )
 from tests.postgres import PostgresCluster, postgres_cluster  # noqa: F401 (a fixture)
+from tests.support import running_server
 
 KINDS = ["native", "replicas", "prefect3", "prefect2"]
 AUTH_STRING = "flowagent:s3cret-pass"
@@ -41,8 +41,8 @@ VENVS = {"prefect3": (".prefect-venv", ""), "prefect2": (".prefect2-venv", " --w
 @pytest.fixture(scope="session")
 def native_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     home = tmp_path_factory.mktemp("native")
-    with native_server(home) as url:
-        yield NativeHarness(kind="native", url=url, home=home)
+    with running_server(home) as server:
+        yield NativeHarness(kind="native", url=server.url, home=home)
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +53,10 @@ def replicas_harness(
     home = tmp_path_factory.mktemp("replicas")
     database_url = cluster.new_database()
     with (
-        native_server(home / "a", database_url=database_url) as a,
-        native_server(home / "b", database_url=database_url) as b,
+        running_server(home / "a", database_url=database_url) as a,
+        running_server(home / "b", database_url=database_url) as b,
     ):
-        yield ReplicasHarness(kind="native", url=a, home=home, urls=[a, b])
+        yield ReplicasHarness(kind="native", url=a.url, home=home, urls=[a.url, b.url])
 
 
 def _prefect(
@@ -91,10 +91,10 @@ def prefect2_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harne
 @pytest.fixture(scope="session")
 def native_auth_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     home = tmp_path_factory.mktemp("native-auth")
-    with native_server(home, api_key=API_KEY) as url:
+    with running_server(home, api_key=API_KEY) as server:
         yield NativeHarness(
             kind="native",
-            url=url,
+            url=server.url,
             home=home,
             headers={"Authorization": f"Bearer {API_KEY}"},
             api_key=API_KEY,

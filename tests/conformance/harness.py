@@ -395,43 +395,6 @@ def prefect_server(
                 process.wait()
 
 
-@contextlib.contextmanager
-def native_server(
-    home: Path, *, api_key: str | None = None, database_url: str | None = None
-) -> Iterator[str]:
-    """Our embedded server as a real process (`agent server start`), on SQLite in ``home``
-    or on ``database_url``."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = clean_env(AGENT_HOME=str(home))
-    if api_key:
-        env["AGENT_API_KEY"] = api_key
-    if database_url:
-        env["AGENT_DATABASE_URL"] = database_url
-    with (home / "server.log").open("ab") as log:
-        process = subprocess.Popen(
-            [AGENT, "server", "start", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/api"
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited {process.returncode}")
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=30, what=f"our server at {url}")
-        yield url
-    finally:
-        stop(process)
-
-
 # -------------------------------------------------------------------- agents
 
 

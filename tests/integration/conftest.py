@@ -1,23 +1,21 @@
-"""The embedded server as a real process on a free loopback port, and helpers to drive its API.
+"""The fixtures of the integration tests: one real embedded server per session (and one with an
+API key), a client of it, and more servers when a test needs them.
 
-Tests share one server per session and isolate themselves by creating their own queues (every
-name is unique), so the whole server suite pays for one startup. Test modules use the fixtures
-below; they import the helper classes only for type checking, since a conftest is not a module
-to import at run time.
+Tests share the session's server and isolate themselves by creating their own queues (every
+name is unique), so most of the suite pays for one start-up. A module that needs a server of
+its own settings declares ``server = server_fixture("label", {...})`` (tests/support.py); the
+``api`` fixture below then talks to that one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from tests.postgres import (  # noqa: F401 (fixtures)
@@ -25,38 +23,14 @@ from tests.postgres import (  # noqa: F401 (fixtures)
     postgres_cluster,
     postgres_url,
 )
-from tests.support import free_port, stop, wait_for
+from tests.support import Api, Server, running_server
 
 
-@dataclass
-class ServerProcess:
-    """A running ``python -m agent.server``."""
-
-    url: str  # http://127.0.0.1:PORT, without /api
-    home: Path
-    process: subprocess.Popen[bytes]
-    stderr_path: Path
-    api_key: str | None = None
-    database_url: str | None = None  # None: SQLite in home
-
-    def client(self, api_key: str | None = None, timeout: float = 30) -> httpx.Client:
-        key = api_key if api_key is not None else self.api_key
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url + "/api/", headers=headers, timeout=timeout)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-
-def server_env(
-    home: Path, api_key: str | None = None, database_url: str | None = None
-) -> dict[str, str]:
+def server_env(home: Path, api_key: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
     env["AGENT_HOME"] = str(home)
     if api_key is not None:
         env["AGENT_API_KEY"] = api_key
-    if database_url is not None:
-        env["AGENT_DATABASE_URL"] = database_url
     return env
 
 
@@ -72,49 +46,7 @@ def run_server_command(
     )
 
 
-def start_server(
-    home: Path, *, api_key: str | None = None, database_url: str | None = None
-) -> ServerProcess:
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    stderr_path = home / f"server-{port}.stderr"
-    with stderr_path.open("wb") as err, (home / f"server-{port}.stdout").open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agent.server", "--port", str(port)],
-            env=server_env(home, api_key, database_url),
-            stdout=out,
-            stderr=err,
-        )
-    server = ServerProcess(
-        f"http://127.0.0.1:{port}", home, process, stderr_path, api_key, database_url
-    )
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"the server exited with {process.returncode} before answering:\n{server.stderr()}"
-            )
-        try:
-            return httpx.get(f"{server.url}/api/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=20, what=f"GET {server.url}/api/health")
-    except AssertionError:
-        stop(process)
-        raise
-    return server
-
-
-def stop_server(server: ServerProcess) -> None:
-    """SIGTERM, and check that it went down on its own (uvicorn re-raises the signal)."""
-    code = stop(server.process, timeout=10)
-    assert code in (0, -15), f"server exited with {code}:\n{server.stderr()}"
-    assert "Traceback" not in server.stderr(), server.stderr()
-
-
-ServerFactory = Callable[..., ServerProcess]
+ServerFactory = Callable[..., Server]
 ServerCommand = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -130,106 +62,48 @@ def shared_database(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture(scope="session")
 def server(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path_factory.mktemp("server"), database_url=shared_database(request))
-    try:
+) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("server")
+    with running_server(home, database_url=shared_database(request)) as srv:
         yield srv
-    finally:
-        stop_server(srv)
+    srv.assert_stopped_cleanly()
 
 
 @pytest.fixture(scope="session")
 def secured_server(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[ServerProcess]:
+) -> Iterator[Server]:
     """A second shared server, started with an API key."""
-    srv = start_server(
-        tmp_path_factory.mktemp("secured"),
-        api_key="s3cret-key-for-tests",
-        database_url=shared_database(request),
-    )
-    try:
+    home = tmp_path_factory.mktemp("secured")
+    database_url = shared_database(request)
+    with running_server(home, api_key="s3cret-key-for-tests", database_url=database_url) as srv:
         yield srv
-    finally:
-        stop_server(srv)
-
-
-@dataclass
-class Api:
-    """Thin helpers over one httpx client; they assert the status so tests read as steps."""
-
-    http: httpx.Client
-
-    def queue(self, **fields: Any) -> dict[str, Any]:
-        response = self.http.post("work_queues", json={"name": unique("q"), **fields})
-        assert response.status_code == 201, response.text
-        return dict(response.json())
-
-    def deployment(self, queue: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        body = {"name": unique("d"), "work_queue_id": queue["id"], "command": ["true"], **fields}
-        response = self.http.post("deployments", json=body)
-        assert response.status_code == 201, response.text
-        return dict(response.json())
-
-    def run(self, deployment: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        response = self.http.post(f"deployments/{deployment['id']}/runs", json=fields)
-        assert response.status_code == 201, response.text
-        return dict(response.json())
-
-    def agent(self, queue: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        body = {"name": unique("agent"), "work_queue_id": queue["id"], **fields}
-        response = self.http.post("agents/heartbeat", json=body)
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        response = self.http.get(f"flow_runs/{run_id}")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def claim(self, queue: dict[str, Any], agent: dict[str, Any], **fields: Any) -> list[Any]:
-        body = {"agent_id": agent["id"], **fields}
-        response = self.http.post(f"work_queues/{queue['id']}/claim", json=body)
-        assert response.status_code == 200, response.text
-        return list(response.json())
-
-    def set_state(self, run_id: str, state: str, **fields: Any) -> httpx.Response:
-        return self.http.post(f"flow_runs/{run_id}/set_state", json={"type": state, **fields})
-
-    def move(self, run_id: str, *states: str) -> dict[str, Any]:
-        """Walk a run through ``states``, each of which must be accepted."""
-        run: dict[str, Any] = {}
-        for state in states:
-            response = self.set_state(run_id, state)
-            assert response.status_code == 200, response.text
-            run = dict(response.json())
-        return run
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+    srv.assert_stopped_cleanly()
 
 
 @pytest.fixture
-def api(server: ServerProcess) -> Iterator[Api]:
+def api(server: Server) -> Iterator[Api]:
+    """A client of the test's server: the session's, or the module's own (server_fixture)."""
     with server.client() as client:
-        yield Api(client)
+        yield client
 
 
 @pytest.fixture
 def server_factory() -> Iterator[ServerFactory]:
     """Start more servers (on a given home, maybe with an API key); all stop after the test."""
-    started: list[ServerProcess] = []
+    with contextlib.ExitStack() as stack:
+        started: list[Server] = []
 
-    def start(
-        home: Path, *, api_key: str | None = None, database_url: str | None = None
-    ) -> ServerProcess:
-        started.append(start_server(home, api_key=api_key, database_url=database_url))
-        return started[-1]
+        def start(
+            home: Path, *, api_key: str | None = None, database_url: str | None = None
+        ) -> Server:
+            server = running_server(home, api_key=api_key, database_url=database_url)
+            started.append(stack.enter_context(server))
+            return started[-1]
 
-    yield start
+        yield start
     for srv in started:
-        stop_server(srv)
+        srv.assert_stopped_cleanly()
 
 
 @pytest.fixture

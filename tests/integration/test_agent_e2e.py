@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
@@ -22,7 +21,7 @@ from tests.support import (
     make_deployment,
     make_queue,
     make_run,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -32,16 +31,7 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("e2e")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("e2e")
 
 
 @pytest.fixture

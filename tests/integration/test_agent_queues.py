@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tests.support import (
     make_deployment,
     make_queue,
     make_run,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -30,16 +29,7 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("queues")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("queues")
 
 
 def register(api: httpx.Client, *queues: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from agent.errors import Conflict, NotFound
 from agent.models import StateProposal, StateType
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import Api, ServerProcess
+    from tests.support import Api, Server
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def report(run_id: str, state: str | None = None, **fields: Any) -> dict[str, An
 
 
 def history(api: Api, run_id: str) -> list[str]:
-    return [s["type"] for s in api.http.get(f"flow_runs/{run_id}/states").json()]
+    return [s["type"] for s in api.get(f"flow_runs/{run_id}/states").json()]
 
 
 def test_each_report_is_judged_on_its_own_and_answered_in_order(api: Api) -> None:
@@ -43,7 +43,7 @@ def test_each_report_is_judged_on_its_own_and_answered_in_order(api: Api) -> Non
     api.move(stale["id"], "PENDING", "RUNNING", "CRASHED", "PENDING")  # now on attempt 2
     missing = str(uuid.uuid4())
 
-    response = api.http.post(
+    response = api.post(
         "flow_runs/reports",
         json=[
             report(fine["id"], "RUNNING", attempt=1),
@@ -79,7 +79,7 @@ def test_a_repeated_report_is_refused_like_the_single_route_refuses_it(api: Api)
     api.move(run["id"], "PENDING", "RUNNING")
     single = api.set_state(run["id"], "RUNNING")
 
-    batch = api.http.post(
+    batch = api.post(
         "flow_runs/reports",
         json=[report(run["id"], "RUNNING"), report(run["id"], "COMPLETED")],
     )
@@ -97,7 +97,7 @@ def test_only_the_claiming_agent_may_report_in_a_batch(api: Api) -> None:
     run = api.run(deployment)
     [claimed] = api.claim(queue, owner)
 
-    response = api.http.post(
+    response = api.post(
         "flow_runs/reports",
         json=[
             report(claimed["flow_run"]["id"], "RUNNING", agent_id=other["id"]),
@@ -119,7 +119,7 @@ def test_only_the_claiming_agent_may_report_in_a_batch(api: Api) -> None:
     ids=["neither", "both", "too-many"],
 )
 def test_malformed_batches_are_refused_whole(api: Api, body: list[dict[str, Any]]) -> None:
-    assert api.http.post("flow_runs/reports", json=body).status_code == 422
+    assert api.post("flow_runs/reports", json=body).status_code == 422
 
 
 def test_a_final_state_in_a_batch_frees_the_slot_for_a_waiting_claimer(api: Api) -> None:
@@ -136,14 +136,14 @@ def test_a_final_state_in_a_batch_frees_the_slot_for_a_waiting_claimer(api: Api)
     )
     waiter.start()
 
-    api.http.post("flow_runs/reports", json=[report(first["id"], "COMPLETED")])
+    api.post("flow_runs/reports", json=[report(first["id"], "COMPLETED")])
     waiter.join(35)
 
     assert [c["flow_run"]["id"] for c in answered[0]] == [second["id"]]
 
 
 def test_the_agent_client_batches_concurrent_reports_and_answers_each_caller(
-    server: ServerProcess, api: Api
+    server: Server, api: Api
 ) -> None:
     queue = api.queue()
     deployment = api.deployment(queue)
@@ -155,7 +155,7 @@ def test_the_agent_client_batches_concurrent_reports_and_answers_each_caller(
     missing = uuid.uuid4()
 
     async def scenario() -> tuple[list[Any], int]:
-        backend = NativeBackend(HttpClient(server.url + "/api"))
+        backend = NativeBackend(HttpClient(server.url))
         try:
             running = StateProposal(type=StateType.RUNNING, attempt=1)
             outcomes = await asyncio.gather(

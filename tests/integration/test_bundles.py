@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.gitrepos import FLOW
@@ -24,6 +23,7 @@ from tests.support import (
     make_queue,
     make_run,
     running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_state,
@@ -32,16 +32,7 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("bundles")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("bundles")
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from uuid import UUID
 
 import pytest
 
-from tests.integration.cli_fixtures import Cli, running_server, unique
+from tests.integration.cli_fixtures import Cli, running_server
+from tests.support import unique
 
 pytestmark = pytest.mark.integration
 
@@ -304,7 +305,7 @@ def test_unknown_queue_id_for_start_is_reported_by_the_agent(cli: Cli) -> None:
 
 
 def test_server_unreachable_is_fast_and_clear(cli: Cli, tmp_path: Path) -> None:
-    from tests.integration.cli_fixtures import free_port
+    from tests.support import free_port
 
     url = f"http://127.0.0.1:{free_port()}/api"
     began = time.monotonic()

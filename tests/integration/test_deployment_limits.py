@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from tests.support import (
     make_queue,
     make_run,
     running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -31,19 +31,8 @@ pytestmark = pytest.mark.integration
 AWAITING = "AwaitingConcurrencySlot"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # Late after a second, so that a run that would turn Late does so within the test.
-    with running_server(
-        tmp_path_factory.mktemp("limits"), extra_env={"AGENT_LATE_AFTER_SECONDS": "1"}
-    ) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+# Late after a second, so that a run that would turn Late does so within the test.
+server = server_fixture("limits", {"AGENT_LATE_AFTER_SECONDS": "1"})
 
 
 def register(api: httpx.Client, queue: dict[str, Any]) -> dict[str, Any]:

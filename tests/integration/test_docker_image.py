@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from tests.contract.dockerd import BASE_IMAGE, require_dockerd
-from tests.support import Server, free_port, running_server, wait_for
+from tests.support import Server, free_port, server_fixture, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +63,7 @@ def image() -> str:
     return IMAGE
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("docker-image")) as srv:
-        yield srv
+server = server_fixture("docker-image")
 
 
 def post(api: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.contract.dockerd import BASE_IMAGE, RUN_LABEL, client, our_containers, require_dockerd
-from tests.support import Server, running_server, start_agent, stop, wait_for
+from tests.support import Server, running_server, server_fixture, start_agent, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +41,7 @@ def no_containers_left() -> Iterator[None]:
         docker_client.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("docker-e2e")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
+server = server_fixture("docker-e2e")
 
 
 @pytest.fixture

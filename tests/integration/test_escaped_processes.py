@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shlex
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from tests.support import (
     FLOWS,
     Server,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -26,10 +25,7 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("escaped")) as srv:
-        yield srv
+server = server_fixture("escaped")
 
 
 def daemon_command(pidfile: Path) -> list[str]:

@@ -25,7 +25,7 @@ from tests.support import (
     make_deployment,
     make_queue,
     make_run,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -35,16 +35,7 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("sources")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("sources")
 
 
 @pytest.fixture
@@ -325,7 +316,8 @@ def test_a_sigkilled_agents_checkouts_are_removed_when_it_starts_again(
     run = make_run(api, deployment)
     wait_state(api, run["id"], {"RUNNING"})
     assert len(checkouts(home)) == 1
-    pid = get_run(api, run["id"])["runner_info"]["pid"]
+    # RUNNING is reported before the flow is released and its pid follows in a later report.
+    pid = wait_for(lambda: get_run(api, run["id"])["runner_info"].get("pid"), what="the flow's pid")
 
     agent.send_signal(signal.SIGKILL)
     agent.wait()

@@ -22,6 +22,7 @@ from tests.support import (
     block_loop_on_sigusr1,
     free_port,
     running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -32,16 +33,7 @@ pytestmark = pytest.mark.integration
 FLOWS = Path(__file__).parent / "flows"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("health")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("health")
 
 
 @pytest.fixture

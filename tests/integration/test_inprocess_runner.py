@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Server, running_server, start_agent, stop, wait_for
+from tests.support import Server, server_fixture, start_agent, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -19,16 +19,7 @@ FLOWS = Path(__file__).parents[1] / "contract" / "flows"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("inprocess-e2e")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
+server = server_fixture("inprocess-e2e")
 
 
 class Agent:

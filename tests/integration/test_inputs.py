@@ -17,21 +17,12 @@ import pytest
 
 from agent.models import MAX_ENV_VALUE_BYTES, MAX_PARAMETERS_BYTES
 from agent.server.body_limit import MAX_REQUEST_BYTES
-from tests.support import Server, cli, make_deployment, make_queue, running_server
+from tests.support import Server, cli, make_deployment, make_queue, server_fixture
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("inputs")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("inputs")
 
 
 def unique(prefix: str) -> str:

@@ -21,7 +21,7 @@ from tests.support import (
     make_deployment,
     make_queue,
     make_run,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -34,16 +34,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 FLOW = 'echo "start $DEP $SEQ" >> "$OUT"; sleep 0.2; echo "end $DEP $SEQ" >> "$OUT"'
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("load")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("load")
 
 
 @pytest.fixture

@@ -50,12 +50,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, clock: Clock) -> Iterator[S
 
 
 @pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
-
-
-@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with webhook_receiver() as hook:
         yield hook

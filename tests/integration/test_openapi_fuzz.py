@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Server, running_server
+from tests.support import Server, server_fixture
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +21,7 @@ ST = Path(sys.executable).parent / "st"
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "15")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("fuzz")) as srv:
-        yield srv
+server = server_fixture("fuzz")
 
 
 @pytest.mark.timeout(900)

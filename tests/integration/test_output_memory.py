@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.support import Server, running_server, start_agent, stop, wait_state
+from tests.support import Server, server_fixture, start_agent, stop, wait_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -29,10 +28,7 @@ for i in range({LINES}):
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("output-memory")) as srv:
-        yield srv
+server = server_fixture("output-memory")
 
 
 class PeakRss:

@@ -26,7 +26,7 @@ from tests.support import (
     make_deployment,
     make_queue,
     make_run,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -49,17 +49,7 @@ PHASES_COMMAND = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"AGENT_LEASE_SECONDS": str(LEASE)}
-    with running_server(tmp_path_factory.mktemp("readoption"), env) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("readoption", {"AGENT_LEASE_SECONDS": str(LEASE)})
 
 
 @pytest.fixture

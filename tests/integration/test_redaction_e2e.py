@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Server, cli, running_server, start_agent, stop, wait_for
+from tests.support import Server, cli, server_fixture, start_agent, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +20,7 @@ API_KEY = "agent-api-key-5555"
 STRADDLE_AT = 64 * 1024 - 8
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("redaction")) as srv:
-        yield srv
+server = server_fixture("redaction")
 
 
 def test_secrets_are_masked_in_run_logs_state_inspect_and_agent_logs(

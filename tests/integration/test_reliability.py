@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
@@ -31,6 +30,7 @@ from tests.support import (
     make_queue,
     make_run,
     running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -43,17 +43,7 @@ LEASE = 2.0
 FAST = {"AGENT_HEARTBEAT_SECONDS": "0.3", "AGENT_CANCEL_POLL_SECONDS": "0.3"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"AGENT_LEASE_SECONDS": str(LEASE)}
-    with running_server(tmp_path_factory.mktemp("reliability"), env) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("reliability", {"AGENT_LEASE_SECONDS": str(LEASE)})
 
 
 @pytest.fixture

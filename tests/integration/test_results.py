@@ -19,7 +19,7 @@ from tests.support import (
     make_deployment,
     make_queue,
     make_run,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_state,
@@ -52,10 +52,7 @@ def nothing():
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("results")) as srv:
-        yield srv
+server = server_fixture("results")
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
 
 
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
-
-
 def schedule_runs(api: httpx.Client, deployment: dict[str, Any]) -> list[dict[str, Any]]:
     runs = api.get("flow_runs", params={"deployment_id": deployment["id"], "limit": 1000}).json()
     return sorted(runs, key=lambda r: r["expected_start_time"])

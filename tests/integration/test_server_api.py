@@ -19,7 +19,7 @@ from agent.server.orm import AgentRow
 from agent.server.views import agent_model
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import Api, ServerProcess
+    from tests.support import Api, Server
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def parse(stamp: str) -> datetime:
 
 
 def test_health_says_it_is_flowagent(api: Api) -> None:
-    response = api.http.get("health")
+    response = api.get("health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
@@ -48,9 +48,9 @@ def test_health_says_it_is_flowagent(api: Api) -> None:
     assert body["version"]
 
 
-def test_openapi_docs_are_served(server: ServerProcess, api: Api) -> None:
-    assert api.http.get(server.url + "/docs").status_code == 200
-    paths = api.http.get(server.url + "/openapi.json").json()["paths"]
+def test_openapi_docs_are_served(server: Server, api: Api) -> None:
+    assert api.get(server.base + "/docs").status_code == 200
+    paths = api.get(server.base + "/openapi.json").json()["paths"]
     assert "/api/work_queues/{queue_id}/claim" in paths
     assert "/api/flow_runs/{run_id}/set_state" in paths
 
@@ -65,21 +65,21 @@ def test_work_queue_crud(api: Api) -> None:
     assert queue["paused"] is False
     assert parse(queue["created"]).tzinfo is not None
 
-    assert api.http.get(f"work_queues/{queue['id']}").json() == queue
-    assert api.http.get(f"work_queues/name/{queue['name']}").json() == queue
+    assert api.get(f"work_queues/{queue['id']}").json() == queue
+    assert api.get(f"work_queues/name/{queue['name']}").json() == queue
 
-    paused = api.http.patch(f"work_queues/{queue['id']}", json={"paused": True}).json()
+    paused = api.patch(f"work_queues/{queue['id']}", json={"paused": True}).json()
     assert paused["paused"] is True
     assert paused["tags"] == ["gpu"] and paused["concurrency_limit"] == 2  # left-out fields stay
 
-    changed = api.http.patch(
+    changed = api.patch(
         f"work_queues/{queue['id']}", json={"tags": [], "concurrency_limit": None}
     ).json()
     assert changed["tags"] == [] and changed["concurrency_limit"] is None
     assert changed["paused"] is True
 
-    assert api.http.delete(f"work_queues/{queue['id']}").status_code == 204
-    missing = api.http.get(f"work_queues/{queue['id']}")
+    assert api.delete(f"work_queues/{queue['id']}").status_code == 204
+    missing = api.get(f"work_queues/{queue['id']}")
     assert missing.status_code == 404
     assert missing.json()["detail"] == f"work queue {queue['id']} not found"
 
@@ -88,52 +88,52 @@ def test_work_queues_are_listed_by_name(api: Api) -> None:
     suffix = uuid.uuid4().hex[:8]
     later = api.queue(name=f"zz-{suffix}")
     earlier = api.queue(name=f"aa-{suffix}")
-    names = [q["name"] for q in api.http.get("work_queues").json()]
+    names = [q["name"] for q in api.get("work_queues").json()]
     assert names == sorted(names)
     assert names.index(earlier["name"]) < names.index(later["name"])
 
 
 def test_duplicate_queue_name_is_409(api: Api) -> None:
     queue = api.queue()
-    response = api.http.post("work_queues", json={"name": queue["name"]})
+    response = api.post("work_queues", json={"name": queue["name"]})
     assert response.status_code == 409
     assert queue["name"] in response.json()["detail"]
 
 
 def test_queue_errors(api: Api) -> None:
     missing = uuid.uuid4()
-    assert api.http.get(f"work_queues/{missing}").status_code == 404
-    assert api.http.get(f"work_queues/name/{unique('nope')}").status_code == 404
-    assert api.http.patch(f"work_queues/{missing}", json={"paused": True}).status_code == 404
-    assert api.http.delete(f"work_queues/{missing}").status_code == 404
+    assert api.get(f"work_queues/{missing}").status_code == 404
+    assert api.get(f"work_queues/name/{unique('nope')}").status_code == 404
+    assert api.patch(f"work_queues/{missing}", json={"paused": True}).status_code == 404
+    assert api.delete(f"work_queues/{missing}").status_code == 404
 
-    invalid = api.http.post("work_queues", json={"name": ""})
+    invalid = api.post("work_queues", json={"name": ""})
     assert invalid.status_code == 422
     detail = invalid.json()["detail"]
     assert isinstance(detail, str) and "name" in detail
 
-    negative = api.http.post("work_queues", json={"name": unique("q"), "concurrency_limit": -1})
+    negative = api.post("work_queues", json={"name": unique("q"), "concurrency_limit": -1})
     assert negative.status_code == 422
-    not_uuid = api.http.get("work_queues/not-a-uuid")
+    not_uuid = api.get("work_queues/not-a-uuid")
     assert not_uuid.status_code == 422
     assert "queue_id" in not_uuid.json()["detail"]
 
     queue = api.queue()
-    huge = api.http.patch(f"work_queues/{queue['id']}", json={"concurrency_limit": 2**80})
+    huge = api.patch(f"work_queues/{queue['id']}", json={"concurrency_limit": 2**80})
     assert huge.status_code == 422, huge.text  # too large for SQLite: refused, not a 500
     assert "out of range" in huge.json()["detail"]
-    assert api.http.get(f"work_queues/{queue['id']}").json()["concurrency_limit"] is None
+    assert api.get(f"work_queues/{queue['id']}").json()["concurrency_limit"] is None
 
 
 def test_queue_in_use_cannot_be_deleted(api: Api) -> None:
     queue = api.queue()
     deployment = api.deployment(queue)
-    response = api.http.delete(f"work_queues/{queue['id']}")
+    response = api.delete(f"work_queues/{queue['id']}")
     assert response.status_code == 409
     assert deployment["name"] in response.json()["detail"]
 
-    assert api.http.delete(f"deployments/{deployment['id']}").status_code == 204
-    assert api.http.delete(f"work_queues/{queue['id']}").status_code == 204
+    assert api.delete(f"deployments/{deployment['id']}").status_code == 204
+    assert api.delete(f"work_queues/{queue['id']}").status_code == 204
 
 
 def test_queue_with_runs_in_flight_cannot_be_deleted(api: Api) -> None:
@@ -141,15 +141,15 @@ def test_queue_with_runs_in_flight_cannot_be_deleted(api: Api) -> None:
     deployment = api.deployment(queue)
     run = api.run(deployment)
     api.move(run["id"], "PENDING", "RUNNING")
-    assert api.http.delete(f"deployments/{deployment['id']}").status_code == 204
+    assert api.delete(f"deployments/{deployment['id']}").status_code == 204
 
-    response = api.http.delete(f"work_queues/{queue['id']}")
+    response = api.delete(f"work_queues/{queue['id']}")
     assert response.status_code == 409
     assert "in flight" in response.json()["detail"]
 
     api.move(run["id"], "COMPLETED")
-    assert api.http.delete(f"work_queues/{queue['id']}").status_code == 204
-    assert api.http.get(f"flow_runs/{run['id']}").status_code == 404
+    assert api.delete(f"work_queues/{queue['id']}").status_code == 204
+    assert api.get(f"flow_runs/{run['id']}").status_code == 404
 
 
 def test_preview_lists_scheduled_runs_due_within_hours(api: Api) -> None:
@@ -164,11 +164,11 @@ def test_preview_lists_scheduled_runs_due_within_hours(api: Api) -> None:
     claimed = api.run(deployment, expected_start_time=iso(now - timedelta(minutes=2)))
     api.move(claimed["id"], "PENDING")
 
-    ids = [r["id"] for r in api.http.get(f"work_queues/{queue['id']}/preview").json()]
+    ids = [r["id"] for r in api.get(f"work_queues/{queue['id']}/preview").json()]
     assert ids == [due["id"], in_half_hour["id"]]
-    wider = api.http.get(f"work_queues/{queue['id']}/preview", params={"hours": 3}).json()
+    wider = api.get(f"work_queues/{queue['id']}/preview", params={"hours": 3}).json()
     assert [r["id"] for r in wider] == [due["id"], in_half_hour["id"], in_two_hours["id"]]
-    assert api.http.get(f"work_queues/{uuid.uuid4()}/preview").status_code == 404
+    assert api.get(f"work_queues/{uuid.uuid4()}/preview").status_code == 404
 
 
 # --------------------------------------------------------------------------- deployments
@@ -181,7 +181,7 @@ def test_deployment_upsert_by_name(api: Api) -> None:
     assert created["command"] == ["echo", "hi"]
     assert created["runner"] is None  # no runner named: the agent's default decides
 
-    response = api.http.post(
+    response = api.post(
         "deployments",
         json={
             "name": created["name"],
@@ -199,15 +199,15 @@ def test_deployment_upsert_by_name(api: Api) -> None:
     assert updated["retries"] == 0  # the upsert replaces the whole definition
     assert parse(updated["updated"]) >= parse(created["updated"])
 
-    assert api.http.get(f"deployments/{created['id']}").json() == updated
-    assert api.http.get(f"deployments/name/{created['name']}").json() == updated
-    names = [d["name"] for d in api.http.get("deployments").json()]
+    assert api.get(f"deployments/{created['id']}").json() == updated
+    assert api.get(f"deployments/name/{created['name']}").json() == updated
+    names = [d["name"] for d in api.get("deployments").json()]
     assert names == sorted(names) and created["name"] in names
 
 
 def test_deployment_errors(api: Api) -> None:
     missing_queue = uuid.uuid4()
-    response = api.http.post(
+    response = api.post(
         "deployments",
         json={"name": unique("d"), "work_queue_id": str(missing_queue), "command": ["true"]},
     )
@@ -215,7 +215,7 @@ def test_deployment_errors(api: Api) -> None:
     assert response.json()["detail"] == f"work queue {missing_queue} not found"
 
     queue = api.queue()
-    both = api.http.post(
+    both = api.post(
         "deployments",
         json={
             "name": unique("d"),
@@ -227,10 +227,10 @@ def test_deployment_errors(api: Api) -> None:
     assert both.status_code == 422
     assert "exactly one of 'entrypoint' or 'command'" in both.json()["detail"]
 
-    assert api.http.get(f"deployments/{uuid.uuid4()}").status_code == 404
-    assert api.http.get(f"deployments/name/{unique('nope')}").status_code == 404
-    assert api.http.delete(f"deployments/{uuid.uuid4()}").status_code == 404
-    assert api.http.post(f"deployments/{uuid.uuid4()}/runs", json={}).status_code == 404
+    assert api.get(f"deployments/{uuid.uuid4()}").status_code == 404
+    assert api.get(f"deployments/name/{unique('nope')}").status_code == 404
+    assert api.delete(f"deployments/{uuid.uuid4()}").status_code == 404
+    assert api.post(f"deployments/{uuid.uuid4()}/runs", json={}).status_code == 404
 
 
 def test_deleting_a_deployment_cancels_its_scheduled_runs(api: Api) -> None:
@@ -240,8 +240,8 @@ def test_deleting_a_deployment_cancels_its_scheduled_runs(api: Api) -> None:
     running = api.run(deployment)
     api.move(running["id"], "PENDING", "RUNNING")
 
-    assert api.http.delete(f"deployments/{deployment['id']}").status_code == 204
-    assert api.http.get(f"deployments/{deployment['id']}").status_code == 404
+    assert api.delete(f"deployments/{deployment['id']}").status_code == 204
+    assert api.get(f"deployments/{deployment['id']}").status_code == 404
 
     cancelled = api.get_run(waiting["id"])
     assert cancelled["state"]["type"] == "CANCELLED"
@@ -303,21 +303,21 @@ def test_heartbeat_upserts_by_name(api: Api) -> None:
     assert second["metrics"]["cpu_percent"] == 12.5
     assert parse(second["last_heartbeat"]) >= parse(first["last_heartbeat"])
 
-    listed = {a["name"]: a for a in api.http.get("agents").json()}
+    listed = {a["name"]: a for a in api.get("agents").json()}
     assert listed[name]["id"] == first["id"]
     assert listed[name]["status"] == "ONLINE"
-    names = [a["name"] for a in api.http.get("agents").json()]
+    names = [a["name"] for a in api.get("agents").json()]
     assert names == sorted(names)
 
 
 def test_heartbeat_errors(api: Api) -> None:
     missing = uuid.uuid4()
-    response = api.http.post(
+    response = api.post(
         "agents/heartbeat", json={"name": unique("agent"), "work_queue_id": str(missing)}
     )
     assert response.status_code == 404
     assert response.json()["detail"] == f"work queue {missing} not found"
-    assert api.http.get(f"agents/{uuid.uuid4()}/cancelling").status_code == 404
+    assert api.get(f"agents/{uuid.uuid4()}/cancelling").status_code == 404
 
 
 def test_agent_goes_offline_after_three_missed_heartbeats() -> None:
@@ -343,7 +343,7 @@ def test_agent_goes_offline_after_three_missed_heartbeats() -> None:
 # --------------------------------------------------------------------------- a busy database
 
 
-def test_a_locked_database_is_a_503_with_retry_after(server: ServerProcess, api: Api) -> None:
+def test_a_locked_database_is_a_503_with_retry_after(server: Server, api: Api) -> None:
     if server.database_url is not None:
         pytest.skip("SQLite's write lock; PostgreSQL has none to hold from outside")
     queue = api.queue()
@@ -365,9 +365,9 @@ def test_a_locked_database_is_a_503_with_retry_after(server: ServerProcess, api:
     try:
         assert lock_taken.wait(10)
         # WAL: reads go on while another process holds the write lock.
-        assert api.http.get(f"work_queues/{queue['id']}").status_code == 200
+        assert api.get(f"work_queues/{queue['id']}").status_code == 200
         started = time.monotonic()
-        response = api.http.post("work_queues", json={"name": unique("q")})
+        response = api.post("work_queues", json={"name": unique("q")})
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"] == "1"
         assert "busy" in response.json()["detail"]
@@ -375,4 +375,4 @@ def test_a_locked_database_is_a_503_with_retry_after(server: ServerProcess, api:
     finally:
         release.set()
         holder.join()
-    assert api.http.post("work_queues", json={"name": unique("q")}).status_code == 201
+    assert api.post("work_queues", json={"name": unique("q")}).status_code == 201

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,23 +14,24 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import AGENT, free_port, stop, wait_for
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import ServerCommand, ServerProcess
+    from tests.integration.conftest import ServerCommand
+    from tests.support import Server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def secured(secured_server: ServerProcess) -> ServerProcess:
+def secured(secured_server: Server) -> Server:
     assert secured_server.api_key
     return secured_server
 
 
 @pytest.fixture
-def anonymous(secured: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=secured.url + "/api/", timeout=10) as client:
+def anonymous(secured: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=secured.url + "/", timeout=10) as client:
         yield client
 
 
@@ -65,7 +69,7 @@ def test_every_other_route_needs_the_key(anonymous: httpx.Client, method: str, p
     assert "wrong API key" in wrong.json()["detail"]
 
 
-def test_the_right_key_is_accepted(secured: ServerProcess) -> None:
+def test_the_right_key_is_accepted(secured: Server) -> None:
     with secured.client() as client:
         name = f"q-{uuid.uuid4().hex}"
         created = client.post("work_queues", json={"name": name})
@@ -73,7 +77,7 @@ def test_the_right_key_is_accepted(secured: ServerProcess) -> None:
         assert name in [q["name"] for q in client.get("work_queues").json()]
 
 
-def test_another_auth_scheme_is_not_a_key(secured: ServerProcess, anonymous: httpx.Client) -> None:
+def test_another_auth_scheme_is_not_a_key(secured: Server, anonymous: httpx.Client) -> None:
     response = anonymous.get("work_queues", auth=httpx.BasicAuth("user", secured.api_key or ""))
     assert response.status_code == 401
 
@@ -101,9 +105,28 @@ def test_a_busy_port_is_a_clear_error(server_command: ServerCommand, tmp_path: P
     assert "Traceback" not in result.stderr
 
 
-def test_the_server_announces_where_it_listens(secured: ServerProcess) -> None:
-    port = secured.url.rsplit(":", 1)[1]
-    stdout = (secured.home / f"server-{port}.stdout").read_text()
-    assert stdout == (
+def test_the_server_announces_where_it_listens(tmp_path: Path) -> None:
+    """One line on stdout, for the person who started it; its logs go to stderr."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+    process = subprocess.Popen(
+        [AGENT, "server", "start", "--port", str(port)],
+        env=env | {"AGENT_HOME": str(tmp_path), "AGENT_API_KEY": "k"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: port_open(port), timeout=20, what="the server to listen")
+    finally:
+        assert stop(process) in (0, -signal.SIGTERM)
+    assert process.stdout is not None
+    with process.stdout:
+        printed = process.stdout.read().decode()
+    assert printed == (
         f"flowagent server listening on http://127.0.0.1:{port} (API at /api, docs at /docs)\n"
     )
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import running_server, wait_for
+from tests.support import server_fixture, wait_for
 
 pytestmark = pytest.mark.integration
 
 LEASE = 1.0
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    env = {"AGENT_LEASE_SECONDS": str(LEASE)}
-    with running_server(tmp_path_factory.mktemp("leases"), env) as server, server.client() as c:
-        yield c
+server = server_fixture("leases", {"AGENT_LEASE_SECONDS": str(LEASE)})
 
 
 def _setup(api: httpx.Client, retries: int = 0) -> tuple[dict[str, Any], str, str]:

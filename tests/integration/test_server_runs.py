@@ -11,7 +11,7 @@ import pytest
 from agent.models import ALLOWED_TRANSITIONS, StateType, transition_error
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import Api
+    from tests.support import Api
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def test_listing_runs_filters_and_orders_newest_first(api: Api) -> None:
     assert [c["flow_run"]["id"] for c in claimed] == [runs[0]["id"]]
 
     def ids(**params: Any) -> list[str]:
-        response = api.http.get("flow_runs", params=params)
+        response = api.get("flow_runs", params=params)
         assert response.status_code == 200, response.text
         return [r["id"] for r in response.json()]
 
@@ -51,17 +51,17 @@ def test_listing_runs_filters_and_orders_newest_first(api: Api) -> None:
     ]
     assert ids(agent_id=agent["id"]) == [runs[0]["id"]]
     assert ids(work_queue_id=queue["id"], limit=1) == [runs[2]["id"]]
-    assert api.http.get("flow_runs", params={"limit": 1001}).status_code == 422
-    assert api.http.get("flow_runs", params={"state": "NOPE"}).status_code == 422
+    assert api.get("flow_runs", params={"limit": 1001}).status_code == 422
+    assert api.get("flow_runs", params={"state": "NOPE"}).status_code == 422
 
 
 def test_run_errors(api: Api) -> None:
     missing = uuid.uuid4()
-    assert api.http.get(f"flow_runs/{missing}").json()["detail"] == f"flow run {missing} not found"
-    assert api.http.get(f"flow_runs/{missing}/states").status_code == 404
+    assert api.get(f"flow_runs/{missing}").json()["detail"] == f"flow run {missing} not found"
+    assert api.get(f"flow_runs/{missing}/states").status_code == 404
     assert api.set_state(str(missing), "RUNNING").status_code == 404
-    assert api.http.post(f"flow_runs/{missing}/cancel").status_code == 404
-    assert api.http.patch(f"flow_runs/{missing}", json={"runner_info": {}}).status_code == 404
+    assert api.post(f"flow_runs/{missing}/cancel").status_code == 404
+    assert api.patch(f"flow_runs/{missing}", json={"runner_info": {}}).status_code == 404
     assert api.set_state(str(missing), "ASLEEP").status_code == 422
 
 
@@ -113,7 +113,7 @@ def test_transitions_record_history_times_and_runner_info(api: Api) -> None:
     assert running["start_time"] is not None and running["end_time"] is None
     assert running["runner_info"] == {"pid": 42}
 
-    patched = api.http.patch(f"flow_runs/{run['id']}", json={"runner_info": {"host": "h1"}})
+    patched = api.patch(f"flow_runs/{run['id']}", json={"runner_info": {"host": "h1"}})
     assert patched.json()["runner_info"] == {"pid": 42, "host": "h1"}
 
     done = api.set_state(run["id"], "COMPLETED", runner_info={"exit_code": 0}).json()
@@ -122,7 +122,7 @@ def test_transitions_record_history_times_and_runner_info(api: Api) -> None:
     assert done["start_time"] == running["start_time"]
     assert parse(done["end_time"]) >= parse(done["start_time"])
 
-    history = api.http.get(f"flow_runs/{run['id']}/states").json()
+    history = api.get(f"flow_runs/{run['id']}/states").json()
     assert [s["type"] for s in history] == ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
     assert [s["name"] for s in history] == ["Scheduled", "Pending", "Started", "Completed"]
     stamps = [parse(s["timestamp"]) for s in history]
@@ -163,6 +163,27 @@ def test_handing_a_run_back_frees_it_for_another_agent(api: Api) -> None:
     assert again[0]["flow_run"]["agent_id"] == second["id"]
 
 
+def test_a_late_report_about_a_handed_back_run_cannot_end_it(api: Api) -> None:
+    """Once its claim is over (handed back, or released by the server) the run is free: a
+    report its old holder sends late must not end a run that no one ran."""
+    queue = api.queue()
+    run = api.run(api.deployment(queue))
+    holder = api.agent(queue)
+    assert len(api.claim(queue, holder)) == 1
+    handed_back = api.set_state(run["id"], "SCHEDULED", agent_id=holder["id"])
+    assert handed_back.status_code == 200, handed_back.text
+
+    late = api.set_state(run["id"], "CANCELLED", agent_id=holder["id"], attempt=1)
+    assert late.status_code == 409, late.text
+    assert late.json()["detail"] == (
+        f"run {run['id']} is not held by agent {holder['id']}: report dropped"
+    )
+    assert api.get_run(run["id"])["state"]["type"] == "SCHEDULED"
+    # A person may still cancel it.
+    cancelled = api.set_state(run["id"], "CANCELLED")
+    assert cancelled.status_code == 200, cancelled.text
+
+
 def test_a_failed_or_crashed_run_is_retried_as_the_next_attempt_of_the_same_run(api: Api) -> None:
     queue = api.queue()
     deployment = api.deployment(queue, retries=2, retry_delay_seconds=0)
@@ -181,13 +202,13 @@ def test_a_failed_or_crashed_run_is_retried_as_the_next_attempt_of_the_same_run(
 
     final = api.move(run["id"], "PENDING", "RUNNING", "FAILED")
     assert final["attempt"] == 3 and final["state"]["type"] == "FAILED"
-    history = [s["type"] for s in api.http.get(f"flow_runs/{run['id']}/states").json()]
+    history = [s["type"] for s in api.get(f"flow_runs/{run['id']}/states").json()]
     assert history == [
         "SCHEDULED", "PENDING", "RUNNING", "FAILED",
         "SCHEDULED", "PENDING", "RUNNING", "CRASHED",
         "SCHEDULED", "PENDING", "RUNNING", "FAILED",
     ]  # fmt: skip
-    assert len(api.http.get("flow_runs", params={"deployment_id": deployment["id"]}).json()) == 1
+    assert len(api.get("flow_runs", params={"deployment_id": deployment["id"]}).json()) == 1
 
 
 def test_a_report_about_an_attempt_that_is_over_is_refused(api: Api) -> None:
@@ -195,18 +216,16 @@ def test_a_report_about_an_attempt_that_is_over_is_refused(api: Api) -> None:
     deployment = api.deployment(queue, retries=1, retry_delay_seconds=0)
     run = api.run(deployment)
     api.move(run["id"], "PENDING", "RUNNING")
-    api.http.post(f"flow_runs/{run['id']}/set_state", json={"type": "CRASHED", "attempt": 1})
+    api.post(f"flow_runs/{run['id']}/set_state", json={"type": "CRASHED", "attempt": 1})
     api.move(run["id"], "PENDING", "RUNNING")  # attempt 2 is running somewhere else now
 
-    late = api.http.post(
-        f"flow_runs/{run['id']}/set_state", json={"type": "COMPLETED", "attempt": 1}
-    )
+    late = api.post(f"flow_runs/{run['id']}/set_state", json={"type": "COMPLETED", "attempt": 1})
 
     assert late.status_code == 409
     assert "stale report: attempt 1" in late.json()["detail"]
-    current = api.http.get(f"flow_runs/{run['id']}").json()
+    current = api.get(f"flow_runs/{run['id']}").json()
     assert current["state"]["type"] == "RUNNING" and current["attempt"] == 2
-    ok = api.http.post(f"flow_runs/{run['id']}/set_state", json={"type": "COMPLETED", "attempt": 2})
+    ok = api.post(f"flow_runs/{run['id']}/set_state", json={"type": "COMPLETED", "attempt": 2})
     assert ok.status_code == 200, ok.text
 
 
@@ -215,7 +234,7 @@ def test_cancelled_runs_are_not_retried(api: Api) -> None:
     deployment = api.deployment(queue, retries=3, retry_delay_seconds=0)
     run = api.run(deployment)
     api.move(run["id"], "PENDING", "RUNNING", "CANCELLING", "CANCELLED")
-    assert api.http.get(f"flow_runs/{run['id']}").json()["state"]["type"] == "CANCELLED"
+    assert api.get(f"flow_runs/{run['id']}").json()["state"]["type"] == "CANCELLED"
 
 
 def test_a_resent_log_batch_is_stored_once(api: Api) -> None:
@@ -224,13 +243,9 @@ def test_a_resent_log_batch_is_stored_once(api: Api) -> None:
     line = {"timestamp": "2030-01-01T00:00:00Z", "stream": "stdout", "line": "once"}
     batch = str(uuid.uuid4())
     for _ in range(3):
-        response = api.http.post(
-            f"flow_runs/{run['id']}/logs", params={"batch_id": batch}, json=[line]
-        )
+        response = api.post(f"flow_runs/{run['id']}/logs", params={"batch_id": batch}, json=[line])
         assert response.status_code == 201
-    assert [entry["line"] for entry in api.http.get(f"flow_runs/{run['id']}/logs").json()] == [
-        "once"
-    ]
+    assert [entry["line"] for entry in api.get(f"flow_runs/{run['id']}/logs").json()] == ["once"]
 
 
 # --------------------------------------------------------------------------- cancel
@@ -240,7 +255,7 @@ def test_cancel_semantics(api: Api) -> None:
     scheduled = _run_in(api, StateType.SCHEDULED)
     pending = _run_in(api, StateType.PENDING)
     for run in (scheduled, pending):
-        cancelled = api.http.post(f"flow_runs/{run['id']}/cancel").json()
+        cancelled = api.post(f"flow_runs/{run['id']}/cancel").json()
         assert cancelled["state"]["type"] == "CANCELLED"
         assert cancelled["state"]["message"] == "cancelled by user"
         assert cancelled["end_time"] is not None
@@ -250,25 +265,25 @@ def test_cancel_semantics(api: Api) -> None:
     agent = api.agent(queue)
     api.claim(queue, agent)
     api.move(run["id"], "RUNNING")
-    cancelling = api.http.post(f"flow_runs/{run['id']}/cancel").json()
+    cancelling = api.post(f"flow_runs/{run['id']}/cancel").json()
     assert cancelling["state"]["type"] == "CANCELLING"
     assert cancelling["state"]["message"] == "cancelled by user"
-    assert api.http.get(f"agents/{agent['id']}/cancelling").json() == [run["id"]]
+    assert api.get(f"agents/{agent['id']}/cancelling").json() == [run["id"]]
 
-    again = api.http.post(f"flow_runs/{run['id']}/cancel")
+    again = api.post(f"flow_runs/{run['id']}/cancel")
     assert again.status_code == 200 and again.json()["state"] == cancelling["state"]
-    history = api.http.get(f"flow_runs/{run['id']}/states").json()
+    history = api.get(f"flow_runs/{run['id']}/states").json()
     assert [s["type"] for s in history][-1:] == ["CANCELLING"]
     assert len(history) == 4
 
     assert api.move(run["id"], "CANCELLED")["end_time"] is not None
-    assert api.http.get(f"agents/{agent['id']}/cancelling").json() == []
-    refused = api.http.post(f"flow_runs/{run['id']}/cancel")
+    assert api.get(f"agents/{agent['id']}/cancelling").json() == []
+    refused = api.post(f"flow_runs/{run['id']}/cancel")
     assert refused.status_code == 409
     assert refused.json()["detail"] == transition_error(StateType.CANCELLED, StateType.CANCELLED)
 
     completed = _run_in(api, StateType.COMPLETED)
-    assert api.http.post(f"flow_runs/{completed['id']}/cancel").status_code == 409
+    assert api.post(f"flow_runs/{completed['id']}/cancel").status_code == 409
 
 
 # --------------------------------------------------------------------------- logs
@@ -282,12 +297,12 @@ def test_logs_append_and_page_with_after(api: Api) -> None:
         {"timestamp": iso(now), "stream": "stderr", "level": "ERROR", "line": "two"},
         {"timestamp": iso(now), "stream": "agent", "line": "three"},
     ]
-    posted = api.http.post(f"flow_runs/{run['id']}/logs", json=lines)
+    posted = api.post(f"flow_runs/{run['id']}/logs", json=lines)
     assert posted.status_code == 201 and posted.json() == {"count": 3}
     other = api.run(api.deployment(api.queue()))
-    api.http.post(f"flow_runs/{other['id']}/logs", json=lines[:1])
+    api.post(f"flow_runs/{other['id']}/logs", json=lines[:1])
 
-    got = api.http.get(f"flow_runs/{run['id']}/logs").json()
+    got = api.get(f"flow_runs/{run['id']}/logs").json()
     assert [g["line"] for g in got] == ["one", "two", "three"]
     assert [g["stream"] for g in got] == ["stdout", "stderr", "agent"]
     assert got[1]["level"] == "ERROR" and got[0]["level"] == "INFO"
@@ -295,17 +310,17 @@ def test_logs_append_and_page_with_after(api: Api) -> None:
     ids = [g["id"] for g in got]
     assert ids == sorted(ids)
 
-    after_first = api.http.get(f"flow_runs/{run['id']}/logs", params={"after": ids[0]}).json()
+    after_first = api.get(f"flow_runs/{run['id']}/logs", params={"after": ids[0]}).json()
     assert [g["line"] for g in after_first] == ["two", "three"]
-    page = api.http.get(f"flow_runs/{run['id']}/logs", params={"limit": 2}).json()
+    page = api.get(f"flow_runs/{run['id']}/logs", params={"limit": 2}).json()
     assert [g["line"] for g in page] == ["one", "two"]
-    assert api.http.get(f"flow_runs/{run['id']}/logs", params={"after": ids[-1]}).json() == []
+    assert api.get(f"flow_runs/{run['id']}/logs", params={"after": ids[-1]}).json() == []
 
-    api.http.post(f"flow_runs/{run['id']}/logs", json=[{**lines[0], "line": "four"}])
-    follow = api.http.get(f"flow_runs/{run['id']}/logs", params={"after": ids[-1]}).json()
+    api.post(f"flow_runs/{run['id']}/logs", json=[{**lines[0], "line": "four"}])
+    follow = api.get(f"flow_runs/{run['id']}/logs", params={"after": ids[-1]}).json()
     assert [g["line"] for g in follow] == ["four"]
 
-    assert api.http.post(f"flow_runs/{uuid.uuid4()}/logs", json=lines).status_code == 404
-    assert api.http.get(f"flow_runs/{uuid.uuid4()}/logs").status_code == 404
-    bad = api.http.post(f"flow_runs/{run['id']}/logs", json=[{"line": "no stream"}])
+    assert api.post(f"flow_runs/{uuid.uuid4()}/logs", json=lines).status_code == 404
+    assert api.get(f"flow_runs/{uuid.uuid4()}/logs").status_code == 404
+    bad = api.post(f"flow_runs/{run['id']}/logs", json=[{"line": "no stream"}])
     assert bad.status_code == 422

@@ -7,7 +7,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from tests.support import (
     make_deployment,
     make_queue,
     make_run,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     wait_for,
@@ -33,16 +32,7 @@ pytestmark = pytest.mark.integration
 DAY = 86400
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("sources-cache")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
+server = server_fixture("sources-cache")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from agent.notify import SystemdNotifier
 from tests.support import (
     Server,
     block_loop_on_sigusr1,
-    running_server,
+    server_fixture,
     start_agent,
     stop,
     unavailable,
@@ -210,10 +210,7 @@ def notify_socket() -> Iterator[NotifySocket]:
         path.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("systemd")) as srv:
-        yield srv
+server = server_fixture("systemd")
 
 
 def post(api: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:

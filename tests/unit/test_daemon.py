@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -22,7 +23,7 @@ import pytest
 from agent.backends.memory import InMemoryBackend
 from agent.config import Settings
 from agent.daemon import EXIT_OK, Agent, AgentOptions
-from agent.errors import ServerUnavailable
+from agent.errors import ConfigError, ServerUnavailable
 from agent.models import FlowRun, StateType
 from runners.base import Outcome, RunResult
 from runners.testing import FakeHandle, FakeRunner
@@ -221,6 +222,48 @@ def test_a_lost_lease_stops_the_runs_so_they_cannot_run_twice(tmp_path: Path) ->
     arun(scenario())
 
 
+def add_later_run(rig: Rig, seconds: float) -> FlowRun:
+    """A run due in ``seconds``, which an agent with a start lead claims and holds until then."""
+    run = add_run(rig)
+    later = run.model_copy(update={"expected_start_time": run.created + timedelta(seconds=seconds)})
+    rig.backend.runs[run.id] = later
+    return later
+
+
+def test_a_lease_lost_before_the_flow_began_hands_the_run_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, lease_seconds=1.0, start_lead_seconds=60) as rig:
+            run = add_later_run(rig, 30)
+            handle = await within(rig.runner.started(run.id))  # launched held, waiting
+            for method in ("heartbeat", "set_state", "send_logs", "claim"):
+                rig.backend.failing[method] = ServerUnavailable("down")
+            await until(lambda: handle.ended, "the held run stopped at half the lease")
+            rig.backend.failing.clear()
+            message = await rig.state(run, StateType.SCHEDULED)
+        # It never executed: it goes back to the queue, not to CANCELLED (a run lost).
+        assert not handle.began.is_set()
+        assert message == "agent lost contact with the server before the run started: handed back"
+        assert rig.backend.states(run.id) == ["SCHEDULED", "PENDING", "SCHEDULED"]
+
+    arun(scenario())
+
+
+def test_a_shutdown_before_the_flow_began_hands_the_run_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, start_lead_seconds=60, drain_timeout_seconds=0.2) as rig:
+            run = add_later_run(rig, 30)
+            handle = await within(rig.runner.started(run.id))
+            rig.agent.on_signal(signal.SIGTERM)
+            assert await within(rig.task) == EXIT_OK
+        assert not handle.began.is_set()
+        assert rig.backend.runs[run.id].state.message == (
+            "agent shut down before the run started: handed back"
+        )
+        assert rig.backend.states(run.id) == ["SCHEDULED", "PENDING", "SCHEDULED"]
+
+    arun(scenario())
+
+
 def test_a_runner_error_fails_the_run_and_the_agent_goes_on(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running(tmp_path) as rig:
@@ -269,5 +312,43 @@ def test_no_more_runs_at_once_than_the_limit(tmp_path: Path, limit: int) -> None
             for run in runs:
                 await rig.state(run, StateType.COMPLETED)
             assert _ids(runs) == set(rig.runner.handles)
+
+    arun(scenario())
+
+
+class OneQueueBackend(InMemoryBackend):
+    """A backend like Prefect's: one queue per agent, queues named by UUID only."""
+
+    several_queues = False
+
+
+def start_on(tmp_path: Path, backend: InMemoryBackend, *queues: str) -> Agent:
+    return Agent(
+        Settings(home=tmp_path, startup_timeout_seconds=1.0),
+        AgentOptions(queues=queues, name="unit", runner="fake"),
+        backend,
+        runners={"fake": FakeRunner()},
+    )
+
+
+def test_a_backend_of_one_queue_per_agent_refuses_two_at_start_up(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        backend = OneQueueBackend()
+        first, second = backend.add_queue("a"), backend.add_queue("b")
+        agent = start_on(tmp_path, backend, str(first.id), str(second.id))
+        with pytest.raises(ConfigError, match="several queues per agent"):
+            await agent.run()
+        assert "claim" not in {call.method for call in backend.calls}  # refused before any
+
+    arun(scenario())
+
+
+def test_a_queue_name_needs_a_backend_that_finds_queues_by_name(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        backend = OneQueueBackend()
+        backend.add_queue("etl")
+        agent = start_on(tmp_path, backend, "etl")
+        with pytest.raises(ConfigError, match="'etl' is not a work queue UUID"):
+            await agent.run()
 
     arun(scenario())

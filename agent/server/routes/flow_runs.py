@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, status
-from sqlalchemy import select
+from fastapi import APIRouter, Body, Header, Query, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy import String, cast, or_, select
 
 from agent.models import (
     MAX_REPORTS,
     FlowRun,
+    FlowRunRerun,
     LogLine,
     LogLineCreate,
     RunnerInfoUpdate,
@@ -20,34 +25,59 @@ from agent.models import (
     StateProposal,
     StateType,
 )
-from agent.server import lifecycle, reports
+from agent.server import lifecycle, log_stream, reports, reruns
 from agent.server.db import Database
 from agent.server.deps import DB, Wakeups
+from agent.server.log_stream import Feed
 from agent.server.orm import FlowRunRow, FlowRunStateRow, LogRow
 from agent.server.views import as_utc, get_run, log_model, run_model, state_model
 
 router = APIRouter(prefix="/flow_runs", tags=["flow runs"])
 
 
-def _list(
-    db: Database,
-    work_queue_id: uuid.UUID | None,
-    deployment_id: uuid.UUID | None,
-    agent_id: uuid.UUID | None,
-    states: list[StateType],
-    limit: int,
-) -> list[FlowRun]:
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a list shows; every field given must hold."""
+
+    work_queue_id: uuid.UUID | None = None
+    deployment_id: uuid.UUID | None = None
+    agent_id: uuid.UUID | None = None
+    states: tuple[StateType, ...] = ()
+    tags: tuple[str, ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def _list(db: Database, where: RunFilter, before: uuid.UUID | None, limit: int) -> list[FlowRun]:
     query = select(FlowRunRow)
-    if work_queue_id is not None:
-        query = query.where(FlowRunRow.work_queue_id == work_queue_id)
-    if deployment_id is not None:
-        query = query.where(FlowRunRow.deployment_id == deployment_id)
-    if agent_id is not None:
-        query = query.where(FlowRunRow.agent_id == agent_id)
-    if states:
-        query = query.where(FlowRunRow.state_type.in_([state.value for state in states]))
-    query = query.order_by(FlowRunRow.created.desc()).limit(limit)
+    if where.work_queue_id is not None:
+        query = query.where(FlowRunRow.work_queue_id == where.work_queue_id)
+    if where.deployment_id is not None:
+        query = query.where(FlowRunRow.deployment_id == where.deployment_id)
+    if where.agent_id is not None:
+        query = query.where(FlowRunRow.agent_id == where.agent_id)
+    if where.states:
+        query = query.where(FlowRunRow.state_type.in_([state.value for state in where.states]))
+    for tag in where.tags:
+        # The tags are a JSON list: match the tag's own JSON text, quotes included, so "a" does
+        # not match "ab". Plain LIKE on the text works alike on SQLite and PostgreSQL.
+        pattern = json.dumps(tag).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(cast(FlowRunRow.tags, String).like(f"%{pattern}%", escape="\\"))
+    if where.created_after is not None:
+        query = query.where(FlowRunRow.created >= as_utc(where.created_after))
+    if where.created_before is not None:
+        query = query.where(FlowRunRow.created < as_utc(where.created_before))
     with db.read() as session:
+        if before is not None:
+            # Keyset paging: the runs after the cursor in (created, id) order, newest first, so
+            # a page costs the same at the 100,000th run as at the first and never repeats one.
+            cursor = get_run(session, before)
+            # `created <= c` first: a range SQLite reads from the index; the OR only settles ties.
+            query = query.where(
+                FlowRunRow.created <= cursor.created,
+                or_(FlowRunRow.created < cursor.created, FlowRunRow.id < cursor.id),
+            )
+        query = query.order_by(FlowRunRow.created.desc(), FlowRunRow.id.desc()).limit(limit)
         return [run_model(row) for row in session.scalars(query)]
 
 
@@ -75,6 +105,16 @@ def _set_state(db: Database, run_id: uuid.UUID, proposal: StateProposal) -> life
 def _cancel(db: Database, run_id: uuid.UUID) -> lifecycle.Transition:
     with db.write(serialized=False) as session:  # the run's row lock is enough
         return lifecycle.cancel(session, run_id)
+
+
+def _retry(db: Database, run_id: uuid.UUID) -> lifecycle.Transition:
+    with db.write() as session:
+        return reruns.retry(session, run_id)
+
+
+def _rerun(db: Database, run_id: uuid.UUID, body: FlowRunRerun) -> FlowRun:
+    with db.write() as session:
+        return run_model(reruns.rerun(session, run_id, body.parameters))
 
 
 def _update_runner_info(db: Database, run_id: uuid.UUID, body: RunnerInfoUpdate) -> FlowRun:
@@ -105,6 +145,14 @@ def _add_logs(
         return len(lines)
 
 
+def _run_and_logs(
+    db: Database, run_id: uuid.UUID, after: int, limit: int
+) -> tuple[FlowRun, list[LogLine]]:
+    with db.read() as session:
+        run = run_model(get_run(session, run_id))
+    return run, _read_logs(db, run_id, after, limit)
+
+
 def _read_logs(db: Database, run_id: uuid.UUID, after: int, limit: int) -> list[LogLine]:
     with db.read() as session:
         get_run(session, run_id)
@@ -124,9 +172,25 @@ async def list_flow_runs(
     deployment_id: uuid.UUID | None = None,
     agent_id: uuid.UUID | None = None,
     state: Annotated[list[StateType] | None, Query()] = None,
+    tag: Annotated[list[str] | None, Query(description="runs carrying every tag given")] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    before: Annotated[
+        uuid.UUID | None,
+        Query(description="keyset paging: the runs older than this one (the last of a page)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[FlowRun]:
-    return await db.run(_list, db, work_queue_id, deployment_id, agent_id, list(state or []), limit)
+    where = RunFilter(
+        work_queue_id,
+        deployment_id,
+        agent_id,
+        tuple(state or ()),
+        tuple(tag or ()),
+        created_after,
+        created_before,
+    )
+    return await db.run(_list, db, where, before, limit)
 
 
 @router.post("/reports", summary="Apply many runs' state and runner-info reports at once")
@@ -169,16 +233,40 @@ async def cancel_flow_run(run_id: uuid.UUID, db: DB, wakeups: Wakeups) -> FlowRu
     return run_model(outcome.run)
 
 
+@router.post("/{run_id}/retry", summary="Schedule a failed, crashed or cancelled run again")
+async def retry_flow_run(run_id: uuid.UUID, db: DB, wakeups: Wakeups) -> FlowRun:
+    outcome = await db.run(_retry, db, run_id)
+    wakeups.notify(outcome.wake_queues)
+    return run_model(outcome.run)
+
+
+@router.post(
+    "/{run_id}/rerun",
+    status_code=status.HTTP_201_CREATED,
+    summary="A new run of the same deployment with this run's parameters",
+)
+async def rerun_flow_run(
+    run_id: uuid.UUID, db: DB, wakeups: Wakeups, body: FlowRunRerun | None = None
+) -> FlowRun:
+    run = await db.run(_rerun, db, run_id, body or FlowRunRerun())
+    wakeups.notify([run.work_queue_id])
+    return run
+
+
 @router.post("/{run_id}/logs", status_code=status.HTTP_201_CREATED, summary="Append log lines")
 async def add_flow_run_logs(
     run_id: uuid.UUID,
     lines: list[LogLineCreate],
     db: DB,
+    feed: Feed,
     batch_id: Annotated[
         uuid.UUID | None, Query(description="idempotency key: a resent batch is stored once")
     ] = None,
 ) -> dict[str, int]:
-    return {"count": await db.run(_add_logs, db, run_id, lines, batch_id)}
+    count = await db.run(_add_logs, db, run_id, lines, batch_id)
+    if count:
+        feed.poke(run_id)
+    return {"count": count}
 
 
 @router.get("/{run_id}/logs", summary="Log lines after a given id, ascending")
@@ -189,3 +277,25 @@ async def read_flow_run_logs(
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[LogLine]:
     return await db.run(_read_logs, db, run_id, after, limit)
+
+
+@router.get(
+    "/{run_id}/logs/stream",
+    summary="Server-sent events: the run's state and log lines as they come, until it ends",
+    response_class=StreamingResponse,
+)
+async def stream_flow_run_logs(
+    run_id: uuid.UUID,
+    db: DB,
+    feed: Feed,
+    after: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> StreamingResponse:
+    # Asked before the stream starts, so an unknown run is a plain 404, not an empty stream.
+    await db.run(_get, db, run_id)
+    start = max(after, last_event_id or 0)
+    return StreamingResponse(
+        log_stream.events(db, feed, run_id, start, _run_and_logs),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -104,3 +104,20 @@ def phases(marker_dir: str, during: int = 3, result: str = "done") -> dict[str, 
                 print(f"during {i}", flush=True)
     print("after", flush=True)
     return {"result": result, "pid": os.getpid()}
+
+
+def fail_first(marker_dir: str, failures: int = 1) -> int:
+    """Fail the first ``failures`` attempts, succeed after; one marker file per execution."""
+    run_id = os.environ["FLOWAGENT_RUN_ID"]
+    attempt = int(os.environ["FLOWAGENT_ATTEMPT"])
+    marker = Path(marker_dir) / f"{run_id}-{attempt}-{os.getpid()}.json"
+    marker.write_text(json.dumps({"run": run_id, "attempt": attempt, "pid": os.getpid()}))
+    print(f"attempt {attempt}", flush=True)
+    if attempt <= failures:
+        raise RuntimeError(f"attempt {attempt} fails on purpose")
+    return attempt
+
+
+def say(text: str) -> str:
+    print(text, flush=True)
+    return text
