@@ -473,6 +473,12 @@ class RunSupervisor:
 
     async def _finish(self, result: RunResult, stopped: StopReason | None) -> None:
         info: dict[str, Any] = {"exit_code": result.exit_code}
+        if stopped is StopReason.LEASE_LOST and result.outcome is Outcome.COMPLETED:
+            # It completed as the stop came (its process had exited before the interrupt could
+            # reach it; an interrupted flow does not complete): its work is done, and a CRASHED
+            # here would have it done again by a retry.
+            log.info("run_completed_as_stopped", reason=stopped.value)
+            stopped = None
         if stopped is StopReason.TIMEOUT:
             state, message = StateType.FAILED, self._stop_message()
         elif stopped is StopReason.LEASE_LOST:

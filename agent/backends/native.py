@@ -287,11 +287,15 @@ class NativeBackend:
     # ------------------------------------------------------------------ the agent's conversation
 
     async def heartbeat(self, beat: Heartbeat) -> AgentRecord:
+        # A beat that lists the agent's runs is sent once: the server takes a run it does not
+        # list for one the agent dropped, so a list must not arrive late, as a retry of a beat
+        # composed before a claim would. The next beat, composed afresh, is the retry.
+        listing = beat.run_ids is not None
         response = await self.http.request(
             "POST",
             "agents/heartbeat",
             json=_without_empty(_body(beat), "work_queue_ids"),
-            retry_for=LOOP_RETRY_SECONDS,
+            retry_for=0.0 if listing else LOOP_RETRY_SECONDS,
             priority=True,
         )
         return _parse(AgentRecord, response)

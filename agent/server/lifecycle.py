@@ -328,21 +328,30 @@ def cancel(session: Session, run_id: uuid.UUID) -> Transition:
 
 
 def resolve_dropped_runs(
-    session: Session, agent: AgentRow, held: set[uuid.UUID], now: datetime
+    session: Session,
+    agent: AgentRow,
+    held: set[uuid.UUID],
+    now: datetime,
+    *,
+    listed_at: datetime | None = None,
 ) -> set[uuid.UUID]:
     """Runs the server thinks ``agent`` holds but its heartbeat no longer lists.
 
     A restarted agent has already stopped what its earlier life left running (it cannot
     supervise it again), so such a run is over: CRASHED (and maybe retried) if it had started,
     back to SCHEDULED if it never had. A claim answered a moment ago may not be listed yet, so
-    only runs whose state is older than a few heartbeats count. Returns the queues to wake.
+    only runs whose state is older than a few heartbeats count, older than when the heartbeat
+    arrived (``listed_at``), not when it was processed: on a busy server a heartbeat can wait
+    seconds for the database, and the runs claimed meanwhile are not in its list.
+    Returns the queues to wake.
     """
     grace = timedelta(seconds=max(3 * agent.heartbeat_interval_seconds, 2.0))
+    listed_at = min(listed_at or now, now)
     rows = session.scalars(
         select(FlowRunRow).where(
             FlowRunRow.agent_id == agent.id,
             FlowRunRow.state_type.in_(ACTIVE_STATES),
-            FlowRunRow.state_timestamp < now - grace,
+            FlowRunRow.state_timestamp < listed_at - grace,
         )
     ).all()
     wake: set[uuid.UUID] = set()

@@ -28,6 +28,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -384,17 +385,40 @@ def unleash(stack: ExitStack, rig: Rig) -> tuple[Counter[str], int]:
     bodies = [{"parameters": {"seconds": round(rng.uniform(0.3, 3.0), 2)}} for _ in range(RUNS)]
     run_ids = rig.run_ids
 
-    def submit(upto: int) -> None:
-        while len(run_ids) < min(upto, RUNS):
-            target = rig.limited if len(run_ids) % LIMITED_EVERY == 0 else rig.deployment
-            try:
-                response = api.post(f"deployments/{target['id']}/runs", json=bodies[len(run_ids)])
-            except httpx.HTTPError:
-                return  # the server is being restarted: next round
-            if response.status_code == 503:
-                return  # its database is being restarted: next round
-            assert response.status_code == 201, response.text
-            run_ids.append(response.json()["id"])
+    def submit(began: float, submitted_by: float, stop: threading.Event) -> None:
+        """Submit the runs at a steady pace, in a thread of its own: at scale, submitting
+        them would otherwise take the chaos loop's time, and the faults would stop."""
+        try:
+            _submit(began, submitted_by, stop)
+        except Exception as exc:  # the chaos loop fails the test with it
+            submit_errors.append(repr(exc))
+
+    def _submit(began: float, submitted_by: float, stop: threading.Event) -> None:
+        # A client of its own: httpx clients are not shared across threads here.
+        client = Api([str(c.base_url).removesuffix("/") for c in api.clients])
+        try:
+            while len(run_ids) < RUNS and not stop.is_set():
+                due = int(RUNS * (time.monotonic() - began) / (submitted_by - began)) + 1
+                if len(run_ids) >= due:
+                    stop.wait(0.05)
+                    continue
+                target = rig.limited if len(run_ids) % LIMITED_EVERY == 0 else rig.deployment
+                try:
+                    response = client.post(
+                        f"deployments/{target['id']}/runs", json=bodies[len(run_ids)]
+                    )
+                except httpx.HTTPError:
+                    stop.wait(0.2)  # the server is being restarted
+                    continue
+                if response.status_code == 503:
+                    stop.wait(0.2)  # its database is being restarted
+                    continue
+                if response.status_code != 201:
+                    submit_errors.append(response.text)
+                    return
+                run_ids.append(response.json()["id"])
+        finally:
+            client.close()
 
     def open_runs() -> int:
         try:
@@ -435,10 +459,18 @@ def unleash(stack: ExitStack, rig: Rig) -> tuple[Counter[str], int]:
         if rig.cluster is not None
         else {}
     )
+    submit_errors: list[str] = []
+    stop_submitting = threading.Event()
+    submitter = threading.Thread(
+        target=submit, args=(began, submitted_by, stop_submitting), name="submit", daemon=True
+    )
+    submitter.start()
+    stack.callback(submitter.join, 60)
+    stack.callback(stop_submitting.set)
     while time.monotonic() < deadline:
         now = time.monotonic()
         fleet.tick()
-        submit(int(RUNS * (now - began) / (submitted_by - began)) + 1)
+        assert not submit_errors, f"a run could not be submitted: {submit_errors}"
         if "replica" in forced and now >= forced["replica"]:
             del forced["replica"]
             kill_server(rng.randrange(len(rig.ports)))

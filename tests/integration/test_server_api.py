@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -376,3 +377,55 @@ def test_a_locked_database_is_a_503_with_retry_after(server: Server, api: Api) -
         release.set()
         holder.join()
     assert api.post("work_queues", json={"name": unique("q")}).status_code == 201
+
+
+def test_a_heartbeat_that_waited_for_the_database_drops_no_run_claimed_before_it_arrived(
+    server: Server, api: Api
+) -> None:
+    """A heartbeat lists the runs its agent holds as it was sent. On a busy server it may wait
+    seconds for the database; a run claimed just before it arrived is not in its list and must
+    not be taken for one the agent dropped (it was: finished work then ran again)."""
+    if server.database_url is not None:
+        pytest.skip("SQLite's write lock; PostgreSQL has none to hold from outside")
+    queue = api.queue()
+    run = api.run(api.deployment(queue))
+    agent = api.agent(queue, heartbeat_interval_seconds=0.2)  # a 2 s grace
+    assert [c["flow_run"]["id"] for c in api.claim(queue, agent)] == [run["id"]]
+    beat = {
+        "name": agent["name"],
+        "work_queue_id": queue["id"],
+        "heartbeat_interval_seconds": 0.2,
+        "run_ids": [],  # composed before the claim's answer came back
+    }
+    lock_taken, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        connection = sqlite3.connect(server.home / "flowagent.db", isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            lock_taken.set()
+            release.wait(30)
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        assert lock_taken.wait(10)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(api.post, "agents/heartbeat", json=beat)
+            time.sleep(3)  # past the grace: the beat is processed 3 s after it arrived
+            release.set()
+            assert waiting.result(timeout=30).status_code == 200
+    finally:
+        release.set()
+        holder.join()
+    kept = api.get_run(run["id"])
+    assert kept["state"]["type"] == "PENDING" and kept["agent_id"] == agent["id"], kept
+
+    # A list sent now, without the run, does drop it: the claim is older than the grace.
+    assert api.post("agents/heartbeat", json=beat).status_code == 200
+    dropped = api.get_run(run["id"])
+    assert dropped["state"]["type"] == "SCHEDULED", dropped
+    assert dropped["state"]["message"] == f"agent {agent['name']} no longer holds this claim"

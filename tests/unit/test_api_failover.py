@@ -74,3 +74,27 @@ def test_an_answer_does_not_move_it() -> None:
 
     asyncio.run(scenario())
     assert hits == ["a"]
+
+
+def test_a_heartbeat_listing_runs_is_sent_once_not_retried_late() -> None:
+    """The server takes a run a heartbeat does not list for one the agent dropped: a retry of a
+    beat composed before a claim, arriving seconds later, would drop the claimed run. The next
+    beat, composed afresh, is the retry."""
+    from uuid import uuid4
+
+    from agent.backends.native import NativeBackend
+    from agent.models import Heartbeat
+
+    hits: list[str] = []
+    backend = NativeBackend(HttpClient("http://s/api", transport=serve(set(), hits, status=503)))
+    beat = Heartbeat(name="a", work_queue_id=uuid4(), run_ids=[])
+
+    async def scenario() -> None:
+        try:
+            with pytest.raises(ServerUnavailable):
+                await backend.heartbeat(beat)
+        finally:
+            await backend.http.aclose()
+
+    asyncio.run(scenario())
+    assert hits == ["s"]

@@ -222,6 +222,44 @@ def test_a_lost_lease_stops_the_runs_so_they_cannot_run_twice(tmp_path: Path) ->
     arun(scenario())
 
 
+def test_a_run_that_completed_as_its_lease_was_lost_is_reported_completed(
+    tmp_path: Path,
+) -> None:
+    """Its process exits 0 in the instant the lease guard stops it (the interrupt finds it
+    gone): its work is done, and CRASHED would have a retry do it again (the chaos suite saw
+    this: "finished work done again")."""
+
+    async def scenario() -> None:
+        async with running(tmp_path, lease_seconds=1.0, ignore_interrupt=True) as rig:
+            run = add_run(rig)
+            handle = await rig.handle(run)
+            for method in ("heartbeat", "set_state", "send_logs", "claim"):
+                rig.backend.failing[method] = ServerUnavailable("down")
+            await until(lambda: handle.interrupted, "the lease guard's interrupt")
+            handle.finish(RunResult(Outcome.COMPLETED, "done", 0, {"answer": 42}))
+            rig.backend.failing.clear()
+            await rig.state(run, StateType.COMPLETED)
+        assert rig.backend.runs[run.id].runner_info["result"] == {"answer": 42}
+
+    arun(scenario())
+
+
+def test_a_run_stopped_for_a_lost_lease_that_did_not_complete_is_crashed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(tmp_path, lease_seconds=1.0, ignore_interrupt=True) as rig:
+            run = add_run(rig)
+            handle = await rig.handle(run)
+            for method in ("heartbeat", "set_state", "send_logs", "claim"):
+                rig.backend.failing[method] = ServerUnavailable("down")
+            await until(lambda: handle.interrupted, "the lease guard's interrupt")
+            handle.finish(RunResult(Outcome.CRASHED, "killed by SIGTERM", -15))
+            rig.backend.failing.clear()
+            message = await rig.state(run, StateType.CRASHED)
+        assert "stopped so it cannot run twice" in message
+
+    arun(scenario())
+
+
 def add_later_run(rig: Rig, seconds: float) -> FlowRun:
     """A run due in ``seconds``, which an agent with a start lead claims and holds until then."""
     run = add_run(rig)

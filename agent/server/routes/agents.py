@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter
 from sqlalchemy import select
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/agents", tags=["agents"])
 
 
 def _heartbeat(
-    db: Database, beat: Heartbeat, lease_seconds: float
+    db: Database, beat: Heartbeat, lease_seconds: float, arrived: datetime
 ) -> tuple[AgentRecord, set[uuid.UUID]]:
     # Not behind every other write (see agent/server/db.py): the agent's row, locked, is all
     # a heartbeat needs to be alone with.
@@ -54,7 +54,9 @@ def _heartbeat(
         row.last_heartbeat = now
         wake: set[uuid.UUID] = set()
         if beat.run_ids is not None:
-            wake = lifecycle.resolve_dropped_runs(session, row, set(beat.run_ids), now)
+            wake = lifecycle.resolve_dropped_runs(
+                session, row, set(beat.run_ids), now, listed_at=arrived
+            )
         return agent_model(row, now, lease_seconds), wake
 
 
@@ -97,7 +99,9 @@ def _cancelling(db: Database, agent_id: uuid.UUID) -> list[uuid.UUID]:
 async def heartbeat(
     beat: Heartbeat, db: DB, settings: ServerSettingsDep, wakeups: Wakeups
 ) -> AgentRecord:
-    record, wake = await db.run(_heartbeat, db, beat, settings.lease_seconds)
+    # Before it waits for a worker thread and the database: its run list is as of now.
+    arrived = utcnow()
+    record, wake = await db.run(_heartbeat, db, beat, settings.lease_seconds, arrived)
     wakeups.notify(wake)
     return record
 
