@@ -5,10 +5,12 @@ Flow runs and their states are in test_server_runs.py, claims in test_server_cla
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -344,14 +346,15 @@ def test_agent_goes_offline_after_three_missed_heartbeats() -> None:
 # --------------------------------------------------------------------------- a busy database
 
 
-def test_a_locked_database_is_a_503_with_retry_after(server: Server, api: Api) -> None:
+@contextlib.contextmanager
+def write_lock_held(server: Server) -> Iterator[threading.Event]:
+    """SQLite's write lock, taken by another process's connection until the event is set (or
+    the block ends); reads go on meanwhile (WAL)."""
     if server.database_url is not None:
         pytest.skip("SQLite's write lock; PostgreSQL has none to hold from outside")
-    queue = api.queue()
-    lock_taken = threading.Event()
-    release = threading.Event()
+    lock_taken, release = threading.Event(), threading.Event()
 
-    def hold_the_write_lock() -> None:
+    def hold() -> None:
         connection = sqlite3.connect(server.home / "flowagent.db", isolation_level=None)
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -361,10 +364,19 @@ def test_a_locked_database_is_a_503_with_retry_after(server: Server, api: Api) -
         finally:
             connection.close()
 
-    holder = threading.Thread(target=hold_the_write_lock)
+    holder = threading.Thread(target=hold)
     holder.start()
     try:
         assert lock_taken.wait(10)
+        yield release
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_locked_database_is_a_503_with_retry_after(server: Server, api: Api) -> None:
+    queue = api.queue()
+    with write_lock_held(server):
         # WAL: reads go on while another process holds the write lock.
         assert api.get(f"work_queues/{queue['id']}").status_code == 200
         started = time.monotonic()
@@ -373,9 +385,6 @@ def test_a_locked_database_is_a_503_with_retry_after(server: Server, api: Api) -
         assert response.headers["Retry-After"] == "1"
         assert "busy" in response.json()["detail"]
         assert time.monotonic() - started >= 4  # it waited out busy_timeout first
-    finally:
-        release.set()
-        holder.join()
     assert api.post("work_queues", json={"name": unique("q")}).status_code == 201
 
 
@@ -385,8 +394,6 @@ def test_a_heartbeat_that_waited_for_the_database_drops_no_run_claimed_before_it
     """A heartbeat lists the runs its agent holds as it was sent. On a busy server it may wait
     seconds for the database; a run claimed just before it arrived is not in its list and must
     not be taken for one the agent dropped (it was: finished work then ran again)."""
-    if server.database_url is not None:
-        pytest.skip("SQLite's write lock; PostgreSQL has none to hold from outside")
     queue = api.queue()
     run = api.run(api.deployment(queue))
     agent = api.agent(queue, heartbeat_interval_seconds=0.2)  # a 2 s grace
@@ -397,30 +404,11 @@ def test_a_heartbeat_that_waited_for_the_database_drops_no_run_claimed_before_it
         "heartbeat_interval_seconds": 0.2,
         "run_ids": [],  # composed before the claim's answer came back
     }
-    lock_taken, release = threading.Event(), threading.Event()
-
-    def hold_the_write_lock() -> None:
-        connection = sqlite3.connect(server.home / "flowagent.db", isolation_level=None)
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            lock_taken.set()
-            release.wait(30)
-            connection.execute("ROLLBACK")
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_the_write_lock)
-    holder.start()
-    try:
-        assert lock_taken.wait(10)
-        with ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(api.post, "agents/heartbeat", json=beat)
-            time.sleep(3)  # past the grace: the beat is processed 3 s after it arrived
-            release.set()
-            assert waiting.result(timeout=30).status_code == 200
-    finally:
+    with write_lock_held(server) as release, ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(api.post, "agents/heartbeat", json=beat)
+        time.sleep(3)  # past the grace: the beat is processed 3 s after it arrived
         release.set()
-        holder.join()
+        assert waiting.result(timeout=30).status_code == 200
     kept = api.get_run(run["id"])
     assert kept["state"]["type"] == "PENDING" and kept["agent_id"] == agent["id"], kept
 
