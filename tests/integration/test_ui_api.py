@@ -260,3 +260,16 @@ def test_a_server_with_a_key_answers_to_any_name(tmp_path: Path) -> None:
     with running_server(tmp_path, extra_env={"AGENT_API_KEY": "k3y"}) as secured:
         headers = {"Host": "flowagent.example", "Authorization": "Bearer k3y"}
         assert httpx.get(f"{secured.url}/work_queues", headers=headers).status_code == 200
+
+
+def test_a_stream_asked_from_beyond_any_line_id_is_a_422_before_it_starts(
+    api: httpx.Client,
+) -> None:
+    """A position past a 64-bit line id cannot be looked up; inside a started stream the error
+    could only cut the connection (the OpenAPI fuzzer found that), so it is refused first."""
+    run = make_run(api, make_deployment(api, make_queue(api), command=["true"]))
+    huge = str(2**64)
+    path = f"flow_runs/{run['id']}/logs/stream"
+    assert api.get(path, params={"after": huge}).status_code == 422
+    assert api.get(path, headers={"Last-Event-ID": huge}).status_code == 422
+    assert api.get(f"flow_runs/{run['id']}/logs", params={"after": huge}).status_code == 422

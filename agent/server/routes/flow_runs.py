@@ -32,6 +32,11 @@ from agent.server.log_stream import Feed
 from agent.server.orm import FlowRunRow, FlowRunStateRow, LogRow
 from agent.server.views import as_utc, get_run, log_model, run_model, state_model
 
+# A line id is a 64-bit integer in the database: a larger one is a 422 here, checked before a
+# stream starts (inside it, the error could only cut the connection).
+MAX_LINE_ID = 2**63 - 1
+
+
 router = APIRouter(prefix="/flow_runs", tags=["flow runs"])
 
 
@@ -273,7 +278,7 @@ async def add_flow_run_logs(
 async def read_flow_run_logs(
     run_id: uuid.UUID,
     db: DB,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_LINE_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[LogLine]:
     return await db.run(_read_logs, db, run_id, after, limit)
@@ -288,8 +293,8 @@ async def stream_flow_run_logs(
     run_id: uuid.UUID,
     db: DB,
     feed: Feed,
-    after: Annotated[int, Query(ge=0)] = 0,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_LINE_ID)] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_LINE_ID)] = None,
 ) -> StreamingResponse:
     # Asked before the stream starts, so an unknown run is a plain 404, not an empty stream.
     await db.run(_get, db, run_id)
