@@ -93,7 +93,6 @@ LOOP_RETRY_SECONDS = 5.0
 class NativeBackend:
     """Talks to `agent server start`. Implements :class:`agent.backends.base.Backend`."""
 
-    kind = "native"
     several_queues: ClassVar[bool] = True
 
     def __init__(self, http: HttpClient) -> None:

@@ -122,7 +122,6 @@ _AGENT_NAMESPACE = uuid5(NAMESPACE_URL, "https://flowagent/prefect-worker")
 class PrefectBackend:
     """Talks to a Prefect server. Implements :class:`agent.backends.base.Backend`."""
 
-    kind = "prefect"
     several_queues: ClassVar[bool] = False  # one queue, or one --pool, per agent (see claim)
 
     def __init__(
