@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -306,3 +308,32 @@ class DeliveryAttemptRow(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class BundleRow(Base):
+    """An uploaded bundle (``deployment create --upload``), in the database so that every
+    replica serves it; its bytes are in :class:`BundleChunkRow`, written in the same
+    transaction, so a bundle row is never seen without all of its chunks."""
+
+    __tablename__ = "bundles"
+
+    # "sha256:<64 hex>" of the archive: content-addressed, so the same bytes are one row.
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created: Mapped[datetime]
+    # Last uploaded or named by a deployment: garbage collection keeps a bundle that no
+    # deployment or unfinished run names for bundle_retention after this.
+    touched: Mapped[datetime]
+
+
+class BundleChunkRow(Base):
+    """One piece (about 1 MiB) of a bundle's bytes: neither an upload nor a download holds a
+    whole bundle in memory."""
+
+    __tablename__ = "bundle_chunks"
+
+    digest: Mapped[str] = mapped_column(
+        ForeignKey("bundles.digest", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -54,7 +54,7 @@ def test_migrate_is_idempotent_and_versioned(migrated: Path) -> None:
     migrate(migrated)
     with sqlite3.connect(database_path(migrated)) as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            ("0005",)
+            ("0006",)
         ]
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
