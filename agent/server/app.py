@@ -140,7 +140,7 @@ def create_app(
     app.state.db = db
     app.state.notifier = notifier
     app.state.scheduler = scheduler
-    app.state.bundles = BundleStore(settings.home, settings.bundle_max_bytes)
+    app.state.bundles = BundleStore(db, settings.home, settings.bundle_max_bytes)
     app.state.log_feed = LogFeed()
 
     api = APIRouter(prefix="/api")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import sqlite3
 import subprocess
 import tarfile
 import time
@@ -87,8 +90,10 @@ def create(server: Server, queue: dict[str, Any], directory: Path, *extra: str) 
     return result
 
 
-def stored(server: Server) -> list[Path]:
-    return sorted((server.home / "bundles").glob("*.tar.gz"))
+def stored(server: Server) -> list[str]:
+    """The digests the server's database holds (SQLite in its home)."""
+    with sqlite3.connect(server.home / "flowagent.db") as db:
+        return [row[0] for row in db.execute("SELECT digest FROM bundles ORDER BY digest")]
 
 
 def test_an_uploaded_directory_runs_on_an_agent_without_it(
@@ -121,9 +126,11 @@ def test_an_uploaded_directory_runs_on_an_agent_without_it(
     assert version == "v1"
     assert where.startswith(str(agent_home)) and not Path(where).exists()
     assert list(agent_home.glob("agents/*/checkouts/*")) == []
-    (archive,) = stored(server)
-    assert archive.name == digest.removeprefix("sha256:") + ".tar.gz"
-    with tarfile.open(archive) as tar:
+    assert digest in stored(server)
+    archive = api.get(f"bundles/{digest}")
+    assert archive.headers["content-length"] == str(len(archive.content))
+    assert "sha256:" + hashlib.sha256(archive.content).hexdigest() == digest
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
         names = set(tar.getnames())
         assert tar.getmember("current").issym()
     assert names == {"hello.py", "VERSION", "current", ".flowagentignore"}
@@ -174,7 +181,8 @@ def test_an_oversized_bundle_is_refused_by_the_server(flows, tmp_path) -> None:
         assert result.returncode != 0
         assert "larger than this server takes (8,192 bytes" in result.stderr
         assert ".flowagentignore" in result.stderr
-        assert list((small.home / "bundles").glob("*")) == []
+        assert stored(small) == []
+        assert list(small.home.glob(".bundle-upload-*")) == []  # the spooled body went too
 
 
 def test_a_tampered_cached_bundle_is_detected_and_downloaded_again(
@@ -247,7 +255,7 @@ def test_a_deployment_file_uploads_its_directory_relative_to_itself(
     assert made.returncode == 0, made.stderr
     shown = json.loads(cli(server, "deployment", "inspect", made.stdout.strip()).stdout)
     assert shown["source"]["bundle"].startswith("sha256:")
-    assert (server.home / "bundles" / (shown["source"]["bundle"][7:] + ".tar.gz")).is_file()
+    assert shown["source"]["bundle"] in stored(server)
 
     (flows / "hello.py").unlink()  # the entrypoint is checked in the directory to upload
     refused = cli(server, "deployment", "create", "--file", str(file), check=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from agent.models import Bundle
 from agent.server.deps import Bundles
@@ -21,9 +21,20 @@ async def upload_bundle(request: Request, store: Bundles) -> Bundle:
     return await store.put(request.stream())
 
 
-@router.get("/{digest}", summary="Download a bundle by its digest", response_class=FileResponse)
-async def download_bundle(digest: str, store: Bundles) -> FileResponse:
-    path = store.path(digest)
-    if not path.is_file():
+@router.get(
+    "/{digest}",
+    summary="Download a bundle by its digest",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/gzip": {}}}},
+)
+async def download_bundle(digest: str, store: Bundles) -> StreamingResponse:
+    size = await store.size(digest)
+    if size is None:
         raise not_found("bundle", digest)
-    return FileResponse(path, media_type="application/gzip")
+    # Content-Length: the client knows a download cut short (a bundle deleted under it) from
+    # a whole one, and can show progress.
+    return StreamingResponse(
+        store.stream(digest),
+        media_type="application/gzip",
+        headers={"Content-Length": str(size)},
+    )

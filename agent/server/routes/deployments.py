@@ -16,8 +16,9 @@ from agent.models import (
     StateType,
     utcnow,
 )
+from agent.server.bundles import touch
 from agent.server.db import Database
-from agent.server.deps import DB, Bundles, Wakeups
+from agent.server.deps import DB, Wakeups
 from agent.server.lifecycle import new_run, record_state
 from agent.server.orm import DeploymentRow, FlowRunRow
 from agent.server.routes.schedules import Ticker, poke, replace_schedules, with_schedules
@@ -30,6 +31,14 @@ def _upsert(db: Database, body: DeploymentCreate) -> tuple[Deployment, bool]:
     """Create the deployment or replace the one of that name; True when it was created."""
     with db.write() as session:
         get_queue(session, body.work_queue_id)
+        # In the deployment's own transaction, which also marks the bundle used: the garbage
+        # collector (behind the same write lock) cannot delete it between check and write.
+        if isinstance(body.source, BundleSource) and not touch(session, body.source.bundle):
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                f"no bundle {body.source.bundle} on this server: upload it first "
+                "(agent deployment create --upload DIR does both)",
+            )
         now = utcnow()
         row = session.scalar(select(DeploymentRow).where(DeploymentRow.name == body.name))
         created = row is None
@@ -80,7 +89,9 @@ def _get_by_name(db: Database, name: str) -> Deployment:
 def _delete(db: Database, deployment_id: uuid.UUID) -> None:
     """Delete the deployment and cancel its SCHEDULED runs, which nothing could launch now.
 
-    Runs already handed out keep going and keep their history.
+    Runs already handed out keep going and keep their history. Its bundle, if it has one, is
+    not deleted here: garbage collection deletes it once no deployment or unfinished run names
+    it and ``bundle_retention`` has passed (an agent may not have downloaded it yet).
     """
     with db.write() as session:
         row = get_deployment(session, deployment_id)
@@ -129,15 +140,8 @@ async def upsert_deployment(
     response: Response,
     db: DB,
     scheduler: Ticker,
-    bundles: Bundles,
     wakeups: Wakeups,
 ) -> Deployment:
-    if isinstance(body.source, BundleSource) and not bundles.exists(body.source.bundle):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            f"no bundle {body.source.bundle} on this server: upload it first "
-            "(agent deployment create --upload DIR does both)",
-        )
     deployment, created = await db.run(_upsert, db, body)
     if body.schedules:
         poke(scheduler)
