@@ -280,6 +280,11 @@ class Settings:
     bundle_max_size: int = _setting(
         100 * 1024 * 1024, parse_size, "server: largest uploaded bundle it stores (100M)"
     )
+    bundle_retention: float = _setting(
+        7 * 86400.0,
+        _positive_float,
+        "server: seconds an uploaded bundle no deployment or unfinished run names is kept",
+    )
     source_max_idle: float = _setting(
         7 * 86400.0,
         _positive_float,

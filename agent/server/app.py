@@ -18,6 +18,7 @@ from agent import __version__
 from agent.models import utcnow
 from agent.server import web
 from agent.server.body_limit import BodyLimit
+from agent.server.bundle_upkeep import bundle_collector, import_from_disk
 from agent.server.bundles import BundleStore
 from agent.server.claims import ClaimWakeups
 from agent.server.cross_site import RefuseCrossSite
@@ -76,6 +77,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if migrate_on_startup:
             await anyio.to_thread.run_sync(migrate, settings.home, settings.database())
+        # Before serving: a deployment naming a bundle an older version kept on this disk must
+        # find it in the database from the first request on.
+        await anyio.to_thread.run_sync(import_from_disk, db, settings.home)
         leadership = Leadership(settings.database() if db.is_postgres else None)
         app.state.leadership = leadership
 
@@ -91,6 +95,12 @@ def create_app(
                 )
                 leading.start_soon(scheduler.run, name="scheduler")
                 leading.start_soon(webhooks.run, name="notification-delivery")
+                leading.start_soon(
+                    bundle_collector,
+                    db,
+                    settings.bundle_retention_seconds,
+                    name="bundle-collector",
+                )
 
         async with anyio.create_task_group() as background:
             # One pass before serving, so that runs missed while the server was down are

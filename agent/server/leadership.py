@@ -1,6 +1,6 @@
 """Background work on one replica at a time: the scheduler, the lease reaper (which also marks
-nothing twice), Late marking and webhook delivery run only on the replica that holds the
-leader lock.
+nothing twice), Late marking, webhook delivery and bundle garbage collection run only on the
+replica that holds the leader lock.
 
 On SQLite there is one server, and it always leads. On PostgreSQL the lock is a session-level
 advisory lock held on a connection of its own: it is the database that decides who leads, and
@@ -13,7 +13,8 @@ The leader checks its own session every ``check_seconds``; when the check fails 
 stops its duties at once, before PostgreSQL can let another replica take the lock, so that two
 replicas do not lead at the same time. Even then nothing would be done twice: each duty is safe
 under concurrency on its own (scheduled runs have idempotency keys, leases and Late marks are
-compare-and-set transitions in write transactions, webhook deliveries are leased rows);
+compare-and-set transitions in write transactions, webhook deliveries are leased rows, a bundle
+is deleted in a write transaction that checks nothing names it);
 leadership keeps the replicas from doing the same work for nothing.
 """
 

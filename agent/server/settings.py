@@ -50,6 +50,9 @@ class ServerSettings:
     webhook_allow_private: bool = _DEFAULT.webhook_allow_private
     # The largest bundle (``deployment create --upload``) the server stores.
     bundle_max_bytes: int = _DEFAULT.bundle_max_size
+    # A bundle no deployment and no unfinished run names is deleted this long after it was
+    # last uploaded or named by a deployment.
+    bundle_retention_seconds: float = _DEFAULT.bundle_retention
 
     @property
     def database_path(self) -> Path:
@@ -79,6 +82,7 @@ def from_settings(settings: Settings) -> ServerSettings:
         missed_after_seconds=settings.missed_after_seconds,
         webhook_allow_private=settings.webhook_allow_private,
         bundle_max_bytes=settings.bundle_max_size,
+        bundle_retention_seconds=settings.bundle_retention,
     )
 
 
