@@ -143,6 +143,10 @@ class BundleStore:
                 spool.write(chunk)
             spool.flush()
             digest = "sha256:" + sha.hexdigest()
+            # Stored already: it was checked when it was first stored; re-uploading an
+            # unchanged directory (every `deployment create --upload`) costs no gunzip.
+            if await self.db.run(_touch_existing, self.db, digest):
+                return Bundle(digest=digest, size=size, created=False)
             try:
                 # Gunzipping up to bundle_max_size takes seconds: off the event loop.
                 await anyio.to_thread.run_sync(check_archive, Path(spool.name))
