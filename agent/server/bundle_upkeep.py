@@ -19,6 +19,7 @@ downloaded it yet: such a run names no bundle until it starts.
 from __future__ import annotations
 
 import contextlib
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -55,14 +56,17 @@ def import_from_disk(db: Database, home: Path) -> int:
         if not DIGEST.match(digest):
             log.warning("bundle_import_skipped", file=str(path), reason="not named by a digest")
             continue
-        found = file_digest(path)
-        if found != digest:
-            log.warning("bundle_import_skipped", file=str(path), reason="damaged", found=found)
+        try:
+            found = file_digest(path)
+            if found != digest:
+                log.warning("bundle_import_skipped", file=str(path), reason="damaged", found=found)
+                continue
+            with path.open("rb") as spool:
+                size = os.fstat(spool.fileno()).st_size
+                created = store_file(db, digest, size, spool)
+            path.unlink()
+        except FileNotFoundError:  # another server process on this home imported it first
             continue
-        size = path.stat().st_size
-        with path.open("rb") as spool:
-            created = store_file(db, digest, size, spool)
-        path.unlink()
         imported += 1
         log.info("bundle_imported", digest=digest, size=size, created=created)
     # What an upload cut short by a crash left of the old store: never a bundle.
