@@ -293,3 +293,24 @@ def test_the_server_deletes_bundles_nothing_names_after_the_retention(tmp_path: 
 def _create_body(deployment: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "work_queue_id", "entrypoint", "source")
     return {key: deployment[key] for key in keys}
+
+
+def test_with_replicas_only_the_leader_deletes_unused_bundles(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    env = {"AGENT_BUNDLE_RETENTION": "2"}
+    with (
+        replicas(tmp_path, postgres_url, extra_env=env) as (a, b),
+        client(a) as api_a,
+        client(b) as api_b,
+    ):
+        loose = upload(api_b, bundle(tmp_path)).json()["digest"]
+        wait_for(
+            lambda: api_a.get(f"bundles/{loose}").status_code == 404,
+            timeout=20,
+            what="the leader to delete the unused bundle",
+        )
+        logs = [server.log() for server in (a, b)]
+    (deleter,) = [log for log in logs if "bundle_deleted" in log]
+    assert "leadership_acquired" in deleter
+    assert postgres_rows(postgres_url, "SELECT count(*) FROM bundle_chunks") == [(0,)]
