@@ -131,8 +131,9 @@ class BundleStore:
     async def put(self, chunks: AsyncIterator[bytes]) -> Bundle:
         """Store what ``chunks`` carry unless the same bytes are stored already."""
         # In AGENT_HOME, not /tmp: the server's home is sized for bundles, /tmp may be a small
-        # tmpfs. An anonymous-once-closed file: a crash leaves nothing behind to clean.
-        with tempfile.NamedTemporaryFile(dir=self.home, prefix=".bundle-upload-") as spool:
+        # tmpfs. A file with no name (O_TMPFILE on Linux): even a server killed mid-upload
+        # leaves nothing behind to clean.
+        with tempfile.TemporaryFile(dir=self.home) as spool:
             sha = hashlib.sha256()
             size = 0
             async for chunk in chunks:
@@ -149,7 +150,7 @@ class BundleStore:
                 return Bundle(digest=digest, size=size, created=False)
             try:
                 # Gunzipping up to bundle_max_size takes seconds: off the event loop.
-                await anyio.to_thread.run_sync(check_archive, Path(spool.name))
+                await anyio.to_thread.run_sync(check_archive, spool)
             except SourceError as exc:
                 raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, exc.message) from None
             created = await self.db.run(store_file, self.db, digest, size, spool)

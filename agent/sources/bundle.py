@@ -17,7 +17,7 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from agent.errors import InputError, SourceError
 
@@ -130,10 +130,19 @@ def pack(root: Path, max_bytes: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def check_archive(path: Path) -> None:
-    """Refuse an archive that is not ours to unpack: absolute paths, '..', links out, devices."""
+def check_archive(archive: Path | IO[bytes]) -> None:
+    """Refuse an archive that is not ours to unpack: absolute paths, '..', links out, devices.
+
+    ``archive``: a file's path, or an open file (read from its start).
+    """
+    if not isinstance(archive, Path):
+        archive.seek(0)
     try:
-        with tarfile.open(path, mode="r:gz") as tar:
+        with (
+            tarfile.open(archive, mode="r:gz")
+            if isinstance(archive, Path)
+            else tarfile.open(fileobj=archive, mode="r:gz")
+        ) as tar:
             for member in tar:
                 tarfile.data_filter(member, "/bundle")
     except (tarfile.TarError, OSError, EOFError) as exc:

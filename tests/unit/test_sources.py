@@ -84,10 +84,18 @@ def test_archives_that_escape_are_not_usable(tmp_path: Path) -> None:
     bad.write_bytes(buffer.getvalue())
     with pytest.raises(SourceError, match="not a usable bundle"):
         check_archive(bad)
+    with pytest.raises(SourceError, match="not a usable bundle"):
+        check_archive(io.BytesIO(buffer.getvalue()))  # the server checks its spooled upload
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(b"not gzip")
     with pytest.raises(SourceError):
         check_archive(garbage)
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "flow.py").write_text("def main(): pass\n")
+    spooled = io.BytesIO(pack(good))
+    spooled.seek(0, io.SEEK_END)  # read from its start, wherever the writer left it
+    check_archive(spooled)
 
 
 @pytest.mark.parametrize(
