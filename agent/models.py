@@ -844,6 +844,9 @@ class Health(_Answer):
     status: str
     server: str = "flowagent"
     version: str
+    #: Whether this replica runs the background work (scheduler, lease reaper, Late marks,
+    #: webhooks): always on SQLite; on PostgreSQL the one replica holding the leader lock.
+    leader: bool = True
 
 
 # --------------------------------------------------------------------------- overview (the UI)

@@ -50,6 +50,10 @@ def test_the_other_replica_takes_over_when_the_leader_dies(
         assert [leads(s) for s in servers].count(True) == 1
         leader, follower = servers if leads(servers[0]) else servers[::-1]
         api = client(follower)
+        # What an operator (or a load balancer's check) reads: which replica does the work.
+        with client(leader) as leaders:
+            assert leaders.get("health").json()["leader"] is True
+        assert api.get("health").json()["leader"] is False
         queue = make_queue(api)
         deployment = make_deployment(api, queue, command=["true"])
         schedule = api.post(
@@ -78,6 +82,7 @@ def test_the_other_replica_takes_over_when_the_leader_dies(
         kill(leader)
         killed = time.time()
         wait_for(lambda: leads(follower), timeout=TAKEOVER_SECONDS, what="the follower to lead")
+        assert api.get("health").json()["leader"] is True
         # Before it led, the follower did no background work.
         assert (
             events(follower, "scheduler_tick")[:1] == []
