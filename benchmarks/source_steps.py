@@ -82,10 +82,11 @@ def _run(source: RunSource | None = None) -> FlowRun:
 
 
 async def _measure(
-    cache: SourceCache, log: Path, runs: int, step: Any
+    cache: SourceCache, log: Path, runs: int, step: Any, gap: float
 ) -> tuple[list[float], list[int]]:
     times, spawns = [], []
     for _ in range(runs):
+        await asyncio.sleep(gap)
         _spawned(log)
         run = _run(step.recorded)
         started = time.perf_counter()
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.source_steps")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--files", type=int, default=40)
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.5,
+        help="seconds between two runs (a spare copy is made in such a gap), 0: back to back",
+    )
     args = parser.parse_args(argv)
     # The agent's per-run log lines would drown the table (and cost a write each).
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
@@ -150,14 +157,14 @@ def main(argv: list[str] | None = None) -> None:
             data = pack(work)
             digest = digest_of(data)
             cache = SourceCache(root / "home", root / "home" / "checkouts", {}, Downloader(data))
-            asyncio.run(_steps(cache, url, digest, log, args.runs, args.files))
+            asyncio.run(_steps(cache, url, digest, log, args.runs, args.files, args.gap))
         finally:
             daemon.terminate()
             daemon.wait()
 
 
 async def _steps(
-    cache: SourceCache, url: str, digest: str, log: Path, runs: int, files: int
+    cache: SourceCache, url: str, digest: str, log: Path, runs: int, files: int, gap: float
 ) -> None:
     source = GitSource(git=url, ref="main")
     cold = _run()
@@ -176,18 +183,20 @@ async def _steps(
     ]
     load = os.getloadavg()
     print(
-        f"{runs} runs per step, {files + 1} files, "
+        f"{runs} runs per step, {files + 1} files, {gap} s apart, "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     print(f"{'step':42} {'p50 ms':>8} {'p90 ms':>8} {'git procs':>10}")
     for step in steps:
-        times, spawns = await _measure(cache, log, runs, step)
+        times, spawns = await _measure(cache, log, runs, step, gap)
         times.sort()
         p90 = times[min(len(times) - 1, int(len(times) * 0.9))]
         print(
             f"{step.name:42} {statistics.median(times):8.1f} {p90:8.1f} "
             f"{statistics.median(spawns):10.0f}"
         )
+    if hasattr(cache, "close"):  # spare copies (absent before they existed)
+        await cache.close()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from agent.sources.bundles import BundleCache
 from agent.sources.checkout import Checkouts, archive_into
 from agent.sources.git import Credentials
 from agent.sources.mirror import Mirror, looks_like_commit
+from agent.sources.spares import Spares
 from agent.sources.trees import Manifest, Trees
 
 log = structlog.get_logger("agent.sources")
@@ -70,6 +71,7 @@ class SourceCache:
         self.root = home / "sources" / "git"
         self.bundles = BundleCache(home / "sources" / "bundles")
         self.checkouts = Checkouts(checkouts)
+        self.spares = Spares(checkouts.parent / "spares")
         self._environ = os.environ if environ is None else environ
         self._downloader = downloader
 
@@ -181,7 +183,10 @@ class SourceCache:
         for _ in range(3):
             if manifest is None:
                 manifest = await build(stale)
-            if await trees.copy(name, manifest, target):
+            if self.spares.take(trees, name, manifest, target) or await trees.copy(
+                name, manifest, target
+            ):
+                self.spares.refill(trees, name, manifest)
                 return target
             log.warning("source_tree_changed", tree=str(trees.path(name)))
             stale, manifest = manifest, None
@@ -254,3 +259,7 @@ class SourceCache:
     def release(self, run_id: UUID) -> None:
         """The run is over: its checkout goes."""
         self.checkouts.remove(run_id)
+
+    async def close(self) -> None:
+        """The agent is stopping: no more spare copies."""
+        await self.spares.close()

@@ -206,22 +206,32 @@ class Trees:
         for partial in self.directory.glob(f"{name}.*{_PARTIAL}"):
             remove_tree(partial)
 
-    async def copy(self, name: str, manifest: Manifest, target: Path) -> bool:
+    async def copy(
+        self, name: str, manifest: Manifest, target: Path, *, touch: bool = True
+    ) -> bool:
         """Copy the tree into ``target`` (created here); False, with ``target`` removed, when
-        the tree no longer matches its manifest."""
+        the tree no longer matches its manifest. ``touch``: mark the tree used now."""
+        copying = asyncio.ensure_future(
+            asyncio.to_thread(_copy, self.path(name), manifest.entries, target)
+        )
         try:
-            copied = await asyncio.to_thread(_copy, self.path(name), manifest.entries, target)
+            # Cancelled (the run, the agent stopping): the thread still ends its copy, and
+            # only then can the copy be removed.
+            copied = await asyncio.shield(copying)
         except FileNotFoundError:  # removed under us: it was found changed and is being rebuilt
             copied = False
         except OSError as exc:
-            shutil.rmtree(target, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, target, True)
             raise SourceError(f"cannot copy the cached tree {self.path(name)}: {exc}") from exc
         except BaseException:
+            with contextlib.suppress(BaseException):
+                await copying
             shutil.rmtree(target, ignore_errors=True)
             raise
         if not copied:
-            shutil.rmtree(target, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, target, True)
             return False
-        with contextlib.suppress(OSError):
-            os.utime(self.path(name))  # used now: pruning goes by this
+        if touch:
+            with contextlib.suppress(OSError):
+                os.utime(self.path(name))  # used now: pruning goes by this
         return True
