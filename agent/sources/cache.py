@@ -183,7 +183,7 @@ class SourceCache:
         for _ in range(3):
             if manifest is None:
                 manifest = await build(stale)
-            if self.spares.take(trees, name, manifest, target) or await trees.copy(
+            if await self.spares.take(trees, name, manifest, target) or await trees.copy(
                 name, manifest, target
             ):
                 self.spares.refill(trees, name, manifest)

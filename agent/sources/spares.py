@@ -54,7 +54,7 @@ class Spares:
         self._ready.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def take(self, trees: Trees, name: str, manifest: Manifest, target: Path) -> bool:
+    async def take(self, trees: Trees, name: str, manifest: Manifest, target: Path) -> bool:
         """Move the spare of tree ``name`` to ``target`` (which must not exist) when there is
         one made from ``manifest``; False when there is none."""
         found = self._ready.pop((trees.directory, name), None)
@@ -62,14 +62,14 @@ class Spares:
             return False
         path, made_from = found
         if made_from != manifest:  # the tree was built again since: the spare is of old files
-            shutil.rmtree(path, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, path, True)
             return False
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(path, target)
         except OSError as exc:
             log.warning("source_spare_lost", spare=str(path), error=str(exc))
-            shutil.rmtree(path, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, path, True)
             return False
         with contextlib.suppress(OSError):
             os.utime(trees.path(name))  # used now, as a copy would have marked it

@@ -174,7 +174,7 @@ class Trees:
             found = self.read(name)
             if found is not None and found.origin == origin and found != stale:
                 return found
-            self.discard(name)
+            await asyncio.to_thread(self.discard, name)  # off the loop: a tree may be large
             partial = self.directory / f"{name}.{uuid.uuid4().hex[:8]}{_PARTIAL}"
             partial.mkdir(mode=0o755)
             try:

@@ -99,13 +99,13 @@ def test_a_spare_is_taken_once_and_only_for_the_manifest_it_was_made_from(
         spares.refill(trees, "c1", manifest)  # one on its way already: no second
         await asyncio.sleep(0.2)
         assert len(list((tmp_path / "spares").iterdir())) == 1
-        assert spares.take(trees, "c1", manifest, tmp_path / "run1")
+        assert await spares.take(trees, "c1", manifest, tmp_path / "run1")
         assert (tmp_path / "run1" / "pkg" / "mod.py").read_text() == "x = 1\n"
-        assert not spares.take(trees, "c1", manifest, tmp_path / "run2")  # taken
+        assert not await spares.take(trees, "c1", manifest, tmp_path / "run2")  # taken
         spares.refill(trees, "c1", manifest)
         await asyncio.sleep(0.2)
         other = Manifest({}, None)
-        assert not spares.take(trees, "c1", other, tmp_path / "run3")  # tree built since
+        assert not await spares.take(trees, "c1", other, tmp_path / "run3")  # tree built since
         assert list((tmp_path / "spares").iterdir()) == []
         # At most ``keep`` trees have a spare: the least recently made one goes.
         second = await trees.build("c2", fill)
@@ -114,7 +114,7 @@ def test_a_spare_is_taken_once_and_only_for_the_manifest_it_was_made_from(
         spares.refill(trees, "c2", second)
         await asyncio.sleep(0.2)
         assert len(list((tmp_path / "spares").iterdir())) == 1
-        assert spares.take(trees, "c2", second, tmp_path / "run4")
+        assert await spares.take(trees, "c2", second, tmp_path / "run4")
         await spares.close()
         assert not (tmp_path / "spares").exists()
 
