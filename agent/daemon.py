@@ -207,6 +207,7 @@ class Agent:
         # Off the loop, like every deletion of a tree: it may be large.
         adopted = {s.ctx.run_id for s in self._adopted}
         await asyncio.to_thread(self.sources.checkouts.remove_all_but, adopted)
+        await asyncio.to_thread(self.sources.spares.clear)
         # Mirrors and bundles of the host no run used for long (never one a run is reading).
         try:
             await asyncio.to_thread(
@@ -263,6 +264,7 @@ class Agent:
                 finally:
                     for task in side_tasks:
                         task.cancel()
+                    await self.sources.close()  # spare copies in the making: stop, remove
         except* AuthError as group:
             raise group.exceptions[0] from None
         finally:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a CI machine for the test suite; run as root before the tests. Idempotent: installs
-# docker.io and debootstrap if missing, starts dockerd if it is not answering, then builds the
+# docker.io, debootstrap and the other packages below if missing, starts dockerd if it is not answering, then builds the
 # local Python base image (cached by tag, so once per machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies our
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the UI tests' browser
 # The PostgreSQL tests make their own throwaway clusters with its initdb and pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# Git sources over ssh: the tests start their own sshd on loopback and connect with ssh.
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

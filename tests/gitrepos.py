@@ -91,7 +91,12 @@ def _handler(server: GitHttp) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _serve(self) -> None:
-            server.requests.append(f"{self.command} {self.path}")
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            # Protocol v2 lists refs (ls-remote, a fetch's first step) in a POST of its own:
+            # say which command a POST carries, so that tests can count real fetches.
+            asked = b" ls-refs" if b"command=ls-refs" in body else b""
+            server.requests.append(f"{self.command} {self.path}{asked.decode()}")
             if server.token is not None:
                 expected = base64.b64encode(f"x-access-token:{server.token}".encode()).decode()
                 if self.headers.get("Authorization") != f"Basic {expected}":
@@ -101,8 +106,6 @@ def _handler(server: GitHttp) -> type[BaseHTTPRequestHandler]:
                     self.end_headers()
                     return
             path, _, query = self.path.partition("?")
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
             env = os.environ | {
                 "GIT_PROJECT_ROOT": str(server.root),
                 "GIT_HTTP_EXPORT_ALL": "1",

@@ -1,19 +1,20 @@
 """What the supervisor asks of sources: a run's code on disk, at one recorded version.
 
-``prepare`` resolves a git deployment's ref to a commit (or takes the commit an earlier attempt
-of the run recorded), fetches it into the host's mirror when missing, and exports it for the
-run; or gets a bundle into the host's cache (checked against its digest at every use) and
-unpacks it for the run. Every failure is a :class:`SourceError` whose message the run is
-FAILED with.
+``prepare`` resolves a git deployment's ref to a commit (asking the remote with one
+``ls-remote``, or taking the commit an earlier attempt of the run recorded), fetches it into the
+host's mirror only when it is missing there, and copies the commit's cached tree (built from the
+mirror once per commit) for the run; or gets a bundle into the host's cache, checked against its
+digest when its tree is built, and copies that tree for the run. Every failure is a
+:class:`SourceError` whose message the run is FAILED with.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -24,9 +25,11 @@ from agent.errors import FlowAgentError, SourceError
 from agent.models import BundleSource, FlowRun, GitSource, RunSource
 from agent.sources.bundle import extract
 from agent.sources.bundles import BundleCache
-from agent.sources.checkout import Checkouts
+from agent.sources.checkout import Checkouts, archive_into
 from agent.sources.git import Credentials
 from agent.sources.mirror import Mirror, looks_like_commit
+from agent.sources.spares import Spares
+from agent.sources.trees import Manifest, Trees
 
 log = structlog.get_logger("agent.sources")
 
@@ -68,6 +71,7 @@ class SourceCache:
         self.root = home / "sources" / "git"
         self.bundles = BundleCache(home / "sources" / "bundles")
         self.checkouts = Checkouts(checkouts)
+        self.spares = Spares(checkouts.parent / "spares")
         self._environ = os.environ if environ is None else environ
         self._downloader = downloader
 
@@ -106,16 +110,22 @@ class SourceCache:
             except FlowAgentError as exc:
                 raise SourceError(f"cannot download bundle {source.bundle}: {exc.message}") from exc
 
-        target = self.checkouts.path(run.id)
-        async with self.bundles.in_use(source.bundle):
-            archive = await self.bundles.get(source.bundle, download)
-            self.checkouts.remove(run.id)
-            target.mkdir(parents=True, mode=0o755)
-            try:
-                await asyncio.to_thread(extract, archive, target)
-            except BaseException:
-                self.checkouts.remove(run.id)
-                raise
+        digest, bundles = source.bundle, self.bundles
+        name = bundles.name(digest)
+
+        async def build(stale: Manifest | None) -> Manifest:
+            # The archive is hashed (and downloaded again if damaged) before it is unpacked.
+            archive = await bundles.get(digest, download)
+            return await bundles.trees.build(
+                name, partial(extract, archive), bundles.fingerprint(digest), stale=stale
+            )
+
+        async with bundles.in_use(digest):
+            manifest = bundles.trees.read(name)
+            if manifest is not None and manifest.origin != bundles.fingerprint(digest):
+                # The archive changed on disk since its tree was built: check it again.
+                manifest = await build(manifest)
+            target = await self._copy(run.id, bundles.trees, name, manifest, build)
         log.info("source_ready", bundle=source.bundle, checkout=str(target))
         return PreparedSource(target, RunSource(bundle=source.bundle))
 
@@ -125,11 +135,21 @@ class SourceCache:
         recorded = run.source if run.source is not None and run.source.git == source.git else None
         async with mirror.in_use():
             if recorded is not None and recorded.commit is not None:
-                commit = await self._recorded_commit(mirror, recorded.commit, source, credentials)
+                commit = recorded.commit
+                if self.trees(mirror).read(commit) is None:  # its tree needs the mirror to have it
+                    await self._recorded_commit(mirror, commit, source, credentials)
             else:
                 commit = await self._resolve(mirror, source, credentials)
             mirror.record_use()
-            base = await self.checkouts.export(mirror.path, commit, run.id)
+            trees = self.trees(mirror)
+
+            async def build(stale: Manifest | None) -> Manifest:
+                if not await mirror.has_commit(commit):  # its tree was there, and went
+                    await self._recorded_commit(mirror, commit, source, credentials)
+                fill = partial(archive_into, mirror.path, commit)
+                return await trees.build(commit, fill, stale=stale)
+
+            base = await self._copy(run.id, trees, commit, trees.read(commit), build)
         workdir = self.working_dir(run.id, source)
         # A symlink in the repository must not make the run work somewhere else on the host.
         inside = workdir.resolve().is_relative_to(base.resolve())
@@ -143,10 +163,55 @@ class SourceCache:
         record = RunSource(git=source.git, ref=source.ref, commit=commit, path=source.path)
         return PreparedSource(workdir, record, credentials.secrets)
 
+    def trees(self, mirror: Mirror) -> Trees:
+        """The mirror's commits, unpacked: ``sources/trees/git/<key>/<commit>/``."""
+        return Trees(self.root.parent / "trees" / "git" / mirror.key)
+
+    async def _copy(
+        self,
+        run_id: UUID,
+        trees: Trees,
+        name: str,
+        manifest: Manifest | None,
+        build: Callable[[Manifest | None], Awaitable[Manifest]],
+    ) -> Path:
+        """Copy tree ``name`` into the run's checkout, building it first when it is missing
+        and again when it changed on disk since it was sealed."""
+        target = self.checkouts.path(run_id)
+        self.checkouts.remove(run_id)
+        stale = None
+        for _ in range(3):
+            if manifest is None:
+                manifest = await build(stale)
+            if await self.spares.take(trees, name, manifest, target) or await trees.copy(
+                name, manifest, target
+            ):
+                self.spares.refill(trees, name, manifest)
+                return target
+            log.warning("source_tree_changed", tree=str(trees.path(name)))
+            stale, manifest = manifest, None
+        raise SourceError(
+            f"the cached tree {trees.path(name)} keeps changing while runs copy it",
+            hint="something on the agent's host writes into $AGENT_HOME/sources",
+        )
+
+    async def _have(self, mirror: Mirror, commit: str) -> bool:
+        """Whether ``commit`` can be checked out without a fetch; a tree of it answers without
+        starting git."""
+        return self.trees(mirror).read(commit) is not None or await mirror.has_commit(commit)
+
     async def _resolve(self, mirror: Mirror, source: GitSource, credentials: Credentials) -> str:
         ref = source.ref
-        if looks_like_commit(ref) and await mirror.has_commit(str(ref)):
-            return str(ref)  # a commit never moves: no need to ask the remote
+        if looks_like_commit(ref):
+            # A commit never moves: no need to ask the remote.
+            if await self._have(mirror, str(ref)):
+                return str(ref)
+        else:
+            # One ls-remote says what the ref is now; a commit the mirror has (or has a tree
+            # of) needs no fetch. The branch's head as the remote has it: no older.
+            listed = await mirror.remote_commit(ref, credentials)
+            if listed is not None and await self._have(mirror, listed):
+                return listed
         try:
             await mirror.fetch(credentials, source.token_env, head=ref is None)
         except SourceError as exc:
@@ -194,3 +259,7 @@ class SourceCache:
     def release(self, run_id: UUID) -> None:
         """The run is over: its checkout goes."""
         self.checkouts.remove(run_id)
+
+    async def close(self) -> None:
+        """The agent is stopping: no more spare copies."""
+        await self.spares.close()

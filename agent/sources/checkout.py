@@ -1,14 +1,14 @@
-"""A run's own copy of one commit: ``git archive`` of the mirror, unpacked as it streams.
+"""A run's own copy of its code, and what a commit's cached tree is built from.
 
-An export, not a clone or a worktree: nothing in the mirror refers to it, so removing it is
-``rm -r`` and an agent SIGKILLed mid-run leaves nothing behind in the mirror. Each agent keeps
-its runs' checkouts in its own directory, so the one that removes the leftovers of its earlier
-life cannot touch another agent's runs.
+A run's checkout is a copy of a sealed tree (trees.py): nothing in the mirror or the cache
+refers to it, so removing it is ``rm -r`` and an agent SIGKILLed mid-run leaves nothing behind
+in the mirror. Each agent keeps its runs' checkouts in its own directory, so the one that
+removes the leftovers of its earlier life cannot touch another agent's runs. A commit's tree is
+``git archive`` of the mirror, unpacked as it streams, once per commit per host.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import subprocess
@@ -22,9 +22,6 @@ from agent.errors import SourceError
 
 log = structlog.get_logger("agent.sources")
 
-#: An export that takes longer is given up (a huge repository on a slow disk).
-EXPORT_TIMEOUT_SECONDS = 300.0
-
 
 class Checkouts:
     """``agents/<name>/checkouts/``: one directory per run this agent is running."""
@@ -34,21 +31,6 @@ class Checkouts:
 
     def path(self, run_id: UUID) -> Path:
         return self.directory / str(run_id)
-
-    async def export(self, mirror: Path, commit: str, run_id: UUID) -> Path:
-        """Unpack ``commit`` of ``mirror`` into the run's directory (emptied first)."""
-        target = self.path(run_id)
-        self.remove(run_id)
-        # Readable by anyone: a container may run the flow as any user (runners/docker.py).
-        target.mkdir(parents=True, mode=0o755)
-        try:
-            await asyncio.wait_for(
-                asyncio.to_thread(_export, mirror, commit, target), EXPORT_TIMEOUT_SECONDS
-            )
-        except BaseException:
-            self.remove(run_id)
-            raise
-        return target
 
     def remove(self, run_id: UUID) -> None:
         shutil.rmtree(self.path(run_id), ignore_errors=True)
@@ -71,8 +53,8 @@ class Checkouts:
         return removed
 
 
-def _export(mirror: Path, commit: str, target: Path) -> None:
-    """``git archive`` streamed into ``tarfile`` here: one process per run start, not two."""
+def archive_into(mirror: Path, commit: str, target: Path) -> None:
+    """``git archive`` streamed into ``tarfile`` here: one process, not two."""
     git = subprocess.Popen(
         ["git", "--git-dir", str(mirror), "archive", "--format=tar", commit],
         stdin=subprocess.DEVNULL,

@@ -39,6 +39,11 @@ _TRANSIENT = re.compile(
     re.IGNORECASE,
 )
 
+_BOILERPLATE = re.compile(
+    r"^(fatal: )?Could not read from remote repository\.?$"
+    r"|^Please make sure you have the correct access rights$|^and the repository exists\.?$"
+)
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -128,6 +133,10 @@ async def run_git(
 def fetch_error(url: str, stderr: str, token_env: str | None) -> SourceError:
     """Translate a failed fetch: what went wrong, and what to do about it."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # Over ssh, git ends every failure with the same three lines of advice, which would push
+    # out ssh's own reason ("Permission denied (publickey)", "Host key verification failed").
+    told = [line for line in lines if not _BOILERPLATE.search(line)]
+    lines = told or lines
     detail = "; ".join(line.removeprefix("fatal: ") for line in lines[-3:]) or "no output"
     message = f"git fetch failed: {url}: {detail}"
     if _AUTH.search(stderr):

@@ -92,9 +92,49 @@ class Mirror:
         return result.stdout.strip() if result.returncode == 0 else None
 
     async def has_commit(self, commit: str) -> bool:
+        """Whether ``commit`` is a commit in the mirror (not a tag naming one: what a run
+        records is the commit itself)."""
         if not (self.path / "HEAD").exists():
             return False
-        return await self._git("cat-file", "-e", f"{commit}^{{commit}}") is not None
+        return await self._git("cat-file", "-t", commit) == "commit"
+
+    async def remote_commit(self, ref: str | None, credentials: Credentials) -> str | None:
+        """What ``ref`` names on the remote right now (a branch, else a tag, peeled; HEAD when
+        None), asked with one ``git ls-remote``: no lock, no pack negotiation, nothing written.
+        None when the remote has no such branch or tag, or could not be asked: the fetch that
+        follows then says why, with its retries and messages."""
+        if ref is None:
+            names = ["HEAD"]
+        elif ref.startswith("refs/"):
+            names = [ref, f"{ref}^{{}}"]
+        else:
+            names = [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"]
+        # Run in the mirror when there is one, so that no repository around the agent's working
+        # directory lends its config; elsewhere from the cache's root, which is none.
+        where = ["--git-dir", str(self.path)] if (self.path / "HEAD").exists() else []
+        # Over git://, protocol v2's client writes its ls-refs request as eight small packets on
+        # a socket without TCP_NODELAY: Nagle waits for the server's delayed ACK, 40 ms on every
+        # request. v0 only reads the refs the server advertises, then writes one flush.
+        plain = ["-c", "protocol.version=0"] if self.url.startswith("git://") else []
+        result = await run_git(
+            [*where, *plain, "ls-remote", "--", self.url, *names],
+            credentials=credentials,
+            cwd=None if where else self.path.parent,
+        )
+        if result.returncode != 0:
+            log.info("source_ls_remote_failed", url=self.url, error=result.stderr.strip()[-300:])
+            return None
+        found: dict[str, str] = {}
+        for line in result.stdout.splitlines():
+            listed, _, name = line.partition("\t")
+            if _FULL_SHA.match(listed):
+                found[name] = listed
+        for name in names:
+            # An annotated tag is listed twice: the tag object, then (``^{}``) its commit.
+            commit = found.get(f"{name}^{{}}") or found.get(name)
+            if commit is not None:
+                return commit
+        return None
 
     async def fetch(
         self,

@@ -87,22 +87,28 @@ def age_everything(home: Path, seconds: float) -> None:
 
 def test_ls_shows_mirrors_and_bundles_and_prune_removes_only_the_unused(server, host) -> None:
     kinds = sorted(entry["kind"] for entry in listed(server, host))
-    assert kinds == ["bundle", "git"]
+    # The commit's tree is listed on its own (pruned by its own last use); a bundle's tree is
+    # counted in the bundle's entry.
+    assert kinds == ["bundle", "git", "tree"]
     env = {"AGENT_HOME": str(host)}
 
     kept = cli(server, "sources", "prune", "--older-than", "1d", env=env)
     assert "removed 0 item(s)" in kept.stdout
     age_everything(host, 2 * DAY)
     dry = cli(server, "sources", "prune", "--older-than", "1d", "--dry-run", env=env)
-    assert "would remove 2 item(s)" in dry.stdout
-    assert len(listed(server, host)) == 2
+    assert "would remove 3 item(s)" in dry.stdout
+    assert len(listed(server, host)) == 3
 
     gone = cli(server, "sources", "prune", "--older-than", "1d", env=env)
 
-    assert "removed 2 item(s)" in gone.stdout
+    assert "removed 3 item(s)" in gone.stdout
     assert listed(server, host) == []
     assert [p for p in (host / "sources" / "git").iterdir() if p.is_dir()] == []
     assert list((host / "sources" / "bundles").glob("*.tar.gz")) == []
+    # The unpacked trees went with them, read-only as they were: no file, no manifest left.
+    trees = host / "sources" / "trees"
+    assert [p for p in trees.rglob("*") if not p.is_dir()] == []
+    assert sorted(p.relative_to(trees).as_posix() for p in trees.rglob("*")) == ["bundles", "git"]
 
 
 def test_prune_leaves_what_a_run_is_reading(server, host) -> None:
@@ -112,7 +118,8 @@ def test_prune_leaves_what_a_run_is_reading(server, host) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # as a run resolving and exporting holds it
         cli(server, "sources", "prune", "--older-than", "1d", env={"AGENT_HOME": str(host)})
-        assert [entry["kind"] for entry in listed(server, host)] == ["git"]
+        # The mirror and its commit's tree: a run copying the tree holds the mirror's lock.
+        assert [entry["kind"] for entry in listed(server, host)] == ["git", "tree"]
     finally:
         os.close(fd)
 

@@ -133,6 +133,21 @@ def test_fetch_errors_say_what_went_wrong(stderr: str, kind: type, words: str) -
         assert error.hint is not None and "$GIT_TOKEN" in error.hint
 
 
+def test_an_ssh_refusal_says_ssh_s_reason_not_git_s_advice() -> None:
+    stderr = (
+        "root@127.0.0.1: Permission denied (publickey).\n"
+        "fatal: Could not read from remote repository.\n\n"
+        "Please make sure you have the correct access rights\n"
+        "and the repository exists.\n"
+    )
+    error = fetch_error("ssh://h/r.git", stderr, None)
+    assert error.message == (
+        "git fetch failed: ssh://h/r.git: root@127.0.0.1: Permission denied (publickey). "
+        "(credentials refused)"
+    )
+    assert error.hint is not None and "ssh key" in error.hint
+
+
 def test_the_token_goes_in_git_s_environment_only_and_is_masked() -> None:
     credentials = Credentials("tok-123456")
     env = git_env(credentials, {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "a.b"})
