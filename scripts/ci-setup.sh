@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a CI machine for the test suite; run as root before the tests. Idempotent: installs
-# docker.io, debootstrap and the other packages below if missing, starts dockerd if it is not answering, then builds the
-# local Python base image (cached by tag, so once per machine).
+# docker.io, debootstrap and the other packages below if missing, starts dockerd if it is not
+# answering, then builds the local Python base image (cached by tag, so once per machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
