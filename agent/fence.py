@@ -157,15 +157,37 @@ class FenceDir:
         self, run_id: UUID, adoption: dict[str, Any], outcome: dict[str, Any]
     ) -> None:
         """The run has ended and ``outcome`` is the report about to be sent: an agent that dies
-        before the server has it reports it in its next life instead of running it again."""
+        before the server has it reports it in its next life instead of running it again.
+
+        Only once this is written is the runner's own record of the end (the subprocess
+        runner's result file, named by the entry it replaces) removed: an agent killed between
+        the two still finds one of them."""
+        earlier = self._entry(run_id)
         self._write(run_id, {"ended": True, "outcome": outcome, "adoption": adoption})
+        if earlier is not None:
+            _discard_result_file(earlier, only_unrecorded=False)
+
+    def _entry(self, run_id: UUID) -> dict[str, Any] | None:
+        try:
+            entry = json.loads((self.runs / f"{run_id}{LISTED}").read_text())
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) else None
 
     def _write(self, run_id: UUID, listed: dict[str, Any]) -> None:
         _write_private(self.runs / f"{run_id}{LISTED}", listed)
 
     def unregister(self, run_id: UUID) -> None:
+        """Forget the run, and the runner's record of how it ended (the subprocess runner's
+        result file, which the runner leaves for this: until the entry has the outcome, an
+        agent killed after the process was reaped has nothing else to tell it by)."""
         for suffix in (LISTED, FENCING, FENCED):
-            (self.runs / f"{run_id}{suffix}").unlink(missing_ok=True)
+            path = self.runs / f"{run_id}{suffix}"
+            with contextlib.suppress(OSError, ValueError):
+                entry = json.loads(path.read_text())
+                if isinstance(entry, dict):
+                    _discard_result_file(entry, only_unrecorded=False)
+            path.unlink(missing_ok=True)
 
     def any_registered(self) -> bool:
         return any(self.runs.glob("*.json"))

@@ -234,8 +234,9 @@ class SubprocessRunner:
             pidfd = None
         if pidfd is None:
             # It ended while no agent watched it: only its result file can say how.
+            # Read, not removed: until the agent has recorded the outcome itself (its fence
+            # entry), this file is the only record of it (removed with that entry).
             document = _read_json(result_file)
-            _discard(result_file)
             if document is None or not isinstance(document.get("exit_code"), int):
                 raise RunnerError(f"{UNRECORDED} while no agent watched it (pid {pid})")
             result = SubprocessHandle.outcome(document["exit_code"], document, ())
@@ -451,6 +452,12 @@ class SubprocessHandle:
         # Shielded: a caller giving up on waiting must not stop the supervision.
         return await asyncio.shield(self._done)
 
+    def forget(self) -> None:
+        """Remove the run's result file once its outcome is recorded elsewhere. The agent's
+        fence does it for the agent (agent/fence.py); a caller without one calls this."""
+        if self._result_file is not None:
+            _discard(self._result_file)
+
     async def release(self) -> None:
         if self._go is not None:
             with contextlib.suppress(OSError):  # it is gone already: wait() will say how
@@ -476,21 +483,21 @@ class SubprocessHandle:
         signal_tree(root, self._pid, sig)
 
     async def _supervise(self, exited: Awaitable[int | None]) -> RunResult:
-        try:
-            code = await exited
-            self._exited = True
-            self._close_go()
-            await self._drain()
-            document = None if self._result_file is None else _read_json(self._result_file)
-            if code is None:  # adopted: not our child, so its status is in the result file
-                recorded = (document or {}).get("exit_code")
-                if not isinstance(recorded, int):
-                    return RunResult(Outcome.CRASHED, f"{UNRECORDED} (killed by a signal?)")
-                code = recorded
-            return self.outcome(code, document, self._outlet.stderr_tail)
-        finally:
-            if self._result_file is not None:
-                self._result_file.unlink(missing_ok=True)
+        # The result file is left in place: the process is reaped now, so until the agent has
+        # recorded the outcome (agent/fence.py, record_outcome, which then removes the file) it
+        # is the only record of how the run ended. Removed here, an agent killed in between
+        # found the run "ended without recording how" and ran finished work again.
+        code = await exited
+        self._exited = True
+        self._close_go()
+        await self._drain()
+        document = None if self._result_file is None else _read_json(self._result_file)
+        if code is None:  # adopted: not our child, so its status is in the result file
+            recorded = (document or {}).get("exit_code")
+            if not isinstance(recorded, int):
+                return RunResult(Outcome.CRASHED, f"{UNRECORDED} (killed by a signal?)")
+            code = recorded
+        return self.outcome(code, document, self._outlet.stderr_tail)
 
     async def _drain(self) -> None:
         """Read the pipes to their end, giving up after ``drain_timeout`` seconds of waiting
