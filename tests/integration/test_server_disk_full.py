@@ -44,11 +44,13 @@ def test_a_full_disk_answers_503_and_loses_nothing(small_disk: Path) -> None:
         run = api.post(f"deployments/{deployment['id']}/runs", json={}).json()
         filler = small_disk / "filler"
         # Fill what is left of the disk, then write until SQLite runs out of room.
-        with filler.open("wb") as handle:
+        # Unbuffered: a buffered file keeps what a partial write left over and raises ENOSPC
+        # again when it is closed (whether one is left over depends on how much room the
+        # database left, to the byte).
+        with filler.open("wb", buffering=0) as handle:
             try:
                 while True:
                     handle.write(b"\0" * 65536)
-                    handle.flush()
             except OSError:
                 pass
         line = {"timestamp": "2030-01-01T00:00:00Z", "stream": "stdout", "line": "x" * 4000}
