@@ -25,12 +25,18 @@ def spec(tmp_path: Path) -> RunSpec:
     return RunSpec(run_id=uuid.uuid4(), working_dir=tmp_path, command=["sh", "-c", "exit 0"])
 
 
-def test_the_result_file_outlives_the_reaped_process_until_the_outcome_is_recorded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def fence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FenceDir:
+    """An agent's fence directory; result files go to ``tmp_path`` (TMPDIR), to be counted."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     fence = FenceDir(tmp_path / "agent")
     fence.runs.mkdir(parents=True)
+    return fence
+
+
+def test_the_result_file_outlives_the_reaped_process_until_the_outcome_is_recorded(
+    tmp_path: Path, fence: FenceDir
+) -> None:
     runner = SubprocessRunner()
 
     async def main() -> None:
@@ -55,12 +61,7 @@ def test_the_result_file_outlives_the_reaped_process_until_the_outcome_is_record
     asyncio.run(main())
 
 
-def test_unregistering_a_run_removes_its_result_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    fence = FenceDir(tmp_path / "agent")
-    fence.runs.mkdir(parents=True)
+def test_unregistering_a_run_removes_its_result_file(tmp_path: Path, fence: FenceDir) -> None:
     runner = SubprocessRunner()
 
     async def main() -> None:
