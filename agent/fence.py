@@ -21,10 +21,15 @@ fence needs to kill it, once started (``register``); the supervisor lets its flo
 after that (a held start, ``runners/base.py``). So no flow executes that the list does not name.
 Files in the page cache are enough: the list must outlive the agent's process, not the host.
 
+A run that ends keeps what its runner left to say how (a result file, the exited container:
+``runners/base.py``, RemainsKeeper) until the agent has recorded the outcome in the run's entry,
+and that goes only with the entry (``unregister``): an agent killed anywhere between the run's end
+and the server hearing of it still learns, in its next life, how the run ended.
+
 When the fence fires it keeps each entry, renamed ``<run>.fenced`` with what it did: a run whose
-process had already ended still has its record (and its result file), so a restarted agent
-reports it as it ended instead of running it again. Only the entries of processes it killed
-before they recorded an outcome lose their (empty) result file.
+process had already ended still has its record (and its remains), so a restarted agent reports it
+as it ended instead of running it again. Only the runs it killed before they recorded an outcome
+lose their remains.
 
 The fence exits by itself once its agent is gone and no run is left to watch.
 """
@@ -48,7 +53,7 @@ import structlog
 
 from agent.errors import ConfigError
 from agent.models import DEFAULT_LEASE_SECONDS
-from runners.base import OrphanKiller, Runner
+from runners.base import OrphanKiller, RemainsKeeper, Runner
 from runners.errors import RunnerError
 from runners.process_tree import kill_tree
 from runners.registry import runner_class
@@ -146,9 +151,12 @@ class FenceDir:
         agent) has nothing to kill: its entry only says so.
         """
         listed: dict[str, Any] = {"in_agent": True}
-        if isinstance(runner, OrphanKiller):
+        if isinstance(runner, OrphanKiller | RemainsKeeper):
+            # Named even when it cannot kill: its remains are discarded by name.
             public = {k: v for k, v in info.items() if not k.startswith("_")}
-            listed = {"runner": runner.name, "info": public}
+            if isinstance(runner, OrphanKiller):
+                listed = {}
+            listed |= {"runner": runner.name, "info": public}
         if adoption is not None:
             listed["adoption"] = adoption
         self._write(run_id, listed)
@@ -159,13 +167,15 @@ class FenceDir:
         """The run has ended and ``outcome`` is the report about to be sent: an agent that dies
         before the server has it reports it in its next life instead of running it again.
 
-        Only once this is written is the runner's own record of the end (the subprocess
-        runner's result file, named by the entry it replaces) removed: an agent killed between
-        the two still finds one of them."""
+        What the runner left of the run (its result file, its exited container: runners/base.py,
+        RemainsKeeper) goes only when the entry does (:meth:`unregister`): until this is written
+        it is the only record of how the run ended, and the new entry names it so that whoever
+        forgets the run removes it."""
+        ended: dict[str, Any] = {"ended": True, "outcome": outcome, "adoption": adoption}
         earlier = self._entry(run_id)
-        self._write(run_id, {"ended": True, "outcome": outcome, "adoption": adoption})
-        if earlier is not None:
-            _discard_result_file(earlier, only_unrecorded=False)
+        if earlier is not None and "runner" in earlier:
+            ended |= {"runner": earlier["runner"], "remains": _remains(earlier)}
+        self._write(run_id, ended)
 
     def _entry(self, run_id: UUID) -> dict[str, Any] | None:
         try:
@@ -178,15 +188,15 @@ class FenceDir:
         _write_private(self.runs / f"{run_id}{LISTED}", listed)
 
     def unregister(self, run_id: UUID) -> None:
-        """Forget the run, and the runner's record of how it ended (the subprocess runner's
-        result file, which the runner leaves for this: until the entry has the outcome, an
-        agent killed after the process was reaped has nothing else to tell it by)."""
+        """Forget the run, and what its runner left to say how it ended (discarded first: an
+        agent killed in between forgets the run again in its next life, and discards again).
+        Blocking (a container's removal asks dockerd): the agent calls it off its event loop."""
         for suffix in (LISTED, FENCING, FENCED):
             path = self.runs / f"{run_id}{suffix}"
             with contextlib.suppress(OSError, ValueError):
                 entry = json.loads(path.read_text())
                 if isinstance(entry, dict):
-                    _discard_result_file(entry, only_unrecorded=False)
+                    discard_remains(entry)
             path.unlink(missing_ok=True)
 
     def any_registered(self) -> bool:
@@ -224,7 +234,6 @@ class FenceDir:
         """Kill what a listed run started and forget it; False if it was already gone."""
         killed = kill_listed(entry)
         self.unregister(run_id)
-        _discard_result_file(entry, only_unrecorded=False)
         return killed
 
     def fence(self, age: float) -> list[tuple[UUID, str]]:
@@ -256,9 +265,9 @@ class FenceDir:
             elif kill_listed(entry):
                 what = "killed"
                 # Killed before it could record how it ended: nothing of it to report.
-                _discard_result_file(entry, only_unrecorded=True)
+                discard_remains(entry, keep_outcome=True)
             else:
-                what = "already ended"  # its result file says how: kept for its agent
+                what = "already ended"  # its remains say how: kept for its agent
             entry["fenced"] = {"at": time.time(), "lease_age": age, "what": what}
             _write_private(fencing.with_suffix(FENCED), entry)
             fencing.unlink(missing_ok=True)
@@ -326,14 +335,37 @@ def kill_listed(entry: dict[str, Any]) -> bool:
     one: the fence must not fail to kill for want of a plug-in.
     """
     info = entry.get("info", entry)  # flat: an entry an earlier version wrote
-    name = entry.get("runner") or ("docker" if "container_id" in info else "subprocess")
-    try:
-        cls = runner_class(str(name))
-    except RunnerError:
-        cls = None
+    cls = _runner_of(entry, info)
     if cls is not None and issubclass(cls, OrphanKiller):
         return cls.kill_orphan(info)
     return "pid" in info and kill_tree(info)
+
+
+def discard_remains(entry: dict[str, Any], *, keep_outcome: bool = False) -> None:
+    """Have the runner that started a listed run remove what it left to say how the run ended
+    (runners/base.py, RemainsKeeper)."""
+    info = _remains(entry)
+    cls = _runner_of(entry, info)
+    if cls is not None and issubclass(cls, RemainsKeeper):
+        cls.discard_remains(info, keep_outcome=keep_outcome)
+
+
+def _remains(entry: dict[str, Any]) -> dict[str, Any]:
+    """The handle's whole info (its private keys too: the subprocess runner's result file)."""
+    if isinstance(entry.get("remains"), dict):
+        return dict(entry["remains"])
+    info = (entry.get("adoption") or {}).get("info") or entry.get("info") or {}
+    return dict(info) if isinstance(info, dict) else {}
+
+
+def _runner_of(entry: dict[str, Any], info: dict[str, Any]) -> type | None:
+    name = entry.get("runner") or ("docker" if "container_id" in info else "subprocess")
+    if "runner" not in entry and "pid" not in info and "container_id" not in info:
+        return None  # in the agent, or not started: nothing of a runner's to ask about
+    try:
+        return runner_class(str(name))
+    except RunnerError:
+        return None
 
 
 def _read_pid(path: Path) -> int | None:
@@ -376,20 +408,6 @@ def _move_aside(path: Path, why: Exception) -> None:
         error=str(why),
         hint="inspect and delete it; the run it named, if any, is resolved by the server",
     )
-
-
-def _discard_result_file(entry: dict[str, Any], *, only_unrecorded: bool) -> None:
-    """Remove the run's result file (the subprocess runner's), or only one with no outcome."""
-    info = (entry.get("adoption") or {}).get("info") or {}
-    name = info.get("_result_file")
-    if not isinstance(name, str):
-        return
-    path = Path(name)
-    if only_unrecorded:
-        with contextlib.suppress(OSError, ValueError):
-            if "exit_code" in json.loads(path.read_text() or "{}"):
-                return
-    path.unlink(missing_ok=True)
 
 
 def _agent_alive(fence: FenceDir) -> bool:

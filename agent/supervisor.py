@@ -46,6 +46,7 @@ from runners.base import (
     RunSpec,
     starts_held,
 )
+from runners.threads import in_thread
 
 H = TypeVar("H", bound=RunHandle)
 
@@ -242,7 +243,7 @@ class RunSupervisor:
         adopted = self.ctx.adopted
         handle = await (self._start() if adopted is None else self._adopt(adopted))
         if handle is None:  # never started, or over: its state says why
-            self.fence.unregister(self._run.id)
+            await self._forget()
             return
         try:
             if adopted is None:
@@ -262,11 +263,17 @@ class RunSupervisor:
             with contextlib.suppress(Exception):
                 await handle.terminate()
                 await asyncio.wait_for(handle.wait(), self.policy.cancel_grace_seconds)
-            self.fence.unregister(self._run.id)
+            await self._forget()
             raise
         await self._finish(result, stopped)
         # Only now: until the server has the outcome (or the spool does), the entry keeps it.
-        self.fence.unregister(self._run.id)
+        await self._forget()
+
+    async def _forget(self) -> None:
+        """Unlist the run, and have its runner discard what it left (a container's removal
+        asks dockerd, so not on the loop, where it would hold up heartbeats)."""
+        run_id = self._run.id
+        await in_thread(lambda: self.fence.unregister(run_id), f"run-{run_id}-forget")
 
     async def _adopt(self, leftover: Leftover) -> RunHandle | None:
         """Take over a run an earlier life started; None once it is reported CRASHED."""

@@ -132,6 +132,22 @@ class OrphanKiller(Protocol):
 
 
 @runtime_checkable
+class RemainsKeeper(Protocol):
+    """A runner class whose ended runs leave behind what says how they ended (a result file, the
+    exited container), so that an agent killed between a run's end and recording its outcome
+    still learns the outcome in its next life instead of running finished work again. The
+    agent's fence discards the remains once the outcome is recorded, or the run forgotten
+    (agent/fence.py); a caller with no fence calls :meth:`discard_remains` itself."""
+
+    @staticmethod
+    def discard_remains(info: dict[str, Any], *, keep_outcome: bool = False) -> None:
+        """Remove what the run ``info`` names left behind (blocking; idempotent; never raises).
+        ``keep_outcome``: only if it holds no outcome (the fence, after killing the run: a run
+        that recorded its outcome as it was killed keeps it for its agent)."""
+        ...
+
+
+@runtime_checkable
 class AdoptingRunner(Runner, Protocol):
     """A runner whose runs outlive the agent, so a restarted agent can supervise them again.
 

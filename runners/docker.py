@@ -15,7 +15,10 @@ started one is; one that exited meanwhile still reports its exit status and resu
 agent whose event loop goes away without ending a run (killed, or its loop torn down) leaves the
 container, and the files it needs, in place.
 
-``wait()`` ends after the logs are drained and before the container is removed: OOMKilled →
+``wait()`` ends after the logs are drained, and leaves the container and its result file: until the
+agent has recorded the outcome they are its only record, so an agent killed in between still
+reports the run as it ended. The agent's fence then calls :meth:`DockerRunner.discard_remains`,
+which removes them (the container only if the run asked for ``auto_remove``). OOMKilled →
 CRASHED "out of memory (limit 64m)"; exit 0 → COMPLETED with the result file's result; 128+N →
 CRASHED "killed by signal SIGKILL"; other non-zero → FAILED with the result file's error or
 "exited with code N". FAILED and CRASHED messages end with the last stderr lines.
@@ -53,6 +56,7 @@ from runners.base import (
     HeldRunHandle,
     Outcome,
     OutputSink,
+    RemainsKeeper,
     Runner,
     RunResult,
     RunSpec,
@@ -79,7 +83,7 @@ DRAIN_TIMEOUT = 5.0
 
 
 class DockerRunner:
-    """Runs each flow run in a container, removed once its logs and status are collected."""
+    """Runs each flow run in a container, removed once the agent has recorded its outcome."""
 
     name: ClassVar[str] = "docker"
     # A held run's container is created at once and started once released.
@@ -88,25 +92,45 @@ class DockerRunner:
 
     @staticmethod
     def kill_orphan(info: dict[str, Any]) -> bool:
-        """SIGKILL a run's container (runners/base.py, OrphanKiller); False if it is gone or
-        dockerd cannot be reached. A run that asked for ``auto_remove`` has its container
-        removed too: no agent will collect it now, and it would stay on the host for ever."""
-        try:
-            docker = _import_sdk()
-            client = docker.from_env(timeout=10)
-        except Exception:  # no SDK, no daemon: nothing we can do from here
+        """SIGKILL a run's container (runners/base.py, OrphanKiller); False if it had ended, is
+        gone, or dockerd cannot be reached. A container that exited is left as it is: its exit
+        status and result file say how the run ended, for the agent's next life to report
+        (:meth:`discard_remains` removes it then). One created but never started is removed:
+        its flow never began, and it never will."""
+        docker, client = _orphan_client()
+        if client is None:
             return False
         try:
             container = client.containers.get(str(info["container_id"]))
-            if info.get("auto_remove"):
-                container.remove(force=True)  # kills it first
-            else:
-                container.kill()
+            if container.status == "created":
+                container.remove(force=True)
+                return True
+            if container.status not in _ALIVE:
+                return False
+            container.kill()  # 409 if it exited meanwhile: then it ended on its own
             return True
         except (docker.errors.DockerException, KeyError):
             return False
         finally:
             client.close()
+
+    @staticmethod
+    def discard_remains(info: dict[str, Any], *, keep_outcome: bool = False) -> None:
+        """Remove a run's container, if the run asked for that (``auto_remove``), and its files
+        directory (runners/base.py, RemainsKeeper). ``keep_outcome`` changes nothing here: a
+        killed container's status says only that it was killed."""
+        if info.get("auto_remove"):
+            docker, client = _orphan_client()
+            if client is not None:
+                try:
+                    client.containers.get(str(info["container_id"])).remove(force=True)
+                except (docker.errors.DockerException, KeyError) as exc:
+                    if not isinstance(exc, docker.errors.NotFound):
+                        log.warning("docker_remove_failed", info=_shown(info), error=str(exc))
+                finally:
+                    client.close()
+        if (files := our_files(info.get("files"))) is not None:
+            shutil.rmtree(files, ignore_errors=True)
 
     def __init__(self) -> None:
         self._client: Any = None  # docker.DockerClient, made on first use (it must reach dockerd)
@@ -232,6 +256,23 @@ def _find(client: Any, spec: RunSpec, container_id: str | None) -> Any:
         return same, container.status == "running", str(container.attrs.get("Created", ""))
 
     return max(found, key=rank)
+
+
+_ALIVE = frozenset({"running", "paused", "restarting"})
+
+
+def _orphan_client() -> tuple[Any, Any]:
+    """The SDK module and a client of its own, for the fence's calls from outside the agent;
+    no client when the SDK or dockerd is missing (nothing can be done from here then)."""
+    try:
+        docker = _import_sdk()
+        return docker, docker.from_env(timeout=10)
+    except Exception:
+        return None, None
+
+
+def _shown(info: dict[str, Any]) -> str:
+    return str(info.get("container_name") or info.get("container_id"))
 
 
 def _remove_if_created(creating: asyncio.Future[Any]) -> None:
@@ -369,7 +410,9 @@ class DockerHandle:
             error = exc if isinstance(exc, RunnerError) else _translate(exc, "watch the container")
             log.warning("docker_run_lost", container=self._container.name, error=error.message)
             result = RunResult(Outcome.CRASHED, f"lost track of the container: {error.message}")
-        await self._cleanup(remove=self._options.auto_remove)
+            self._close_streams()
+        # The container and its files stay: until the agent has recorded the outcome, they are
+        # the only record of it (DockerRunner.discard_remains removes them after).
         return result
 
     async def _drained(self) -> bool:
@@ -528,4 +571,5 @@ def _root_cause(exc: BaseException) -> str:
 if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement
     _runner: Runner = DockerRunner()
     _adopting: AdoptingRunner = DockerRunner()
+    _keeper: RemainsKeeper = DockerRunner()
     _handle: type[HeldRunHandle] = DockerHandle

@@ -60,6 +60,7 @@ from runners.base import (
     HeldRunHandle,
     Outcome,
     OutputSink,
+    RemainsKeeper,
     Runner,
     RunResult,
     RunSpec,
@@ -151,6 +152,19 @@ class SubprocessRunner:
     starts_held: ClassVar[bool] = True
     # What the fence kills after the agent died: the run's whole tree (runners/base.py).
     kill_orphan = staticmethod(kill_tree)
+
+    @staticmethod
+    def discard_remains(info: dict[str, Any], *, keep_outcome: bool = False) -> None:
+        """Remove the run's result file (runners/base.py, RemainsKeeper): the runner leaves it
+        after reaping the process, as the only record of how the run ended until the agent has
+        recorded the outcome itself."""
+        name = info.get("_result_file")
+        if not isinstance(name, str):
+            return
+        path = Path(name)
+        if keep_outcome and isinstance((_read_json(path) or {}).get("exit_code"), int):
+            return
+        _discard(path)
 
     def __init__(self, *, drain_timeout: float = 5.0) -> None:
         # After the run's main process exits, how long its output pipes may stay open: a
@@ -452,12 +466,6 @@ class SubprocessHandle:
         # Shielded: a caller giving up on waiting must not stop the supervision.
         return await asyncio.shield(self._done)
 
-    def forget(self) -> None:
-        """Remove the run's result file once its outcome is recorded elsewhere. The agent's
-        fence does it for the agent (agent/fence.py); a caller without one calls this."""
-        if self._result_file is not None:
-            _discard(self._result_file)
-
     async def release(self) -> None:
         if self._go is not None:
             with contextlib.suppress(OSError):  # it is gone already: wait() will say how
@@ -484,7 +492,7 @@ class SubprocessHandle:
 
     async def _supervise(self, exited: Awaitable[int | None]) -> RunResult:
         # The result file is left in place: the process is reaped now, so until the agent has
-        # recorded the outcome (agent/fence.py, record_outcome, which then removes the file) it
+        # recorded the outcome (agent/fence.py, which then calls discard_remains) it
         # is the only record of how the run ended. Removed here, an agent killed in between
         # found the run "ended without recording how" and ran finished work again.
         code = await exited
@@ -630,4 +638,5 @@ def _char_boundary(buf: bytearray, start: int, cut: int) -> int:
 
 if TYPE_CHECKING:  # mypy proves the classes meet the protocols third-party runners implement
     _runner: Runner = SubprocessRunner()
+    _keeper: RemainsKeeper = SubprocessRunner()
     _handle: type[HeldRunHandle] = SubprocessHandle

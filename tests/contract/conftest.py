@@ -19,7 +19,7 @@ from uuid import uuid4
 import psutil
 import pytest
 
-from runners.base import RunHandle, Runner, RunSpec
+from runners.base import OutputSink, RemainsKeeper, RunHandle, Runner, RunSpec
 from runners.docker import DockerRunner
 from runners.inprocess import InProcessRunner
 from runners.subprocess import SubprocessRunner
@@ -76,10 +76,23 @@ class Harness:
         fields.setdefault("options", self.options)
         return RunSpec(run_id=uuid4(), working_dir=self.working_dir, **fields)
 
+    #: Every handle started, for their remains to be discarded at the end (as the agent's fence
+    #: does once it has recorded a run's outcome).
+    started: list[RunHandle] = field(default_factory=list)
+
     async def start(self, entrypoint: str | None = None, **fields: Any) -> tuple[RunHandle, Sink]:
         sink = Sink()
-        handle = await self.runner.start(self.spec(entrypoint, **fields), sink)
-        return handle, sink
+        return await self.start_spec(self.spec(entrypoint, **fields), sink), sink
+
+    async def start_spec(self, spec: RunSpec, sink: OutputSink) -> RunHandle:
+        handle = await self.runner.start(spec, sink)
+        self.started.append(handle)
+        return handle
+
+    def discard_remains(self) -> None:
+        if isinstance(self.runner, RemainsKeeper):
+            for handle in self.started:
+                self.runner.discard_remains(handle.info)
 
 
 def arun(coro: Coroutine[Any, Any, T]) -> T:
@@ -115,6 +128,7 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     children = set(psutil.Process().children(recursive=True))
     containers = our_containers() if harness.name == "docker" else {}
     yield harness
+    harness.discard_remains()
     if harness.name == "docker":
         assert our_containers() == containers, "containers left behind"
     # Zombies count too: every run's process must have been reaped.

@@ -277,7 +277,7 @@ def test_a_full_sink_stops_the_output_and_none_is_lost(harness: Harness) -> None
     async def scenario() -> None:
         sink = FullSink()
         spec = harness.spec("print_lines", parameters={"count": count, "width": width})
-        handle = await harness.runner.start(spec, sink)
+        handle = await harness.start_spec(spec, sink)
         await sink.line(f"{0:08d} " + "x" * (width - 9))
         await asyncio.sleep(1.5)
         # What was read before the runner saw the sink full: one read, or its in-flight limit.
@@ -299,7 +299,7 @@ def test_a_secret_cut_by_a_long_lines_split_is_masked(harness: Harness) -> None:
     async def scenario() -> None:
         sink = Sink()
         spec = harness.spec("long_line", parameters={"before": before, "text": secret})
-        handle = await harness.runner.start(spec, redactor.wrap_sink(sink, LINE_PIECE))
+        handle = await harness.start_spec(spec, redactor.wrap_sink(sink, LINE_PIECE))
         result = await handle.wait()
         assert result.outcome is Outcome.COMPLETED, result
         pieces = sink.of("stdout")

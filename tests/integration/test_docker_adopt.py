@@ -168,7 +168,12 @@ def wait_until(check: Any, what: str) -> None:
 
 
 def gone(info: dict[str, Any]) -> bool:
-    """The run left nothing behind: neither its container nor its files directory."""
+    """Once its outcome is recorded and its remains discarded (as the agent's fence does), the
+    run left nothing behind: neither its container nor its files directory. Until then both
+    stay: they are the only record of how it ended."""
+    assert info["container_id"] in our_containers(), "removed before the outcome was recorded"
+    assert Path(info["files"]).is_dir(), "files removed before the outcome was recorded"
+    DockerRunner.discard_remains(info)
     return info["container_id"] not in our_containers() and not Path(info["files"]).exists()
 
 

@@ -43,7 +43,9 @@ def run(options: dict[str, Any], **fields: Any) -> tuple[RunResult, list[tuple[s
             **fields,
         )
         handle = await DockerRunner().start(spec, lambda s, line: lines.append((s, line)))
-        return await handle.wait(), handle.info
+        result = await handle.wait()
+        DockerRunner.discard_remains(handle.info)  # as the agent's fence does, once recorded
+        return result, handle.info
 
     result, info = asyncio.run(asyncio.wait_for(scenario(), 60))
     return result, lines, info

@@ -593,7 +593,7 @@ def test_concurrent_runs_leak_no_file_descriptors_or_files(
         # wait() is safe to call more than once, from more than one task.
         results = await asyncio.gather(*(h.wait() for h, _ in started for _ in range(2)))
         for handle, _ in started:  # the outcomes are recorded (here: in ``results``)
-            handle.forget()
+            SubprocessRunner.discard_remains(handle.info)
         return [(results[2 * i], sink) for i, (_, sink) in enumerate(started)]
 
     arun(many(1))  # warm up: first use opens what later runs reuse
