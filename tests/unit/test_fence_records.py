@@ -53,10 +53,14 @@ def test_the_result_file_outlives_the_reaped_process_until_the_outcome_is_record
         again = await runner.adopt(run, info, lambda stream, line: None)
         assert (await again.wait()).outcome is Outcome.COMPLETED
 
-        # Recorded: now, and only now, the runner's own record goes.
+        # Recorded: the entry now says how it ended, and names the file for whoever forgets it.
         fence.record_outcome(run.run_id, {}, {"type": "COMPLETED"})
-        assert not result_file(info).exists()
         assert fence.registered()[run.run_id]["ended"] is True
+        assert result_file(fence.registered()[run.run_id]["remains"]) == result_file(info)
+
+        # Forgotten (the server has the outcome): now, and only now, the runner's record goes.
+        fence.unregister(run.run_id)
+        assert not result_file(info).exists()
 
     asyncio.run(main())
 
