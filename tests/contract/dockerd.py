@@ -6,10 +6,12 @@ that needs them fails when ``CI`` is set and they are missing, and skips only wh
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import traceback
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from tests.support import require
@@ -70,3 +72,17 @@ def our_containers() -> dict[str, str]:
         return {c.id: c.name for c in found}
     finally:
         docker_client.close()
+
+
+@contextlib.contextmanager
+def none_left_behind() -> Iterator[None]:
+    """Require dockerd; after the body, remove the containers of ours it left, and fail if any."""
+    require_dockerd()
+    before = our_containers()
+    yield
+    left = set(our_containers()) - set(before)
+    docker_client = client()
+    for container_id in left:  # a failed test must not leave them to the next one
+        docker_client.containers.get(container_id).remove(force=True)
+    docker_client.close()
+    assert not left, "containers left behind"

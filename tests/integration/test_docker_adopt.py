@@ -24,7 +24,7 @@ import pytest
 from agent.errors import RunnerError
 from runners.base import Outcome, RunHandle, RunResult, RunSpec
 from runners.docker import DockerRunner
-from tests.contract.dockerd import BASE_IMAGE, RUN_LABEL, client, our_containers, require_dockerd
+from tests.contract.dockerd import BASE_IMAGE, RUN_LABEL, client, none_left_behind, our_containers
 
 pytestmark = pytest.mark.integration
 
@@ -179,15 +179,8 @@ def gone(info: dict[str, Any]) -> bool:
 
 @pytest.fixture(autouse=True)
 def dockerd() -> Iterator[None]:
-    require_dockerd()
-    before = our_containers()
-    yield
-    left = set(our_containers()) - set(before)
-    docker_client = client()
-    for container_id in left:  # a failed test must not leave them to the next one
-        docker_client.containers.get(container_id).remove(force=True)
-    docker_client.close()
-    assert not left, "containers left behind"
+    with none_left_behind():
+        yield
 
 
 def test_an_adopted_run_streams_output_from_output_since_and_completes(tmp_path: Path) -> None:

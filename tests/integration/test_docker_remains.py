@@ -20,7 +20,7 @@ import pytest
 from agent.fence import FenceDir
 from runners.base import Outcome, RunSpec
 from runners.docker import DockerRunner
-from tests.contract.dockerd import BASE_IMAGE, client, our_containers, require_dockerd
+from tests.contract.dockerd import BASE_IMAGE, client, none_left_behind, our_containers
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +30,8 @@ TIMEOUT = 60  # seconds; only reached when something is broken
 
 @pytest.fixture(autouse=True)
 def dockerd() -> Iterator[None]:
-    require_dockerd()
-    before = our_containers()
-    yield
-    left = set(our_containers()) - set(before)
-    docker_client = client()
-    for container_id in left:  # a failed test must not leave them to the next one
-        docker_client.containers.get(container_id).remove(force=True)
-    docker_client.close()
-    assert not left, "containers left behind"
+    with none_left_behind():
+        yield
 
 
 @pytest.fixture
