@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conformance.harness import TERMINAL, Agents, PrefectHarness, Queue, unique
-from tests.contract.dockerd import BASE_IMAGE, RUN_LABEL, client, require_dockerd
+from tests.contract.dockerd import BASE_IMAGE, RUN_LABEL, client, labelled, require_dockerd
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def docker_pool(prefect: PrefectHarness, volumes: list[str]) -> str:
 def our_container(run_id: str) -> Any:
     docker_client = client()
     try:
-        found = docker_client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+        found = labelled(docker_client, f"{RUN_LABEL}={run_id}")
         return found[0] if found else None
     finally:
         docker_client.close()

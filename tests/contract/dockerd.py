@@ -64,12 +64,25 @@ def client() -> Any:
     return docker.from_env()
 
 
+def labelled(docker_client: Any, label: str) -> list[Any]:
+    """The containers carrying ``label`` (``key`` or ``key=value``), running or not.
+
+    The SDK lists, then inspects each container: one removed in between (an agent discarding a
+    finished run's) makes it raise NotFound, and the list is simply taken again.
+    """
+    import docker
+
+    for _ in range(20):
+        with contextlib.suppress(docker.errors.NotFound):
+            return list(docker_client.containers.list(all=True, filters={"label": label}))
+    raise AssertionError(f"containers labelled {label} kept vanishing while listed")
+
+
 def our_containers() -> dict[str, str]:
     """Every container carrying our run label, running or not: id -> name."""
     docker_client = client()
     try:
-        found = docker_client.containers.list(all=True, filters={"label": RUN_LABEL})
-        return {c.id: c.name for c in found}
+        return {c.id: c.name for c in labelled(docker_client, RUN_LABEL)}
     finally:
         docker_client.close()
 

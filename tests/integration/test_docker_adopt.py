@@ -24,7 +24,14 @@ import pytest
 from agent.errors import RunnerError
 from runners.base import Outcome, RunHandle, RunResult, RunSpec
 from runners.docker import DockerRunner
-from tests.contract.dockerd import BASE_IMAGE, RUN_LABEL, client, none_left_behind, our_containers
+from tests.contract.dockerd import (
+    BASE_IMAGE,
+    RUN_LABEL,
+    client,
+    labelled,
+    none_left_behind,
+    our_containers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -114,8 +121,7 @@ class Run:
         """``look`` at the run's container (straight from dockerd: no agent watches it)."""
         docker_client = client()
         try:
-            filters = {"label": f"{RUN_LABEL}={self.spec.run_id}"}
-            [container] = docker_client.containers.list(all=True, filters=filters)
+            [container] = labelled(docker_client, f"{RUN_LABEL}={self.spec.run_id}")
             return look(container)
         finally:
             docker_client.close()

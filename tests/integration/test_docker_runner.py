@@ -14,7 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.contract.dockerd import BASE_IMAGE, RUN_LABEL, client, our_containers, require_dockerd
+from tests.contract.dockerd import (
+    BASE_IMAGE,
+    RUN_LABEL,
+    client,
+    labelled,
+    our_containers,
+    require_dockerd,
+)
 from tests.support import Server, running_server, server_fixture, start_agent, stop, wait_for
 
 pytestmark = pytest.mark.integration
@@ -98,8 +105,7 @@ def logs(api: httpx.Client, run_id: str) -> list[str]:
 def containers_of(run_id: str) -> list[Any]:
     docker_client = client()
     try:
-        filters = {"label": f"{RUN_LABEL}={run_id}"}
-        return list(docker_client.containers.list(all=True, filters=filters))
+        return labelled(docker_client, f"{RUN_LABEL}={run_id}")
     finally:
         docker_client.close()
 
