@@ -18,6 +18,7 @@ import pytest
 
 from tests.conformance.harness import TERMINAL, Agents, PrefectHarness, Queue, unique
 from tests.contract.dockerd import BASE_IMAGE, RUN_LABEL, client, labelled, require_dockerd
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -160,4 +161,6 @@ def test_a_docker_pools_runs_execute_in_its_image_and_an_oom_is_crashed(
     assert state["type"] == "CRASHED", state
     assert "out of memory (limit 300m)" in state["message"], state
     assert (out / "hog-started").exists()  # the flow ran, and was killed for its memory
-    assert our_container(hog) is None  # auto_remove (the pool's default)
+    # auto_remove (the pool's default): removed once the agent has recorded the outcome, a
+    # moment after the server has it.
+    wait_for(lambda: our_container(hog) is None, what="the hog's container to be removed")

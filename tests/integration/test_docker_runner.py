@@ -156,7 +156,8 @@ def test_out_of_memory_crashes_the_run(api: httpx.Client, queue: dict[str, Any])
     assert done["state"]["type"] == "CRASHED", done["state"]
     assert done["state"]["message"].startswith("out of memory (limit 64m)")
     assert done["runner_info"]["exit_code"] == 137
-    assert containers_of(run_id) == []
+    # Removed once the agent has recorded the outcome, a moment after the server has it.
+    wait_for(lambda: containers_of(run_id) == [], what="the container to be removed")
 
 
 def test_cancel_stops_and_removes_the_container(api: httpx.Client, queue: dict[str, Any]) -> None:
@@ -177,7 +178,7 @@ def test_cancel_stops_and_removes_the_container(api: httpx.Client, queue: dict[s
 
     assert done["state"]["type"] == "CANCELLED", done["state"]
     assert "cleaning up" in logs(api, run_id)  # interrupt reached the flow inside the container
-    assert containers_of(run_id) == []
+    wait_for(lambda: containers_of(run_id) == [], what="the container to be removed")
 
 
 def test_a_missing_image_fails_the_run_and_says_what_to_do(
@@ -257,5 +258,6 @@ def test_the_fence_kills_a_dead_agents_container(tmp_path: Path) -> None:
         wait_for(stopped, timeout=lease + 3, what="the fence to kill the container")
         crashed = state_of(api, run_id)
         assert crashed["state"]["type"] == "CRASHED"
-    # Its run asked for it to be removed (auto_remove, the default), and no agent will now.
-    assert containers_of(run_id) == []
+    # Its run asked for it to be removed (auto_remove, the default), and no agent will now: the
+    # fence removes it after the kill.
+    wait_for(lambda: containers_of(run_id) == [], what="the fence to remove the container")
