@@ -20,6 +20,7 @@ from agent.server import web
 from agent.server.body_limit import BodyLimit
 from agent.server.bundle_upkeep import bundle_collector, import_from_disk
 from agent.server.bundles import BundleStore
+from agent.server.claim_sweep import claim_sweep
 from agent.server.claims import ClaimWakeups
 from agent.server.cross_site import RefuseCrossSite
 from agent.server.db import Database, migrate
@@ -112,6 +113,7 @@ def create_app(
                 except Exception:
                     log.exception("first_scheduler_pass_failed")
             background.start_soon(leadership.run, duties, name="leadership")
+            background.start_soon(claim_sweep, db, notifier, name="claim-sweep")
             if db.is_postgres:
                 relay = WakeupRelay(settings.database(), notifier)
                 background.start_soon(relay.run, name="wakeup-relay")

@@ -14,16 +14,19 @@ concurrency limits of ``agent/server/limits.py`` in the same transaction.
 
 The long poll waits on a :class:`ClaimWakeups`, which the routes poke after a commit that may have
 made work available to a queue. On PostgreSQL the pokes travel to the other replicas too
-(``agent/server/wakeup_relay.py``). Writes from a process that pokes nobody (or a poke lost
-on the way) are still seen: a waiter re-checks every :data:`RECHECK_SECONDS`, and wakes on its
-own when the queue's next future run becomes due.
+(``agent/server/wakeup_relay.py``). A waiter wakes on its own when the queue's next future run
+becomes due. Writes from a process that pokes nobody (or a poke lost on the way) are still
+seen: one sweep per server (``agent/server/claim_sweep.py``) looks every
+:data:`RECHECK_SECONDS` for due runs in the queues someone waits on and wakes their waiters, so
+an idle fleet costs the database one query a second, not one claim per held poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,6 +41,7 @@ from agent.server.limits import ANY_QUEUE, Blocked, ClaimLimits, any_limits
 from agent.server.orm import AgentRow, DeploymentRow, FlowRunRow, WorkQueueRow
 from agent.server.views import deployment_model, get_agent, not_found, run_model
 
+# How often the sweep looks for due runs no one was woken for.
 RECHECK_SECONDS = 1.0
 # Due runs are scanned in pages because tag matching happens in Python.
 _SCAN_PAGE = 200
@@ -56,6 +60,8 @@ class ClaimWakeups:
 
     def __init__(self) -> None:
         self._events: dict[uuid.UUID, asyncio.Event] = {}
+        # The leads (seconds) of the claims held on each queue, one entry per held claim.
+        self._holding: dict[uuid.UUID, list[float]] = {}
         self.closed = False
         # Told of every wake-up of this process, to pass on to other replicas
         # (agent/server/wakeup_relay.py).
@@ -70,6 +76,24 @@ class ClaimWakeups:
     def waiters(self, queue_ids: Sequence[uuid.UUID]) -> list[asyncio.Event]:
         """The events set when any of ``queue_ids`` (or every queue) is notified."""
         return [self.waiter(queue_id) for queue_id in (*queue_ids, ANY_QUEUE)]
+
+    @contextmanager
+    def holding(self, queue_ids: Sequence[uuid.UUID], lead_seconds: float) -> Iterator[None]:
+        """Count a claim held on ``queue_ids`` (with its lead) for the sweep, while it is."""
+        for queue_id in queue_ids:
+            self._holding.setdefault(queue_id, []).append(lead_seconds)
+        try:
+            yield
+        finally:
+            for queue_id in queue_ids:
+                leads = self._holding[queue_id]
+                leads.remove(lead_seconds)
+                if not leads:
+                    del self._holding[queue_id]
+
+    def held(self) -> dict[uuid.UUID, float]:
+        """The queues claims are held on, each with the longest lead one of them asked for."""
+        return {queue_id: max(leads) for queue_id, leads in self._holding.items()}
 
     def notify(self, queue_ids: Iterable[uuid.UUID], *, relayed: bool = False) -> None:
         """Wake the waiters of ``queue_ids``; pass them on to the relays unless ``relayed``
@@ -357,19 +381,23 @@ async def claim(
     Held, it wakes as soon as any of the queues may have work (or a tag's slot frees).
     """
     deadline = anyio.current_time() + request.wait_seconds
-    while True:
-        wake = notifier.waiters(queue_ids)
-        attempt = await db.run(claim_once, db, queue_ids, request)
-        if attempt.claimed or request.limit == 0 or notifier.closed:
-            return attempt.claimed
-        timeout = min(deadline - anyio.current_time(), RECHECK_SECONDS)
-        if timeout <= 0:
-            return []
-        if attempt.next_due is not None:
-            until_due = (attempt.next_due - utcnow()).total_seconds() - request.lead_seconds
-            until_due += _DUE_SLACK_SECONDS
-            timeout = min(timeout, max(until_due, 0.0))
-        await _first_set(wake, timeout)
-        # Runs claimed for a client that hung up would sit in PENDING until someone noticed.
-        if await client_gone():
-            return []
+    with notifier.holding(queue_ids, request.lead_seconds):
+        while True:
+            wake = notifier.waiters(queue_ids)
+            attempt = await db.run(claim_once, db, queue_ids, request)
+            if attempt.claimed or request.limit == 0 or notifier.closed:
+                return attempt.claimed
+            timeout = deadline - anyio.current_time()
+            if timeout <= 0:
+                return []
+            if attempt.next_due is not None:
+                until_due = (attempt.next_due - utcnow()).total_seconds() - request.lead_seconds
+                until_due += _DUE_SLACK_SECONDS
+                timeout = min(timeout, max(until_due, 0.0))
+            await _first_set(wake, timeout)
+            # Runs claimed for a client that hung up would sit in PENDING until someone noticed.
+            if await client_gone():
+                return []
+            if anyio.current_time() >= deadline and not any(event.is_set() for event in wake):
+                # Not a last look: nothing woke it, and the agent asks again at once.
+                return []

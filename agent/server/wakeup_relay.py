@@ -6,9 +6,10 @@ on a channel, and every other replica's listener pokes its own waiters with them
 created through replica A wakes a claim held on replica B at once. Each message names the
 replica it came from, so a replica does not wake its waiters twice.
 
-Nothing depends on a message arriving: a held claim still re-checks the database every
-:data:`~agent.server.claims.RECHECK_SECONDS`, so while the database is away (or a message
-is lost) pickup is slower, never wrong. After the listener reconnects it wakes every waiter,
+Nothing depends on a message arriving: each replica's claim sweep
+(``agent/server/claim_sweep.py``) looks for due runs every
+:data:`~agent.server.claims.RECHECK_SECONDS`, so while the database is away (or a message is
+lost) pickup is slower, never wrong. After the listener reconnects it wakes every waiter,
 since what it missed meanwhile is unknown.
 """
 
@@ -117,7 +118,7 @@ class WakeupRelay:
                             await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, message))
                         break
                     except psycopg.Error as exc:
-                        # The others re-check on their own within a second; nothing is lost.
+                        # The other replicas' sweeps find the work within a second; nothing is lost.
                         if attempt:
                             log.warning("wakeup_publish_failed", error=str(exc).strip())
                         if connection is not None:

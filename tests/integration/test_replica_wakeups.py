@@ -1,5 +1,5 @@
 """A claim held in a long poll on replica B is woken by a run created through replica A
-(PostgreSQL LISTEN/NOTIFY), not by B's once-a-second re-check of the database."""
+(PostgreSQL LISTEN/NOTIFY), not by B's once-a-second claim sweep."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from tests.support import Server, make_deployment, make_queue
 pytestmark = pytest.mark.integration
 
 # From the request that made work available to the held claim's answer (as in
-# test_server_claims.py): well under the 1 s re-check, so only a wake-up can make it.
+# test_server_claims.py): well under the 1 s sweep, so only a wake-up can make it.
 NOTIFIED = 0.5
-ROUNDS = 5  # so that a lucky re-check cannot pass for the wake-up
+ROUNDS = 5  # so that a lucky sweep cannot pass for the wake-up
 
 
 def held_claim(

@@ -1,7 +1,7 @@
 """Claiming runs: atomicity under concurrent claimers, limits, tag filters and the long poll.
 
 The timing bounds here are behavioural, not benchmarks. A held claim woken by this server's own
-notification answers within milliseconds; NOTIFIED is far above that yet below the 1 s re-check,
+notification answers within milliseconds; NOTIFIED is far above that yet below the 1 s sweep,
 so a test only passes when the wake-up came from the notification and not from polling.
 """
 
@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 # From the request that made work available to the held claim's answer.
 NOTIFIED = 0.5
-# Answers that involve no waiting at all, or the once-a-second re-check.
+# Answers that involve no waiting at all, or the once-a-second claim sweep.
 PROMPT = 2.0
 
 
@@ -261,7 +261,7 @@ def test_future_runs_are_not_claimed_early(server: Server, api: Api) -> None:
     assert claimed.ids == [soon["id"]]
     due = datetime.fromisoformat(soon["expected_start_time"])
     assert datetime.now(UTC) >= due
-    # Woken by the start time itself: the next 1 s re-check would come later than this.
+    # Woken by the start time itself: the next 1 s sweep would come later than this.
     late = (datetime.now(UTC) - due).total_seconds()
     assert late < NOTIFIED, f"handed out {late:.2f}s after it became due"
 
@@ -303,7 +303,7 @@ def test_a_run_created_while_a_claim_waits_is_handed_out_promptly(server: Server
     queue = api.queue()
     deployment = api.deployment(queue)
     agent = api.agent(queue)
-    # Several rounds, so that a lucky 1 s re-check cannot pass for the notification.
+    # Several rounds, so that a lucky 1 s sweep cannot pass for the notification.
     for _ in range(3):
         held = in_background(lambda: timed_claim(server, queue, agent, wait_seconds=5))
         wait_until_held()
@@ -419,7 +419,7 @@ def test_many_waiters_one_run_exactly_one_wins(server: Server, api: Api) -> None
 def test_a_run_created_through_another_server_process_is_seen_within_a_second(
     server: Server, server_factory: ServerFactory, api: Api
 ) -> None:
-    """Writes from another process wake nobody here; the periodic re-check catches them."""
+    """Writes from another process wake nobody here; this server's claim sweep finds them."""
     other = server_factory(server.home, database_url=server.database_url)
     queue = api.queue()
     agent = api.agent(queue)
