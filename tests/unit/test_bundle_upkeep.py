@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +20,9 @@ from agent.server.bundle_upkeep import collect_garbage, collect_interval, import
 from agent.server.bundles import CHUNK_BYTES, store_file
 from agent.server.db import Database, migrate
 from agent.server.lifecycle import new_run
-from agent.server.orm import BundleChunkRow, BundleRow, DeploymentRow, WorkQueueRow
+from agent.server.orm import BundleChunkRow, BundleRow, DeploymentRow
 from agent.server.settings import database_path
+from tests.unit.server_rows import add_deployment
 
 DAY = 86400.0
 
@@ -64,34 +64,10 @@ def chunk_count(db: Database, digest: str) -> int:
 
 
 def deployment(db: Database, source: dict[str, Any] | None) -> DeploymentRow:
-    now = datetime.now(UTC)
     with db.write() as session:
-        queue = WorkQueueRow(
-            id=uuid.uuid4(), name=uuid.uuid4().hex, tags=[], paused=False, created=now
+        return add_deployment(
+            session, datetime.now(UTC), entrypoint="flow.py:main", command=None, source=source
         )
-        session.add(queue)
-        session.flush()
-        row = DeploymentRow(
-            id=uuid.uuid4(),
-            name=uuid.uuid4().hex,
-            work_queue_id=queue.id,
-            entrypoint="flow.py:main",
-            command=None,
-            working_dir=None,
-            parameters={},
-            tags=[],
-            runner=None,
-            runner_options={},
-            env={},
-            timeout_seconds=None,
-            retries=0,
-            retry_delay_seconds=0,
-            created=now,
-            updated=now,
-            source=source,
-        )
-        session.add(row)
-        return row
 
 
 def run_of(db: Database, row: DeploymentRow, state: StateType, bundle: str) -> None:

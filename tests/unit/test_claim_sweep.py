@@ -17,51 +17,25 @@ from agent.models import ClaimedRun, ClaimRequest, Heartbeat
 from agent.server import claims
 from agent.server.claim_sweep import claim_sweep, due_queues
 from agent.server.claims import ClaimWakeups, claim
-from agent.server.db import Database, migrate
+from agent.server.db import Database
 from agent.server.lifecycle import new_run
-from agent.server.orm import DeploymentRow, WorkQueueRow
+from agent.server.orm import DeploymentRow
 from agent.server.routes.agents import _heartbeat
-from agent.server.settings import database_path
+from tests.unit.server_rows import add_deployment, migrated_database
 
 HELD = 40
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    migrate(tmp_path)
-    database = Database(database_path(tmp_path))
-    yield database
-    database.dispose()
+    with migrated_database(tmp_path) as database:
+        yield database
 
 
 def queue_with_deployment(db: Database) -> tuple[uuid.UUID, uuid.UUID]:
-    now = datetime.now(UTC)
     with db.write() as session:
-        queue = WorkQueueRow(
-            id=uuid.uuid4(), name=uuid.uuid4().hex, tags=[], paused=False, created=now
-        )
-        session.add(queue)
-        session.flush()
-        deployment = DeploymentRow(
-            id=uuid.uuid4(),
-            name=uuid.uuid4().hex,
-            work_queue_id=queue.id,
-            entrypoint=None,
-            command=["true"],
-            working_dir=None,
-            parameters={},
-            tags=[],
-            runner=None,
-            runner_options={},
-            env={},
-            timeout_seconds=None,
-            retries=0,
-            retry_delay_seconds=0,
-            created=now,
-            updated=now,
-        )
-        session.add(deployment)
-        return queue.id, deployment.id
+        deployment = add_deployment(session, datetime.now(UTC))
+        return deployment.work_queue_id, deployment.id
 
 
 def agents(db: Database, queue_id: uuid.UUID, n: int) -> list[uuid.UUID]:

@@ -20,9 +20,10 @@ from sqlalchemy import select
 
 from agent.models import Catchup, StateType
 from agent.server.db import Database, migrate
-from agent.server.orm import DeploymentRow, FlowRunRow, FlowRunStateRow, ScheduleRow, WorkQueueRow
+from agent.server.orm import FlowRunRow, FlowRunStateRow, ScheduleRow
 from agent.server.scheduler import SchedulerConfig, tick
 from agent.server.settings import database_path
+from tests.unit.server_rows import add_deployment
 
 ZONE = ZoneInfo("Europe/Paris")
 T0 = datetime(2024, 6, 3, 10, 0, 30, tzinfo=UTC)  # a Monday, 30 s past the hour
@@ -50,36 +51,9 @@ def db(home: Path) -> Any:
 def add_schedule(db: Database, created: datetime = T0, **fields: Any) -> uuid.UUID:
     """A queue, a deployment and one schedule on it (``fields`` are ScheduleRow columns)."""
     with db.write() as session:
-        queue = WorkQueueRow(
-            id=uuid.uuid4(),
-            name=f"q-{uuid.uuid4().hex[:8]}",
-            tags=[],
-            concurrency_limit=None,
-            paused=False,
-            created=created,
+        deployment = add_deployment(
+            session, created, parameters={"x": 1}, tags=["nightly"], runner="subprocess"
         )
-        session.add(queue)
-        session.flush()  # no ORM relationships: rows go in the order they are flushed
-        deployment = DeploymentRow(
-            id=uuid.uuid4(),
-            name=f"d-{uuid.uuid4().hex[:8]}",
-            work_queue_id=queue.id,
-            entrypoint=None,
-            command=["true"],
-            working_dir=None,
-            parameters={"x": 1},
-            tags=["nightly"],
-            runner="subprocess",
-            runner_options={},
-            env={},
-            timeout_seconds=None,
-            retries=0,
-            retry_delay_seconds=0,
-            created=created,
-            updated=created,
-        )
-        session.add(deployment)
-        session.flush()
         values: dict[str, Any] = {
             "cron": None,
             "interval_seconds": None,
