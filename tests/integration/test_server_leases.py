@@ -132,8 +132,12 @@ def test_a_retried_claim_answers_the_same_runs(api: httpx.Client) -> None:
     assert first == runs
     assert again == runs  # not the new run: a retry takes nothing more
     assert _state(api, extra)["state"]["type"] == "SCHEDULED"
-    fresh = {c["flow_run"]["id"] for c in _claim(api, queue, agent_id, claim_id=str(uuid.uuid4()))}
+    fresh_id = str(uuid.uuid4())
+    fresh = {c["flow_run"]["id"] for c in _claim(api, queue, agent_id, claim_id=fresh_id)}
     assert fresh == {extra}
+    # Retried when nothing at all is due: still its answer, not the empty one of an idle queue.
+    retried = {c["flow_run"]["id"] for c in _claim(api, queue, agent_id, claim_id=fresh_id)}
+    assert retried == {extra}
 
 
 def test_runs_an_agent_no_longer_lists_are_resolved(api: httpx.Client) -> None:

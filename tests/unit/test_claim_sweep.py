@@ -1,6 +1,7 @@
 """The long poll and the claim sweep on a real SQLite file, in one event loop, no server: held
 claims look at the database once, not once a second each, and a due run no one poked about is
-still handed to one of them by the sweep, within its lead."""
+still handed to one of them by the sweep, within its lead. A look that finds nothing due takes
+no write transaction."""
 
 from __future__ import annotations
 
@@ -61,16 +62,17 @@ async def never_gone() -> bool:
     return False
 
 
-def counting_claims(monkeypatch: pytest.MonkeyPatch) -> list[uuid.UUID]:
-    """Every claim transaction's agent, in order."""
+def counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[uuid.UUID]:
+    """The agent of every call of ``claims.<name>``, in order."""
     calls: list[uuid.UUID] = []
-    real = claims.claim_once
+    real = getattr(claims, name)
 
     def counted(db: Database, queue_ids: Any, request: ClaimRequest) -> claims.ClaimAttempt:
         calls.append(request.agent_id)
-        return real(db, queue_ids, request)
+        result: claims.ClaimAttempt = real(db, queue_ids, request)
+        return result
 
-    monkeypatch.setattr(claims, "claim_once", counted)
+    monkeypatch.setattr(claims, name, counted)
     return calls
 
 
@@ -90,7 +92,8 @@ def test_idle_held_claims_look_at_the_database_once_each(
 ) -> None:
     queue_id, _ = queue_with_deployment(db)
     ids = agents(db, queue_id, HELD)
-    calls = counting_claims(monkeypatch)
+    looks = counting(monkeypatch, "look")
+    writes = counting(monkeypatch, "claim_once")
     notifier = ClaimWakeups()
 
     async def main() -> list[list[ClaimedRun]]:
@@ -102,7 +105,8 @@ def test_idle_held_claims_look_at_the_database_once_each(
 
     assert asyncio.run(main()) == [[]] * HELD
     # Each looked once as it arrived and was then left alone: 25 sweeps found nothing due.
-    assert sorted(calls) == sorted(ids)
+    assert sorted(looks) == sorted(ids)
+    assert writes == []  # and each look was a read: nothing was due
     assert notifier.held() == {}  # every claim that left is forgotten
 
 
