@@ -85,6 +85,7 @@ class Fleet:
     proxies: list[list[FaultProxy]]  # per agent: one per server replica, tried in turn
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     kills: list[tuple[str, float]] = field(default_factory=list)
+    starts: list[tuple[str, float]] = field(default_factory=list)  # (name, time.time())
     # index -> the monotonic time to start it again
     pending: dict[int, float] = field(default_factory=dict)
     started_at: dict[str, float] = field(default_factory=dict)
@@ -107,6 +108,7 @@ class Fleet:
     def start(self, index: int) -> None:
         name = f"chaos-{index}"
         self.started_at[name] = time.monotonic()
+        self.starts.append((name, time.time()))
         with (self.home / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
                 [AGENT, "start", self.queue_id, "--name", name],
@@ -665,10 +667,13 @@ def check_no_run_held_by_a_dead_agent(rig: Rig, seen: Seen) -> None:
             began = _ts(state["timestamp"])
             ended = _ts(after["timestamp"])
             for name, killed_at in rig.fleet.kills:
-                if name == holder and began < killed_at < ended:
-                    assert ended - killed_at <= LEASE + GRACE, (
-                        f"run {run_id} stayed RUNNING {ended - killed_at:.1f}s after {name} died"
-                    )
+                if name != holder or not began < killed_at < ended:
+                    continue
+                if any(n == name and killed_at < at < ended for n, at in rig.fleet.starts):
+                    continue  # started again meanwhile: its next life answers for the run
+                assert ended - killed_at <= LEASE + GRACE, (
+                    f"run {run_id} stayed RUNNING {ended - killed_at:.1f}s after {name} died"
+                )
 
 
 def check_output_lines(seen: Seen) -> None:
