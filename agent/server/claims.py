@@ -271,45 +271,6 @@ def _next_due(
     )
 
 
-def _nothing_due(
-    db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest
-) -> ClaimAttempt | None:
-    """The empty answer a claim would give, found by a read; None when the claim itself must
-    look (a run is due, the claim repeats the last one, or a queue or the agent is missing)."""
-    with db.read() as session:
-        queues = [session.get(WorkQueueRow, queue_id) for queue_id in queue_ids]
-        agent = session.get(AgentRow, request.agent_id)
-        if agent is None or any(row is None for row in queues):
-            return None  # the claim answers the 404
-        if request.claim_id is not None and request.claim_id == agent.last_claim_id:
-            return None  # a replay
-        serving = [row for row in queues if row is not None and not row.paused]
-        due_by = utcnow() + timedelta(seconds=request.lead_seconds)
-        if serving and request.limit > 0:
-            due = session.scalar(
-                select(FlowRunRow.id)
-                .where(
-                    FlowRunRow.work_queue_id.in_([row.id for row in serving]),
-                    FlowRunRow.state_type == StateType.SCHEDULED.value,
-                    FlowRunRow.expected_start_time <= due_by,
-                )
-                .limit(1)
-            )
-            if due is not None:
-                return None
-        return ClaimAttempt([], _next_due(session, serving, due_by))
-
-
-def look(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) -> ClaimAttempt:
-    """Claim, after a read has found something to claim.
-
-    Most looks of an idle fleet find nothing due, and a claim is a write transaction (on SQLite
-    one at a time, beside every heartbeat and report): those end with the read.
-    """
-    nothing = _nothing_due(db, queue_ids, request)
-    return nothing if nothing is not None else claim_once(db, queue_ids, request)
-
-
 def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) -> ClaimAttempt:
     """One claim transaction: move due, matching runs to PENDING for the agent.
 
@@ -430,7 +391,7 @@ async def claim(
     with notifier.holding(queue_ids, request.lead_seconds):
         while True:
             wake = notifier.waiters(queue_ids)
-            attempt = await db.run(look, db, queue_ids, request)
+            attempt = await db.run(claim_once, db, queue_ids, request)
             if attempt.claimed or request.limit == 0 or notifier.closed:
                 return attempt.claimed
             timeout = deadline - anyio.current_time()

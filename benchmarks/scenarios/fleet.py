@@ -36,6 +36,8 @@ from benchmarks.stats import Figure, Target
 
 LEASE_SECONDS = 30.0
 CLAIM_WAIT = 10.0
+# The longest a drain may take before the section says it failed, rather than hang.
+DRAIN_DEADLINE = 600.0
 
 
 @dataclass
@@ -123,10 +125,15 @@ class Fleet:
                 await asyncio.sleep(0.1)
 
     async def _report(self, url: str, state: str) -> None:
-        for _ in range(100):  # a busy database answers 503: report again, as an agent would
-            if (await self._post(url, {"type": state})).status_code < 500:
-                return
+        # A busy server answers 503 or not in time: report again, as an agent would (a report
+        # given up would leave its run RUNNING and the drain waiting for it).
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                answer = await self._post(url, {"type": state})
+                if answer.status_code < 500:
+                    return
             await asyncio.sleep(0.1)
+        raise RuntimeError(f"{url}: {state} not accepted after 100 tries")
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -151,7 +158,16 @@ async def _drain(urls: list[str], queue_id: str, workers: int, runs: int, beat: 
     fleet.target = runs
     began = time.monotonic()
     agents = [asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(workers)]
-    await fleet.done.wait()
+    try:
+        await asyncio.wait_for(fleet.done.wait(), DRAIN_DEADLINE)
+    except TimeoutError:
+        for task in agents:
+            task.cancel()
+        await fleet.close()
+        raise RuntimeError(
+            f"{fleet.tally.completed} of {runs} runs COMPLETED after {DRAIN_DEADLINE:g} s "
+            f"({fleet.tally.claim_errors} claim errors)"
+        ) from None
     seconds = time.monotonic() - began
     fleet.stopping.set()
     await asyncio.wait(agents, timeout=CLAIM_WAIT + 30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,7 +17,16 @@ from agent.server.engines import parse_database_url
 from agent.server.orm import Base
 from agent.server.schema import head_revision, migrate
 from tests.postgres import PostgresCluster
-from tests.support import AGENT, base_env, free_port
+from tests.support import (
+    AGENT,
+    base_env,
+    free_port,
+    make_deployment,
+    make_queue,
+    make_run,
+    running_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +146,24 @@ def test_a_newer_schema_is_refused(tmp_path: Path, postgres_url: str) -> None:
     assert scalar(postgres_url, "SELECT version_num FROM alembic_version") == "9999"
     upgraded = agent_cli(tmp_path, "database", "upgrade", "--database-url", postgres_url)
     assert upgraded.returncode == 1 and "newer than this flowagent" in upgraded.stderr
+
+
+def test_the_ui_overview_counts_late_runs_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    """The overview's backlog query once grouped by ``state_name = 'Late'``, which PostgreSQL
+    refuses (a 500 for every UI page load on PostgreSQL)."""
+    env = {"AGENT_LATE_AFTER_SECONDS": "1"}
+    with (
+        running_server(tmp_path / "home", env, database_url=postgres_url) as server,
+        server.client() as api,
+    ):
+        queue = make_queue(api)
+        make_run(api, make_deployment(api, queue, command=["true"]))
+
+        def backlog() -> dict[str, Any] | None:
+            answer = api.get("overview", params={"hours": 1})
+            assert answer.status_code == 200, answer.text
+            mine = next(q for q in answer.json()["queues"] if q["id"] == queue["id"])
+            return mine if mine["late"] == 1 else None
+
+        late = wait_for(backlog, timeout=30, what="the run to be counted late")
+        assert (late["scheduled"], late["active"]) == (1, 0)

@@ -87,20 +87,17 @@ def _backlogs(session: Session) -> list[QueueBacklog]:
     waiting = (StateType.SCHEDULED.value, *ACTIVE_STATES)
     per_queue: dict[uuid.UUID, dict[str, int]] = {}
     rows = session.execute(
-        select(
-            FlowRunRow.work_queue_id,
-            FlowRunRow.state_type,
-            FlowRunRow.state_name == LATE,
-            func.count(),
-        )
+        # By name, not by ``state_name = 'Late'``: PostgreSQL refuses a GROUP BY expression
+        # whose bound parameter is not the select list's own.
+        select(FlowRunRow.work_queue_id, FlowRunRow.state_type, FlowRunRow.state_name, func.count())
         .where(FlowRunRow.state_type.in_(waiting))
-        .group_by(FlowRunRow.work_queue_id, FlowRunRow.state_type, FlowRunRow.state_name == LATE)
+        .group_by(FlowRunRow.work_queue_id, FlowRunRow.state_type, FlowRunRow.state_name)
     )
-    for queue_id, state, is_late, n in rows:
+    for queue_id, state, name, n in rows:
         tally = per_queue.setdefault(queue_id, {"scheduled": 0, "late": 0, "active": 0})
         if state == StateType.SCHEDULED.value:
             tally["scheduled"] += n
-            if is_late:
+            if name == LATE:
                 tally["late"] += n
         else:
             tally["active"] += n
