@@ -256,21 +256,6 @@ def _mark_held_back(
             _hold_back(session, run, blocked, now)
 
 
-def _next_due(
-    session: Session, serving: Sequence[WorkQueueRow], due_by: datetime
-) -> datetime | None:
-    """The earliest start of the queues' SCHEDULED runs not due by ``due_by``."""
-    if not serving:
-        return None
-    return session.scalar(
-        select(func.min(FlowRunRow.expected_start_time)).where(
-            FlowRunRow.work_queue_id.in_([row.id for row in serving]),
-            FlowRunRow.state_type == StateType.SCHEDULED.value,
-            FlowRunRow.expected_start_time > due_by,
-        )
-    )
-
-
 def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) -> ClaimAttempt:
     """One claim transaction: move due, matching runs to PENDING for the agent.
 
@@ -294,7 +279,15 @@ def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimReque
         # Runs due within the agent's lead are handed over early, so it can start them on time.
         now = utcnow()
         due_by = now + timedelta(seconds=request.lead_seconds)
-        next_due = _next_due(session, serving, due_by)
+        next_due = None
+        if serving:
+            next_due = session.scalar(
+                select(func.min(FlowRunRow.expected_start_time)).where(
+                    FlowRunRow.work_queue_id.in_([row.id for row in serving]),
+                    FlowRunRow.state_type == StateType.SCHEDULED.value,
+                    FlowRunRow.expected_start_time > due_by,
+                )
+            )
         if request.claim_id is not None and request.claim_id == agent.last_claim_id:
             # The same claim again: its answer was lost on the way. Answer what it took.
             return ClaimAttempt(_replay(session, agent), next_due)

@@ -135,7 +135,12 @@ class Fleet:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{url}: {state} not accepted after 100 tries")
 
-    async def close(self) -> None:
+    async def stop(self, agents: list[asyncio.Task[None]]) -> None:
+        """Let ``agents`` finish their long polls, then end them and the client."""
+        self.stopping.set()
+        await asyncio.wait(agents, timeout=CLAIM_WAIT + 30)
+        for task in agents:
+            task.cancel()
         await self.http.aclose()
 
 
@@ -144,11 +149,7 @@ async def _hold(urls: list[str], queue_id: str, n: int, seconds: float, beat: fl
     fleet = Fleet(urls, queue_id, beat)
     agents = [asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(n)]
     await asyncio.sleep(seconds)
-    fleet.stopping.set()
-    await asyncio.wait(agents, timeout=CLAIM_WAIT + 30)
-    for task in agents:
-        task.cancel()
-    await fleet.close()
+    await fleet.stop(agents)
     return fleet.tally
 
 
@@ -160,21 +161,14 @@ async def _drain(urls: list[str], queue_id: str, workers: int, runs: int, beat: 
     agents = [asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(workers)]
     try:
         await asyncio.wait_for(fleet.done.wait(), DRAIN_DEADLINE)
+        return time.monotonic() - began
     except TimeoutError:
-        for task in agents:
-            task.cancel()
-        await fleet.close()
         raise RuntimeError(
             f"{fleet.tally.completed} of {runs} runs COMPLETED after {DRAIN_DEADLINE:g} s "
             f"({fleet.tally.claim_errors} claim errors)"
         ) from None
-    seconds = time.monotonic() - began
-    fleet.stopping.set()
-    await asyncio.wait(agents, timeout=CLAIM_WAIT + 30)
-    for task in agents:
-        task.cancel()
-    await fleet.close()
-    return seconds
+    finally:
+        await fleet.stop(agents)
 
 
 def _pickups(apis: list[NativeApi], deployment_id: str, queue_id: str, n: int) -> list[float]:
