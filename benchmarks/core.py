@@ -35,6 +35,7 @@ class Sizes:
     fleet_agents: str = "100,300,1000"  # simulated agents held at once, one size after another
     fleet_hold_seconds: float = 20.0
     fleet_heartbeat_seconds: float = 5.0
+    fleet_claim_wait: float = 10.0  # a simulated agent's long poll (a real agent's default)
     fleet_runs: int = 1000  # queued runs taken to COMPLETED
     fleet_workers: int = 100  # by this many simulated agents
     fleet_pickups: int = 30
@@ -60,6 +61,8 @@ class Sizes:
             fleet_agents="20",
             fleet_hold_seconds=3.0,
             fleet_heartbeat_seconds=1.0,
+            # Each stop waits for the held polls to end: short ones keep the smoke test short.
+            fleet_claim_wait=2.0,
             fleet_runs=30,
             fleet_workers=5,
             fleet_pickups=3,

@@ -27,5 +27,5 @@ echo "==> ruff"
 .venv/bin/ruff format --check .
 echo "==> mypy"
 .venv/bin/mypy
-echo "==> pytest"
-.venv/bin/pytest "$@"
+echo "==> pytest (two workers; tests/conftest.py says which tests share one)"
+.venv/bin/pytest -n 2 --dist loadgroup "$@"

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from benchmarks.api import NativeApi
-from benchmarks.core import Context, Section, ms
+from benchmarks.core import Context, Section, Sizes, ms
 from benchmarks.stats import Figure, Target
 
 LEASE_SECONDS = 30.0
@@ -54,10 +54,13 @@ class Tally:
 class Fleet:
     """Simulated agents on one queue, spread over ``urls``."""
 
-    def __init__(self, urls: list[str], queue_id: str, heartbeat_seconds: float) -> None:
+    def __init__(
+        self, urls: list[str], queue_id: str, heartbeat_seconds: float, claim_wait: float
+    ) -> None:
         self.urls = urls
         self.queue_id = queue_id
         self.heartbeat_seconds = heartbeat_seconds
+        self.claim_wait = claim_wait
         self.tally = Tally()
         self.stopping = asyncio.Event()
         self.done = asyncio.Event()  # set when ``target`` runs are COMPLETED
@@ -105,7 +108,7 @@ class Fleet:
     async def _claims(self, base: str, agent_id: str) -> None:
         claim_url = f"{base}/work_queues/{self.queue_id}/claim"
         while not self.stopping.is_set():
-            body = {"agent_id": agent_id, "limit": 1, "wait_seconds": CLAIM_WAIT}
+            body = {"agent_id": agent_id, "limit": 1, "wait_seconds": self.claim_wait}
             body["claim_id"] = str(uuid.uuid4())
             try:
                 response = await self._post(claim_url, body)
@@ -138,27 +141,29 @@ class Fleet:
     async def stop(self, agents: list[asyncio.Task[None]]) -> None:
         """Let ``agents`` finish their long polls, then end them and the client."""
         self.stopping.set()
-        await asyncio.wait(agents, timeout=CLAIM_WAIT + 30)
+        await asyncio.wait(agents, timeout=self.claim_wait + 30)
         for task in agents:
             task.cancel()
         await self.http.aclose()
 
 
-async def _hold(urls: list[str], queue_id: str, n: int, seconds: float, beat: float) -> Tally:
-    """``n`` agents heartbeating and long-polling (nothing to claim) for ``seconds``."""
-    fleet = Fleet(urls, queue_id, beat)
+async def _hold(urls: list[str], queue_id: str, n: int, sizes: Sizes) -> Tally:
+    """``n`` agents heartbeating and long-polling (nothing to claim) for the hold."""
+    fleet = Fleet(urls, queue_id, sizes.fleet_heartbeat_seconds, sizes.fleet_claim_wait)
     agents = [asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(n)]
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(sizes.fleet_hold_seconds)
     await fleet.stop(agents)
     return fleet.tally
 
 
-async def _drain(urls: list[str], queue_id: str, workers: int, runs: int, beat: float) -> float:
-    """Seconds for ``workers`` agents to take ``runs`` queued runs to COMPLETED."""
-    fleet = Fleet(urls, queue_id, beat)
-    fleet.target = runs
+async def _drain(urls: list[str], queue_id: str, sizes: Sizes) -> float:
+    """Seconds for ``fleet_workers`` agents to take ``fleet_runs`` queued runs to COMPLETED."""
+    fleet = Fleet(urls, queue_id, sizes.fleet_heartbeat_seconds, sizes.fleet_claim_wait)
+    runs = fleet.target = sizes.fleet_runs
     began = time.monotonic()
-    agents = [asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(workers)]
+    agents = [
+        asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(sizes.fleet_workers)
+    ]
     try:
         await asyncio.wait_for(fleet.done.wait(), DRAIN_DEADLINE)
         return time.monotonic() - began
@@ -214,9 +219,7 @@ def _measure(ctx: Context, section: Section, label: str, urls: list[str]) -> Non
         for n in (int(size) for size in sizes.fleet_agents.split(",")):
             queue = apis[0].queue()
             ctx.say(f"fleet {label}: {n} agents for {sizes.fleet_hold_seconds:g} s")
-            tally = asyncio.run(
-                _hold(urls, queue["id"], n, sizes.fleet_hold_seconds, sizes.fleet_heartbeat_seconds)
-            )
+            tally = asyncio.run(_hold(urls, queue["id"], n, sizes))
             section.add(
                 Figure.distribution(
                     "fleet",
@@ -237,9 +240,7 @@ def _measure(ctx: Context, section: Section, label: str, urls: list[str]) -> Non
         runs = sizes.fleet_runs
         asyncio.run(_create(urls, deployment, runs))
         ctx.say(f"fleet {label}: {runs} queued runs, {sizes.fleet_workers} agents")
-        seconds = asyncio.run(
-            _drain(urls, queue["id"], sizes.fleet_workers, runs, sizes.fleet_heartbeat_seconds)
-        )
+        seconds = asyncio.run(_drain(urls, queue["id"], sizes))
         section.add(
             Figure.scalar(
                 "fleet", f"{label}: claim → RUNNING → COMPLETED", "runs/s", runs / seconds, n=runs

@@ -185,7 +185,8 @@ runner = CliRunner()
 
 
 def agent(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = runner.invoke(app, ["--home", str(home), *args], env=env)
+    # Wide enough for a long temporary home (pytest-xdist's are longer) on one line.
+    result = runner.invoke(app, ["--home", str(home), *args], env={"COLUMNS": "240", **(env or {})})
     return result.exit_code, result.stdout, result.stderr
 
 
