@@ -1,7 +1,7 @@
 """(11) A fleet: many simulated agents on SQLite (one server) and PostgreSQL (one and two
 replicas), in the same run.
 
-A simulated agent is a few asyncio tasks on one shared client, not a process: it registers,
+A simulated agent is a few asyncio tasks with their own HTTP client, not a process: it registers,
 heartbeats every ``fleet_heartbeat_seconds`` and long-polls claims (10 s, one run at a time) as
 a real agent does, and reports RUNNING then COMPLETED for what it claims, without running
 anything. The agents are spread over the setup's replicas in turn.
@@ -65,31 +65,32 @@ class Fleet:
         self.stopping = asyncio.Event()
         self.done = asyncio.Event()  # set when ``target`` runs are COMPLETED
         self.target = 0
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self.http = httpx.AsyncClient(timeout=60, limits=limits)
-
-    async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
-        return await self.http.post(url, json=body)
 
     async def agent(self, index: int, *, claiming: bool) -> None:
         base = self.urls[index % len(self.urls)]
         beat = {"name": f"fleet-{uuid.uuid4().hex[:10]}", "work_queue_id": self.queue_id}
-        response = await self._post(f"{base}/agents/heartbeat", beat)
-        response.raise_for_status()
-        agent_id = response.json()["id"]
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._heartbeats(base, beat, index))
-            if claiming:
-                tasks.create_task(self._claims(base, agent_id))
+        # A client of its own, as a real agent has: one client shared by the whole fleet
+        # spends the fleet's CPU in httpcore's pool, which walks every connection (squared)
+        # on each request, and the round trips measured the client, not the server.
+        async with httpx.AsyncClient(timeout=60) as http:
+            response = await http.post(f"{base}/agents/heartbeat", json=beat)
+            response.raise_for_status()
+            agent_id = response.json()["id"]
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._heartbeats(http, base, beat, index))
+                if claiming:
+                    tasks.create_task(self._claims(http, base, agent_id))
 
-    async def _heartbeats(self, base: str, beat: dict[str, Any], index: int) -> None:
+    async def _heartbeats(
+        self, http: httpx.AsyncClient, base: str, beat: dict[str, Any], index: int
+    ) -> None:
         # Spread the fleet's heartbeats over the interval, as agents started at random would.
         await asyncio.sleep(self.heartbeat_seconds * (index % 97) / 97)
         last_ok = time.monotonic()
         while not self.stopping.is_set():
             began = time.monotonic()
             try:
-                response = await self._post(f"{base}/agents/heartbeat", beat)
+                response = await http.post(f"{base}/agents/heartbeat", json=beat)
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
@@ -105,13 +106,13 @@ class Fleet:
                 wait = max(0.0, self.heartbeat_seconds - (answered - began))
                 await asyncio.wait_for(self.stopping.wait(), wait)
 
-    async def _claims(self, base: str, agent_id: str) -> None:
+    async def _claims(self, http: httpx.AsyncClient, base: str, agent_id: str) -> None:
         claim_url = f"{base}/work_queues/{self.queue_id}/claim"
         while not self.stopping.is_set():
             body = {"agent_id": agent_id, "limit": 1, "wait_seconds": self.claim_wait}
             body["claim_id"] = str(uuid.uuid4())
             try:
-                response = await self._post(claim_url, body)
+                response = await http.post(claim_url, json=body)
                 if response.status_code != 200:
                     self.tally.claim_errors += 1
                     await asyncio.sleep(0.1)
@@ -119,7 +120,7 @@ class Fleet:
                 for claimed in response.json():
                     run_id = claimed["flow_run"]["id"]
                     for state in ("RUNNING", "COMPLETED"):
-                        await self._report(f"{base}/flow_runs/{run_id}/set_state", state)
+                        await self._report(http, f"{base}/flow_runs/{run_id}/set_state", state)
                     self.tally.completed += 1
                     if self.tally.completed >= self.target:
                         self.done.set()
@@ -127,24 +128,24 @@ class Fleet:
                 self.tally.claim_errors += 1
                 await asyncio.sleep(0.1)
 
-    async def _report(self, url: str, state: str) -> None:
+    async def _report(self, http: httpx.AsyncClient, url: str, state: str) -> None:
         # A busy server answers 503 or not in time: report again, as an agent would (a report
         # given up would leave its run RUNNING and the drain waiting for it).
         for _ in range(100):
             with contextlib.suppress(httpx.HTTPError):
-                answer = await self._post(url, {"type": state})
+                answer = await http.post(url, json={"type": state})
                 if answer.status_code < 500:
                     return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{url}: {state} not accepted after 100 tries")
 
     async def stop(self, agents: list[asyncio.Task[None]]) -> None:
-        """Let ``agents`` finish their long polls, then end them and the client."""
+        """Let ``agents`` finish their long polls, then end them."""
         self.stopping.set()
         await asyncio.wait(agents, timeout=self.claim_wait + 30)
         for task in agents:
             task.cancel()
-        await self.http.aclose()
+        await asyncio.gather(*agents, return_exceptions=True)
 
 
 async def _hold(urls: list[str], queue_id: str, n: int, sizes: Sizes) -> Tally:

@@ -41,16 +41,20 @@ def test_health_is_open(anonymous: httpx.Client) -> None:
     assert response.json()["server"] == "flowagent"
 
 
+# Fixed, not uuid4(): every pytest-xdist worker must collect the same test ids.
+UNKNOWN = "6f1c2e0a-3b7d-4c55-9a1e-0d2b8c4f7a19"
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
         ("GET", "work_queues"),
         ("POST", "work_queues"),
-        ("GET", f"work_queues/{uuid.uuid4()}"),
-        ("POST", f"work_queues/{uuid.uuid4()}/claim"),
+        ("GET", f"work_queues/{UNKNOWN}"),
+        ("POST", f"work_queues/{UNKNOWN}/claim"),
         ("GET", "deployments"),
         ("GET", "flow_runs"),
-        ("POST", f"flow_runs/{uuid.uuid4()}/set_state"),
+        ("POST", f"flow_runs/{UNKNOWN}/set_state"),
         ("POST", "agents/heartbeat"),
         ("GET", "agents"),
     ],
