@@ -213,14 +213,46 @@ def running_server(
         stop(process)
 
 
-def server_fixture(label: str, extra_env: Mapping[str, str] | None = None) -> Any:
-    """A module's own server (its own home and settings), for the module's tests:
-    ``server = server_fixture("e2e")``. The ``api`` fixture then talks to it."""
+#: What a module's tests run on with ``each_database``: every test once on each.
+DATABASES = ["sqlite", "postgres"]
 
-    @pytest.fixture(scope="module", name="server")
-    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-        with running_server(tmp_path_factory.mktemp(label), extra_env) as srv:
+
+def server_fixture(
+    label: str, extra_env: Mapping[str, str] | None = None, *, each_database: bool = False
+) -> Any:
+    """A module's own server (its own home and settings), for the module's tests:
+    ``server = server_fixture("e2e")``. The ``api`` fixture then talks to it.
+
+    ``each_database``: the module runs twice, on SQLite and on a PostgreSQL database of the
+    session's cluster (``postgres_cluster``, which fails in CI when PostgreSQL is missing).
+    """
+
+    @pytest.fixture(scope="module", name="server", params=DATABASES if each_database else None)
+    def fixture(
+        tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    ) -> Iterator[Server]:
+        database_url = None
+        if getattr(request, "param", "sqlite") == "postgres":
+            database_url = request.getfixturevalue("postgres_cluster").new_database()
+        home = tmp_path_factory.mktemp(label)
+        with running_server(home, extra_env, database_url=database_url) as srv:
             yield srv
+
+    return fixture
+
+
+def shared_server_on_each_database() -> Any:
+    """For a module of tests on the session's shared server: run each of them on it and again
+    on its PostgreSQL twin (``postgres_server``): ``server = shared_server_on_each_database()``.
+    """
+
+    @pytest.fixture(scope="module", name="server", params=DATABASES)
+    def fixture(request: pytest.FixtureRequest, server: Server) -> Server:
+        # ``server`` here is the session's (the fixture this one overrides).
+        if request.param == "sqlite":
+            return server
+        twin: Server = request.getfixturevalue("postgres_server")
+        return twin
 
     return fixture
 

@@ -118,8 +118,10 @@ def test_a_prefetched_run_cancelled_before_its_time_never_runs(
     marks.mkdir()
     queue = prefect_harness.queue()
     deployment = prefect_harness.deployment(queue, "flows.py:mark", marker_dir=str(marks))
-    prefect_agents.start(queue)
-    due = datetime.now(UTC) + timedelta(seconds=20)
+    # Claimed 25 s ahead (not the default 10): the engine's start-up must not use up the time
+    # before the run is due on a busy machine, or there is nothing left to cancel.
+    prefect_agents.start(queue, env={"AGENT_PREFETCH_SECONDS": "25"})
+    due = datetime.now(UTC) + timedelta(seconds=35)
     body = {
         "parameters": {},
         "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": due.isoformat()}},
@@ -127,7 +129,7 @@ def test_a_prefetched_run_cancelled_before_its_time_never_runs(
     run = str(
         prefect_harness.ok("POST", f"deployments/{deployment}/create_flow_run", json=body)["id"]
     )
-    prefect_harness.wait_state(run, {"PENDING"}, timeout=30)  # claimed ~10 s ahead
+    prefect_harness.wait_state(run, {"PENDING"}, timeout=30)  # claimed ~25 s ahead
     wait_for(lambda: prefect_harness.flow_pid(run), timeout=10, what="the engine to start")
 
     prefect_harness.cancel(run)

@@ -4,7 +4,9 @@ API key), a client of it, and more servers when a test needs them.
 Tests share the session's server and isolate themselves by creating their own queues (every
 name is unique), so most of the suite pays for one start-up. A module that needs a server of
 its own settings declares ``server = server_fixture("label", {...})`` (tests/support.py); the
-``api`` fixture below then talks to that one.
+``api`` fixture below then talks to that one. The server's own API modules run on SQLite and
+again on PostgreSQL (``each_database=True``, ``shared_server_on_each_database()``): a query
+PostgreSQL refuses must fail in every CI run, not only when someone asks for it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,19 @@ def server(
 ) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("server")
     with running_server(home, database_url=shared_database(request)) as srv:
+        yield srv
+    srv.assert_stopped_cleanly()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """The shared server's twin on a PostgreSQL database, for the modules whose tests run on
+    each database (``shared_server_on_each_database`` in tests/support.py)."""
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    home = tmp_path_factory.mktemp("server-postgres")
+    with running_server(home, database_url=cluster.new_database()) as srv:
         yield srv
     srv.assert_stopped_cleanly()
 

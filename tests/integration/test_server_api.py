@@ -20,11 +20,14 @@ import pytest
 from agent.models import AgentStatus
 from agent.server.orm import AgentRow
 from agent.server.views import agent_model
+from tests.support import shared_server_on_each_database
 
 if TYPE_CHECKING:
     from tests.support import Api, Server
 
 pytestmark = pytest.mark.integration
+
+server = shared_server_on_each_database()
 
 
 def unique(prefix: str) -> str:

@@ -20,11 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from tests.support import shared_server_on_each_database
+
 if TYPE_CHECKING:
     from tests.integration.conftest import ServerFactory
     from tests.support import Api, Server
 
 pytestmark = pytest.mark.integration
+
+server = shared_server_on_each_database()
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 LEASE = 1.0
 
 
-server = server_fixture("leases", {"AGENT_LEASE_SECONDS": str(LEASE)})
+server = server_fixture("leases", {"AGENT_LEASE_SECONDS": str(LEASE)}, each_database=True)
 
 
 def _setup(api: httpx.Client, retries: int = 0) -> tuple[dict[str, Any], str, str]:

@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from agent.models import ALLOWED_TRANSITIONS, StateType, transition_error
+from tests.support import shared_server_on_each_database
 
 if TYPE_CHECKING:
     from tests.support import Api
 
 pytestmark = pytest.mark.integration
+
+server = shared_server_on_each_database()
 
 
 def iso(moment: datetime) -> str:

@@ -28,7 +28,7 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 
-server = server_fixture("ui-api")
+server = server_fixture("ui-api", each_database=True)
 
 
 def ids(runs: list[dict[str, Any]]) -> list[str]:

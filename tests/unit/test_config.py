@@ -185,8 +185,7 @@ runner = CliRunner()
 
 
 def agent(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    # Wide enough for a long temporary home (pytest-xdist's are longer) on one line.
-    result = runner.invoke(app, ["--home", str(home), *args], env={"COLUMNS": "240", **(env or {})})
+    result = runner.invoke(app, ["--home", str(home), *args], env=env)
     return result.exit_code, result.stdout, result.stderr
 
 
