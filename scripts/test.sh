@@ -28,4 +28,4 @@ echo "==> ruff"
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest (two workers; tests/conftest.py says which tests share one)"
-.venv/bin/pytest -n 2 --dist loadgroup "$@"
+.venv/bin/pytest -n 2 --dist loadscope "$@"

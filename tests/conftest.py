@@ -1,44 +1,57 @@
 """How the suite is shared out between pytest-xdist workers (``scripts/test.sh`` runs two).
 
-Under ``--dist loadgroup`` each module goes to one worker whole, so a module's own server
-(``server_fixture``) starts once. One group goes further, to one worker together: the modules
-that start containers of ours and those that compare *every* container carrying our run label
-before and after a test (``our_containers()``), since a container of the other worker's test
-would read as one this test left behind; and with them the conformance suite, which starts
-containers too (its Docker pool) and whose Prefect servers are session fixtures that a second
-worker would start again (tens of seconds of CPU each). It is about half the suite's time.
+``--dist loadscope`` here means :class:`ModuleGroups`: each module goes to one worker whole, so
+a module's own server (``server_fixture``) starts once; and one group goes further, to one
+worker together: the modules that start containers of ours and those that compare *every*
+container carrying our run label before and after a test (``our_containers()``), since a
+container of the other worker's test would read as one this test left behind; and with them
+the conformance suite, which starts containers too (its Docker pool) and whose Prefect servers
+are session fixtures that a second worker would start again (tens of seconds of CPU each).
+That group is about half the suite's time.
 
-Without xdist (a developer's ``pytest tests/unit``) the marks do nothing.
+(Not ``xdist_group`` marks with ``--dist loadgroup``: xdist 3.8 puts the group in
+``item._nodeid``, which pytest 9 no longer reports, so every test was scheduled alone.)
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import Any
 
 import pytest
-
-TESTS = Path(__file__).parent
 
 CONTAINERS = "containers-and-conformance"
 # Modules that start containers carrying our run label, or look at all of them.
 _CONTAINER_MODULES = {
-    "contract/test_runner_contract.py",
-    "integration/test_docker_adopt.py",
-    "integration/test_docker_image.py",
-    "integration/test_docker_options.py",
-    "integration/test_docker_remains.py",
-    "integration/test_docker_runner.py",
-    "integration/test_git_sources.py",
-    "integration/test_readoption.py",
+    "tests/contract/test_runner_contract.py",
+    "tests/integration/test_docker_adopt.py",
+    "tests/integration/test_docker_image.py",
+    "tests/integration/test_docker_options.py",
+    "tests/integration/test_docker_remains.py",
+    "tests/integration/test_docker_runner.py",
+    "tests/integration/test_git_sources.py",
+    "tests/integration/test_readoption.py",
 }
 
 
-def _group(path: Path) -> str:
-    module = path.relative_to(TESTS).as_posix()
-    if module in _CONTAINER_MODULES or module.startswith("conformance/"):
+def group_of(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module, or the containers' group."""
+    module = nodeid.split("::", 1)[0]
+    if module in _CONTAINER_MODULES or module.startswith("tests/conformance/"):
         return CONTAINERS
     return module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None  # what was asked for instead
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ModuleGroups(config, log)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,8 +60,3 @@ def pytest_configure(config: pytest.Config) -> None:
         # there is not, and the tests read piped (unwrapped) output.
         os.environ.pop("COLUMNS", None)
         os.environ.pop("LINES", None)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item.path)))
