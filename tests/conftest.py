@@ -51,6 +51,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             return group_of(nodeid)
 
+    # In collection order, not most tests first: the long units (chaos, the containers' group,
+    # the benchmark and fuzz modules of tests/integration) then start early, and the many short
+    # unit modules come last, to even out the two workers' ends.
+    config.option.loadscopereorder = False
     return ModuleGroups(config, log)
 
 

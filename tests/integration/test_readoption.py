@@ -115,13 +115,25 @@ def taken_over(api: httpx.Client, run_id: str) -> None:
     )
 
 
-def test_a_restarted_agent_takes_over_its_running_flow(api, agents, tmp_path) -> None:
+def test_a_restarted_agent_takes_over_its_running_flow(server, api, agents, tmp_path) -> None:
     queue, run_id, pid = orphan_a_run(api, agents, tmp_path, "phoenix")
 
     # Printed while no agent runs: it waits in the pipe, and the flow is not killed by SIGPIPE.
     (tmp_path / "go-1").touch()
     agents(queue, "phoenix")
-    wait_for(lambda: "during 2" in flow_lines(api, run_id), what="output printed meanwhile")
+    try:
+        # 2 s here; once (two xdist workers busy) more than 10 s, with nothing kept to say why.
+        wait_for(
+            lambda: "during 2" in flow_lines(api, run_id),
+            timeout=30,
+            what="output printed meanwhile",
+        )
+    except AssertionError as exc:
+        logs = sorted(server.home.glob("agent-*.log"), key=lambda p: p.stat().st_mtime)[-2:]
+        told = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-6000:]}" for p in logs)
+        raise AssertionError(
+            f"{exc}; the run's logs: {api.get(f'flow_runs/{run_id}/logs').text}\n{told}"
+        ) from None
     assert alive(pid)
     (tmp_path / "go-2").touch()
 
