@@ -38,6 +38,10 @@ LEASE_SECONDS = 30.0
 CLAIM_WAIT = 10.0
 # The longest a drain may take before the section says it failed, rather than hang.
 DRAIN_DEADLINE = 600.0
+# Agents registering at once: a thousand new connections in the same instant overflow the
+# server's accept queue, and the SYN retries (1 s, 3 s, 7 s) would be measured as the server.
+REGISTER_AT_ONCE = 50
+REGISTER_DEADLINE = 300.0
 
 
 @dataclass
@@ -65,6 +69,24 @@ class Fleet:
         self.stopping = asyncio.Event()
         self.done = asyncio.Event()  # set when ``target`` runs are COMPLETED
         self.target = 0
+        self.size = 0  # agents started
+        self.registered = 0
+        # Set once every agent is registered: the heartbeats measured are those after it.
+        self.all_registered = asyncio.Event()
+        self._joining = asyncio.Semaphore(REGISTER_AT_ONCE)
+
+    def start(self, n: int, *, claiming: bool) -> list[asyncio.Task[None]]:
+        self.size = n
+        return [asyncio.create_task(self.agent(i, claiming=claiming)) for i in range(n)]
+
+    async def registration(self) -> None:
+        """Return once every agent started is registered (or fail, rather than wait forever)."""
+        try:
+            await asyncio.wait_for(self.all_registered.wait(), REGISTER_DEADLINE)
+        except TimeoutError:
+            raise RuntimeError(
+                f"{self.registered} of {self.size} agents registered after {REGISTER_DEADLINE:g} s"
+            ) from None
 
     async def agent(self, index: int, *, claiming: bool) -> None:
         base = self.urls[index % len(self.urls)]
@@ -73,9 +95,12 @@ class Fleet:
         # spends the fleet's CPU in httpcore's pool, which walks every connection (squared)
         # on each request, and the round trips measured the client, not the server.
         async with httpx.AsyncClient(timeout=60) as http:
-            response = await http.post(f"{base}/agents/heartbeat", json=beat)
-            response.raise_for_status()
-            agent_id = response.json()["id"]
+            async with self._joining:
+                answer = await self._send(http, f"{base}/agents/heartbeat", beat)
+            agent_id = answer.json()["id"]
+            self.registered += 1
+            if self.registered == self.size:
+                self.all_registered.set()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._heartbeats(http, base, beat, index))
                 if claiming:
@@ -96,7 +121,8 @@ class Fleet:
                 ok = False
             answered = time.monotonic()
             if ok:
-                self.tally.heartbeat_ms.append(ms(answered - began))
+                if self.all_registered.is_set():
+                    self.tally.heartbeat_ms.append(ms(answered - began))
                 if answered - last_ok > LEASE_SECONDS:
                     self.tally.lost_leases += 1
                 last_ok = answered
@@ -120,7 +146,8 @@ class Fleet:
                 for claimed in response.json():
                     run_id = claimed["flow_run"]["id"]
                     for state in ("RUNNING", "COMPLETED"):
-                        await self._report(http, f"{base}/flow_runs/{run_id}/set_state", state)
+                        url = f"{base}/flow_runs/{run_id}/set_state"
+                        await self._send(http, url, {"type": state})
                     self.tally.completed += 1
                     if self.tally.completed >= self.target:
                         self.done.set()
@@ -128,16 +155,19 @@ class Fleet:
                 self.tally.claim_errors += 1
                 await asyncio.sleep(0.1)
 
-    async def _report(self, http: httpx.AsyncClient, url: str, state: str) -> None:
-        # A busy server answers 503 or not in time: report again, as an agent would (a report
+    async def _send(
+        self, http: httpx.AsyncClient, url: str, body: dict[str, Any]
+    ) -> httpx.Response:
+        # A busy server answers 503 or not in time: send again, as an agent would (a report
         # given up would leave its run RUNNING and the drain waiting for it).
         for _ in range(100):
             with contextlib.suppress(httpx.HTTPError):
-                answer = await http.post(url, json={"type": state})
+                answer = await http.post(url, json=body)
                 if answer.status_code < 500:
-                    return
+                    answer.raise_for_status()
+                    return answer
             await asyncio.sleep(0.1)
-        raise RuntimeError(f"{url}: {state} not accepted after 100 tries")
+        raise RuntimeError(f"{url}: {body} not accepted after 100 tries")
 
     async def stop(self, agents: list[asyncio.Task[None]]) -> None:
         """Let ``agents`` finish their long polls, then end them."""
@@ -151,9 +181,12 @@ class Fleet:
 async def _hold(urls: list[str], queue_id: str, n: int, sizes: Sizes) -> Tally:
     """``n`` agents heartbeating and long-polling (nothing to claim) for the hold."""
     fleet = Fleet(urls, queue_id, sizes.fleet_heartbeat_seconds, sizes.fleet_claim_wait)
-    agents = [asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(n)]
-    await asyncio.sleep(sizes.fleet_hold_seconds)
-    await fleet.stop(agents)
+    agents = fleet.start(n, claiming=True)
+    try:
+        await fleet.registration()
+        await asyncio.sleep(sizes.fleet_hold_seconds)
+    finally:
+        await fleet.stop(agents)
     return fleet.tally
 
 
@@ -162,9 +195,7 @@ async def _drain(urls: list[str], queue_id: str, sizes: Sizes) -> float:
     fleet = Fleet(urls, queue_id, sizes.fleet_heartbeat_seconds, sizes.fleet_claim_wait)
     runs = fleet.target = sizes.fleet_runs
     began = time.monotonic()
-    agents = [
-        asyncio.create_task(fleet.agent(i, claiming=True)) for i in range(sizes.fleet_workers)
-    ]
+    agents = fleet.start(sizes.fleet_workers, claiming=True)
     try:
         await asyncio.wait_for(fleet.done.wait(), DRAIN_DEADLINE)
         return time.monotonic() - began
