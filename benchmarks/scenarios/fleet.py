@@ -35,7 +35,6 @@ from benchmarks.core import Context, Section, Sizes, ms
 from benchmarks.stats import Figure, Target
 
 LEASE_SECONDS = 30.0
-CLAIM_WAIT = 10.0
 # The longest a drain may take before the section says it failed, rather than hang.
 DRAIN_DEADLINE = 600.0
 # Agents registering at once: a thousand new connections in the same instant overflow the
@@ -97,6 +96,7 @@ class Fleet:
         async with httpx.AsyncClient(timeout=60) as http:
             async with self._joining:
                 answer = await self._send(http, f"{base}/agents/heartbeat", beat)
+            answer.raise_for_status()  # a 4xx registration is the benchmark's own mistake
             agent_id = answer.json()["id"]
             self.registered += 1
             if self.registered == self.size:
@@ -164,7 +164,6 @@ class Fleet:
             with contextlib.suppress(httpx.HTTPError):
                 answer = await http.post(url, json=body)
                 if answer.status_code < 500:
-                    answer.raise_for_status()
                     return answer
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{url}: {body} not accepted after 100 tries")
@@ -208,13 +207,15 @@ async def _drain(urls: list[str], queue_id: str, sizes: Sizes) -> float:
         await fleet.stop(agents)
 
 
-def _pickups(apis: list[NativeApi], deployment_id: str, queue_id: str, n: int) -> list[float]:
+def _pickups(
+    apis: list[NativeApi], deployment_id: str, queue_id: str, n: int, claim_wait: float
+) -> list[float]:
     """Created through the first replica, claimed by a long poll held on the last."""
     first, last = apis[0], apis[-1]
     beat = {"name": f"pick-{uuid.uuid4().hex[:8]}", "work_queue_id": queue_id}
     agent = last.call("POST", "agents/heartbeat", json=beat)
     claim_url = f"{last.url}/work_queues/{queue_id}/claim"
-    body = {"agent_id": agent["id"], "wait_seconds": CLAIM_WAIT}
+    body = {"agent_id": agent["id"], "wait_seconds": claim_wait}
     samples: list[float] = []
 
     def held_claim(http: httpx.Client) -> float:
@@ -278,7 +279,9 @@ def _measure(ctx: Context, section: Section, label: str, urls: list[str]) -> Non
                 "fleet", f"{label}: claim → RUNNING → COMPLETED", "runs/s", runs / seconds, n=runs
             )
         )
-        picked = _pickups(apis, deployment, queue["id"], sizes.fleet_pickups)
+        picked = _pickups(
+            apis, deployment, queue["id"], sizes.fleet_pickups, sizes.fleet_claim_wait
+        )
         where = "created on one replica, claimed on the other" if len(urls) > 1 else "one server"
         section.add(
             Figure.distribution(
