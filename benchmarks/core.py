@@ -39,6 +39,7 @@ class Sizes:
     fleet_runs: int = 1000  # queued runs taken to COMPLETED
     fleet_workers: int = 100  # by this many simulated agents
     fleet_pickups: int = 30
+    fleet_processes: int = 2  # processes simulating the held fleet (one per core here)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -66,6 +67,7 @@ class Sizes:
             fleet_runs=30,
             fleet_workers=5,
             fleet_pickups=3,
+            fleet_processes=1,
         )
 
 

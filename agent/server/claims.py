@@ -257,6 +257,48 @@ def _mark_held_back(
 
 
 def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) -> ClaimAttempt:
+    """A claim's answer: the runs it took, or (when none is due) when to look again."""
+    return _nothing_due(db, queue_ids, request) or _claim(db, queue_ids, request)
+
+
+def _nothing_due(
+    db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest
+) -> ClaimAttempt | None:
+    """The answer of a claim that would find no run due, read without the write lock; None
+    when a run may be due, or anything else (a missing queue or agent, a retried claim) needs
+    the claim transaction.
+
+    Most claims are long polls of idle agents: on SQLite each would otherwise take the one
+    write lock, and a fleet's polls would queue its heartbeats behind them. A run made due
+    after this look wakes the poll as it would wake one that claimed nothing (the waiter's
+    events are taken before either look).
+    """
+    with db.read() as session:
+        queues = session.execute(
+            select(WorkQueueRow.id, WorkQueueRow.paused).where(WorkQueueRow.id.in_(queue_ids))
+        ).all()
+        agent = session.execute(
+            select(AgentRow.last_claim_id).where(AgentRow.id == request.agent_id)
+        ).one_or_none()
+        if len(queues) < len(set(queue_ids)) or agent is None or request.limit <= 0:
+            return None
+        if request.claim_id is not None and request.claim_id == agent.last_claim_id:
+            return None
+        serving = [queue.id for queue in queues if not queue.paused]
+        if not serving:
+            return ClaimAttempt([], None)
+        soonest = session.scalar(
+            select(func.min(FlowRunRow.expected_start_time)).where(
+                FlowRunRow.work_queue_id.in_(serving),
+                FlowRunRow.state_type == StateType.SCHEDULED.value,
+            )
+        )
+    if soonest is not None and soonest <= utcnow() + timedelta(seconds=request.lead_seconds):
+        return None
+    return ClaimAttempt([], soonest)
+
+
+def _claim(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) -> ClaimAttempt:
     """One claim transaction: move due, matching runs to PENDING for the agent.
 
     The queues are served in strict priority: every run the first may hand out now goes
@@ -384,7 +426,7 @@ async def claim(
     with notifier.holding(queue_ids, request.lead_seconds):
         while True:
             wake = notifier.waiters(queue_ids)
-            attempt = await db.run(claim_once, db, queue_ids, request)
+            attempt = await db.run_small(claim_once, db, queue_ids, request)
             if attempt.claimed or request.limit == 0 or notifier.closed:
                 return attempt.claimed
             timeout = deadline - anyio.current_time()

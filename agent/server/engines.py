@@ -51,8 +51,9 @@ def parse_database_url(raw: str) -> URL:
     )
 
 
-def create_sqlite_engine(path: Path) -> Engine:
-    """An engine on the database file with our pragmas and transaction control.
+def create_sqlite_engine(path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
+    """An engine on the database file with our pragmas and transaction control
+    (``busy_timeout_ms=0``: a write that finds another process writing fails at once).
 
     The file holds deployments' and runs' env: it is created 0600 (SQLite gives its WAL and
     shared-memory files the database's mode) and an existing one is tightened to 0600.
@@ -62,7 +63,7 @@ def create_sqlite_engine(path: Path) -> Engine:
         private_file(path.with_name(path.name + suffix), create=False)
     engine = create_engine(
         sqlite_url(path),
-        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+        connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
         # One connection per worker thread at most (anyio's default limiter is 40 threads).
         pool_size=20,
         max_overflow=20,
@@ -76,7 +77,7 @@ def create_sqlite_engine(path: Path) -> Engine:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()

@@ -347,17 +347,19 @@ def resolve_dropped_runs(
     """
     grace = timedelta(seconds=max(3 * agent.heartbeat_interval_seconds, 2.0))
     listed_at = min(listed_at or now, now)
-    rows = session.scalars(
-        select(FlowRunRow).where(
-            FlowRunRow.agent_id == agent.id,
-            FlowRunRow.state_type.in_(ACTIVE_STATES),
-            FlowRunRow.state_timestamp < listed_at - grace,
-        )
-    ).all()
+    unlisted = (
+        FlowRunRow.agent_id == agent.id,
+        FlowRunRow.state_type.in_(ACTIVE_STATES),
+        FlowRunRow.state_timestamp < listed_at - grace,
+    )
+    # Ids first, on every heartbeat of every agent; whole runs only for the few dropped.
+    ids = session.connection().execute(select(FlowRunRow.id).where(*unlisted)).scalars()
+    dropped = [run_id for run_id in ids if run_id not in held]
+    if not dropped:
+        return set()
+    rows = session.scalars(select(FlowRunRow).where(FlowRunRow.id.in_(dropped), *unlisted)).all()
     wake: set[uuid.UUID] = set()
     for run in rows:
-        if run.id in held:
-            continue
         current = StateType(run.state_type)
         if current is StateType.PENDING:
             run.agent_id = None

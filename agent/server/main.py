@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 # Held long polls are released at shutdown, so little should be left to wait for.
 GRACEFUL_SHUTDOWN_SECONDS = 3
+# Longer than clients keep an idle connection (httpx: 5 s, the agent's heartbeat interval):
+# the client closes it first. At uvicorn's default of 5 s the two closed it in the same instant
+# and a heartbeat sent on it as the server closed it failed (ReadError).
+KEEP_ALIVE_SECONDS = 75
 
 
 def serve(settings: ServerSettings) -> None:
@@ -50,6 +54,7 @@ def _run(settings: ServerSettings, sock: socket.socket) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host

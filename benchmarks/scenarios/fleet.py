@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.synchronize import Barrier
 from typing import Any
 
 import httpx
@@ -49,9 +52,19 @@ class Tally:
 
     heartbeat_ms: list[float] = field(default_factory=list)
     heartbeat_errors: int = 0
+    # What the failed beats were: an HTTP status, or the transport error's name.
+    heartbeat_failures: Counter[str] = field(default_factory=Counter)
     lost_leases: int = 0
     completed: int = 0
     claim_errors: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.heartbeat_ms += other.heartbeat_ms
+        self.heartbeat_errors += other.heartbeat_errors
+        self.heartbeat_failures += other.heartbeat_failures
+        self.lost_leases += other.lost_leases
+        self.completed += other.completed
+        self.claim_errors += other.claim_errors
 
 
 class Fleet:
@@ -70,26 +83,45 @@ class Fleet:
         self.target = 0
         self.size = 0  # agents started
         self.registered = 0
+        self.registered_here = asyncio.Event()
         # Set once every agent is registered: the heartbeats measured are those after it.
         self.all_registered = asyncio.Event()
         self._joining = asyncio.Semaphore(REGISTER_AT_ONCE)
 
-    def start(self, n: int, *, claiming: bool) -> list[asyncio.Task[None]]:
-        self.size = n
-        return [asyncio.create_task(self.agent(i, claiming=claiming)) for i in range(n)]
+    def start(self, indices: range, *, claiming: bool) -> list[asyncio.Task[None]]:
+        """Agents ``indices`` of the fleet (their place spreads them over URLs and beats)."""
+        self.size = len(indices)
+        return [asyncio.create_task(self.agent(i, claiming=claiming)) for i in indices]
 
-    async def registration(self) -> None:
-        """Return once every agent started is registered (or fail, rather than wait forever)."""
+    async def registration(self, everyone: Callable[[], object] | None = None) -> None:
+        """Return once every agent started is registered (or fail, rather than wait forever),
+        and ``everyone`` (the other processes' agents) returns; the heartbeats measured are
+        those after it."""
         try:
-            await asyncio.wait_for(self.all_registered.wait(), REGISTER_DEADLINE)
+            await asyncio.wait_for(self.registered_here.wait(), REGISTER_DEADLINE)
         except TimeoutError:
             raise RuntimeError(
                 f"{self.registered} of {self.size} agents registered after {REGISTER_DEADLINE:g} s"
             ) from None
+        if everyone is not None:
+            await asyncio.to_thread(everyone)
+        self.all_registered.set()
 
     async def agent(self, index: int, *, claiming: bool) -> None:
         base = self.urls[index % len(self.urls)]
-        beat = {"name": f"fleet-{uuid.uuid4().hex[:10]}", "work_queue_id": self.queue_id}
+        # What a real agent's beat carries (agent/heartbeat.py), its runs' list included.
+        beat: dict[str, Any] = {
+            "name": f"fleet-{uuid.uuid4().hex[:10]}",
+            "work_queue_id": self.queue_id,
+            "tags": [],
+            "hostname": f"fleet-host-{index}",
+            "pid": os.getpid(),
+            "version": "fleet",
+            "runs_in_flight": 0,
+            "heartbeat_interval_seconds": self.heartbeat_seconds,
+            "metrics": {"cpu_percent": 12.5, "memory_percent": 40.0, "load_1m": 0.4},
+        }
+        held: set[str] = set()
         # A client of its own, as a real agent has: one client shared by the whole fleet
         # spends the fleet's CPU in httpcore's pool, which walks every connection (squared)
         # on each request, and the round trips measured the client, not the server.
@@ -98,13 +130,14 @@ class Fleet:
                 answer = await self._send(http, f"{base}/agents/heartbeat", beat)
             answer.raise_for_status()  # a 4xx registration is the benchmark's own mistake
             agent_id = answer.json()["id"]
+            beat["run_ids"] = held  # sent as a list: see _heartbeats
             self.registered += 1
             if self.registered == self.size:
-                self.all_registered.set()
+                self.registered_here.set()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._heartbeats(http, base, beat, index))
                 if claiming:
-                    tasks.create_task(self._claims(http, base, agent_id))
+                    tasks.create_task(self._claims(http, base, agent_id, held))
 
     async def _heartbeats(
         self, http: httpx.AsyncClient, base: str, beat: dict[str, Any], index: int
@@ -114,11 +147,18 @@ class Fleet:
         last_ok = time.monotonic()
         while not self.stopping.is_set():
             began = time.monotonic()
+            failure = None
             try:
-                response = await http.post(f"{base}/agents/heartbeat", json=beat)
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
+                body = beat | {
+                    "run_ids": sorted(beat["run_ids"]),
+                    "runs_in_flight": len(beat["run_ids"]),
+                }
+                response = await http.post(f"{base}/agents/heartbeat", json=body)
+                if response.status_code != 200:
+                    failure = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                failure = type(exc).__name__
+            ok = failure is None
             answered = time.monotonic()
             if ok:
                 if self.all_registered.is_set():
@@ -128,11 +168,14 @@ class Fleet:
                 last_ok = answered
             else:
                 self.tally.heartbeat_errors += 1
+                self.tally.heartbeat_failures[failure or "?"] += 1
             with contextlib.suppress(TimeoutError):
                 wait = max(0.0, self.heartbeat_seconds - (answered - began))
                 await asyncio.wait_for(self.stopping.wait(), wait)
 
-    async def _claims(self, http: httpx.AsyncClient, base: str, agent_id: str) -> None:
+    async def _claims(
+        self, http: httpx.AsyncClient, base: str, agent_id: str, held: set[str]
+    ) -> None:
         claim_url = f"{base}/work_queues/{self.queue_id}/claim"
         while not self.stopping.is_set():
             body = {"agent_id": agent_id, "limit": 1, "wait_seconds": self.claim_wait}
@@ -145,9 +188,11 @@ class Fleet:
                     continue
                 for claimed in response.json():
                     run_id = claimed["flow_run"]["id"]
+                    held.add(run_id)
                     for state in ("RUNNING", "COMPLETED"):
                         url = f"{base}/flow_runs/{run_id}/set_state"
                         await self._send(http, url, {"type": state})
+                    held.discard(run_id)
                     self.tally.completed += 1
                     if self.tally.completed >= self.target:
                         self.done.set()
@@ -177,16 +222,77 @@ class Fleet:
         await asyncio.gather(*agents, return_exceptions=True)
 
 
-async def _hold(urls: list[str], queue_id: str, n: int, sizes: Sizes) -> Tally:
-    """``n`` agents heartbeating and long-polling (nothing to claim) for the hold."""
-    fleet = Fleet(urls, queue_id, sizes.fleet_heartbeat_seconds, sizes.fleet_claim_wait)
-    agents = fleet.start(n, claiming=True)
+def _hold(urls: list[str], queue_id: str, n: int, sizes: Sizes) -> Tally:
+    """``n`` agents heartbeating and long-polling (nothing to claim) for the hold, simulated by
+    ``fleet_processes`` processes.
+
+    One process's event loop running a thousand agents' HTTP clients is itself busy most of
+    the time: a round trip then waits for the client as well as for the server.
+    """
+    processes = max(1, min(sizes.fleet_processes, n))
+    if processes == 1:
+        return _hold_part(urls, queue_id, range(n), sizes, None)
+    context = multiprocessing.get_context("spawn")
+    registered = context.Barrier(processes)
+    results: multiprocessing.Queue[Tally | BaseException] = context.Queue()
+    workers = [
+        context.Process(
+            target=_hold_process,
+            args=(urls, queue_id, range(k, n, processes), sizes, registered, results),
+            daemon=True,
+        )
+        for k in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    tally = Tally()
     try:
-        await fleet.registration()
-        await asyncio.sleep(sizes.fleet_hold_seconds)
+        for _ in workers:
+            part = results.get(timeout=REGISTER_DEADLINE + sizes.fleet_hold_seconds + 120)
+            if isinstance(part, BaseException):
+                raise RuntimeError(f"a fleet process failed: {part!r}") from part
+            tally.add(part)
     finally:
-        await fleet.stop(agents)
-    return fleet.tally
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+    return tally
+
+
+def _hold_process(
+    urls: list[str],
+    queue_id: str,
+    indices: range,
+    sizes: Sizes,
+    registered: Barrier,
+    results: multiprocessing.Queue[Tally | BaseException],
+) -> None:
+    try:
+        results.put(_hold_part(urls, queue_id, indices, sizes, registered))
+    except BaseException as exc:  # the parent says which process failed and how
+        registered.abort()
+        results.put(exc)
+
+
+def _hold_part(
+    urls: list[str], queue_id: str, indices: range, sizes: Sizes, registered: Barrier | None
+) -> Tally:
+    """One process's share of the hold; the hold starts when every process has registered."""
+
+    async def hold() -> Tally:
+        fleet = Fleet(urls, queue_id, sizes.fleet_heartbeat_seconds, sizes.fleet_claim_wait)
+        agents = fleet.start(indices, claiming=True)
+        try:
+            await fleet.registration(
+                None if registered is None else lambda: registered.wait(REGISTER_DEADLINE)
+            )
+            await asyncio.sleep(sizes.fleet_hold_seconds)
+        finally:
+            await fleet.stop(agents)
+        return fleet.tally
+
+    return asyncio.run(hold())
 
 
 async def _drain(urls: list[str], queue_id: str, sizes: Sizes) -> float:
@@ -194,7 +300,7 @@ async def _drain(urls: list[str], queue_id: str, sizes: Sizes) -> float:
     fleet = Fleet(urls, queue_id, sizes.fleet_heartbeat_seconds, sizes.fleet_claim_wait)
     runs = fleet.target = sizes.fleet_runs
     began = time.monotonic()
-    agents = fleet.start(sizes.fleet_workers, claiming=True)
+    agents = fleet.start(range(sizes.fleet_workers), claiming=True)
     try:
         await asyncio.wait_for(fleet.done.wait(), DRAIN_DEADLINE)
         return time.monotonic() - began
@@ -252,7 +358,7 @@ def _measure(ctx: Context, section: Section, label: str, urls: list[str]) -> Non
         for n in (int(size) for size in sizes.fleet_agents.split(",")):
             queue = apis[0].queue()
             ctx.say(f"fleet {label}: {n} agents for {sizes.fleet_hold_seconds:g} s")
-            tally = asyncio.run(_hold(urls, queue["id"], n, sizes))
+            tally = _hold(urls, queue["id"], n, sizes)
             section.add(
                 Figure.distribution(
                     "fleet",
@@ -265,6 +371,7 @@ def _measure(ctx: Context, section: Section, label: str, urls: list[str]) -> Non
             )
             section.details[f"{label}/{n}"] = {
                 "heartbeat_errors": tally.heartbeat_errors,
+                "heartbeat_failures": dict(tally.heartbeat_failures),
                 "lost_leases": tally.lost_leases,
                 "claim_errors": tally.claim_errors,
             }

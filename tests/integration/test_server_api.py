@@ -391,6 +391,30 @@ def test_a_locked_database_is_a_503_with_retry_after(server: Server, api: Api) -
     assert api.post("work_queues", json={"name": unique("q")}).status_code == 201
 
 
+def test_a_write_waiting_for_another_process_holds_up_no_other_request(
+    server: Server, api: Api
+) -> None:
+    """Heartbeats and claims run in the event loop's thread on SQLite; one that would wait for
+    the write lock goes to a worker thread, and the server answers everything else meanwhile."""
+    queue = api.queue()
+    agent = api.agent(queue)
+    with write_lock_held(server) as release, ThreadPoolExecutor(1) as pool:
+        beat = {"name": agent["name"], "work_queue_id": queue["id"], "pid": 42}
+        waiting = pool.submit(api.post, "agents/heartbeat", json=beat)
+        time.sleep(0.5)
+        assert not waiting.done()  # it waits for the lock...
+        started = time.monotonic()
+        # ...while a claim with nothing due (a read), a read and health answer at once.
+        assert api.claim(queue, agent) == []
+        assert api.get(f"work_queues/{queue['id']}").status_code == 200
+        assert api.get("health").status_code == 200
+        assert time.monotonic() - started < 3  # not behind the waiting write's busy timeout
+        release.set()
+        answered = waiting.result(timeout=10)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["pid"] == 42
+
+
 def test_a_heartbeat_that_waited_for_the_database_drops_no_run_claimed_before_it_arrived(
     server: Server, api: Api
 ) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +135,20 @@ def test_the_server_announces_where_it_listens(tmp_path: Path) -> None:
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_an_idle_connection_outlives_the_agents_heartbeat_interval(secured: Server) -> None:
+    """The agent's client keeps an idle connection 5 s (httpx), its heartbeat interval: a
+    server that closed it at 5 s too failed the beat sent on it as it closed (ReadError)."""
+    url = httpx.URL(secured.url)
+    request = f"GET /api/health HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode()
+    with socket.create_connection((url.host, url.port), timeout=10) as connection:
+        for pause in (6, 0):  # longer than the heartbeat interval and httpx's keep-alive
+            connection.sendall(request)
+            answer = b""
+            while not answer.endswith(b"}"):  # the whole answer (its JSON body ends it)
+                received = connection.recv(4096)
+                assert received, f"the server closed the connection after {answer!r}"
+                answer += received
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            time.sleep(pause)

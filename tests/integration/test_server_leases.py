@@ -57,6 +57,40 @@ def test_heartbeat_answers_the_lease(api: httpx.Client) -> None:
     assert record.json()["lease_seconds"] == LEASE
 
 
+def test_a_name_is_held_by_its_live_host_and_free_once_its_lease_is_over(
+    api: httpx.Client,
+) -> None:
+    queue = api.post("work_queues", json={"name": f"q-{uuid.uuid4().hex}"}).json()
+    name = f"a-{uuid.uuid4().hex[:10]}"
+    beat = {"name": name, "work_queue_id": queue["id"], "hostname": "h1", "pid": 10}
+    first = api.post("agents/heartbeat", json=beat).json()
+
+    refused = api.post("agents/heartbeat", json=beat | {"hostname": "h2", "pid": 20})
+    assert refused.status_code == 409
+    assert "held by a live agent on host h1" in refused.json()["detail"]
+    # The refused beat changed nothing, and it did not renew the holder's lease.
+    listed = {agent["name"]: agent for agent in api.get("agents").json()}[name]
+    assert (listed["hostname"], listed["pid"]) == ("h1", 10)
+    assert listed["last_heartbeat"] == first["last_heartbeat"]
+
+    time.sleep(LEASE + 0.2)
+    taken = api.post("agents/heartbeat", json=beat | {"hostname": "h2", "pid": 20})
+    assert taken.status_code == 200, taken.text
+    # The name is the identity: the new holder keeps the agent's id (and its runs).
+    assert taken.json()["id"] == first["id"]
+    assert (taken.json()["hostname"], taken.json()["pid"]) == ("h2", 20)
+
+
+def test_an_agent_without_a_hostname_is_one_host(api: httpx.Client) -> None:
+    queue = api.post("work_queues", json={"name": f"q-{uuid.uuid4().hex}"}).json()
+    beat = {"name": f"a-{uuid.uuid4().hex[:10]}", "work_queue_id": queue["id"]}
+    first = api.post("agents/heartbeat", json=beat).json()
+    again = api.post("agents/heartbeat", json=beat | {"pid": 3})
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first["id"] and again.json()["pid"] == 3
+    assert api.post("agents/heartbeat", json=beat | {"hostname": "h1"}).status_code == 409
+
+
 def test_a_silent_agents_runs_are_crashed_then_retried(api: httpx.Client) -> None:
     queue, deployment_id, agent_id = _setup(api, retries=1)
     run = api.post(f"deployments/{deployment_id}/runs", json={}).json()

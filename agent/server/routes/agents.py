@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import select
+from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session
 
 from agent.models import AgentRecord, Heartbeat, StateType, utcnow
@@ -17,6 +18,7 @@ from agent.server.orm import AgentRow, FlowRunRow, WorkQueueRow
 from agent.server.views import agent_model, conflict, get_agent, not_found
 
 router = APIRouter(prefix="/agents", tags=["agents"])
+_AGENTS: Table = AgentRow.__table__  # type: ignore[assignment]  # a Table, typed loosely
 
 
 def _heartbeat(
@@ -27,37 +29,64 @@ def _heartbeat(
     with db.write(serialized=False) as session:
         queues = _existing_queues(session, beat)
         now = utcnow()
-        row = session.scalar(select(AgentRow).where(AgentRow.name == beat.name).with_for_update())
-        if row is None:
-            # The name is the agent's identity: a restarted agent keeps its id and its runs.
-            row = AgentRow(id=uuid.uuid4(), name=beat.name, created=now, last_claim_run_ids=[])
-            session.add(row)
-        elif row.hostname != beat.hostname and now - row.last_heartbeat < timedelta(
-            seconds=lease_seconds
-        ):
-            # Two live agents under one name would each take the other's runs for its own
-            # (on one host the agent's own lock refuses the second; across hosts, this does).
-            age = (now - row.last_heartbeat).total_seconds()
-            raise conflict(
-                f"agent name {beat.name!r} is held by a live agent on host {row.hostname} "
-                f"(last heartbeat {age:.0f}s ago): give this agent a name of its own with --name"
+        values = {
+            "work_queue_id": queues[0],
+            "work_queue_ids": [str(queue_id) for queue_id in queues],
+            "tags": list(beat.tags),
+            "hostname": beat.hostname,
+            "pid": beat.pid,
+            "version": beat.version,
+            "runs_in_flight": beat.runs_in_flight,
+            "heartbeat_interval_seconds": beat.heartbeat_interval_seconds,
+            "metrics": None if beat.metrics is None else beat.metrics.model_dump(mode="json"),
+            "last_heartbeat": now,
+        }
+        # The beat of a known agent is one statement (a fleet's beats are most of a server's
+        # writes); registering, and refusing a name held elsewhere, read the row first.
+        row: Any = (
+            session.connection()
+            .execute(
+                update(_AGENTS)
+                .where(
+                    _AGENTS.c.name == beat.name,
+                    or_(
+                        _AGENTS.c.hostname.is_not_distinct_from(beat.hostname),
+                        _AGENTS.c.last_heartbeat <= now - timedelta(seconds=lease_seconds),
+                    ),
+                )
+                .values(values)
+                .returning(*_AGENTS.c)
             )
-        row.work_queue_id = queues[0]
-        row.work_queue_ids = [str(queue_id) for queue_id in queues]
-        row.tags = list(beat.tags)
-        row.hostname = beat.hostname
-        row.pid = beat.pid
-        row.version = beat.version
-        row.runs_in_flight = beat.runs_in_flight
-        row.heartbeat_interval_seconds = beat.heartbeat_interval_seconds
-        row.metrics = None if beat.metrics is None else beat.metrics.model_dump(mode="json")
-        row.last_heartbeat = now
+            .one_or_none()
+        )
+        if row is None:
+            row = _register(session, beat, values, now, lease_seconds)
         wake: set[uuid.UUID] = set()
         if beat.run_ids is not None:
             wake = lifecycle.resolve_dropped_runs(
                 session, row, set(beat.run_ids), now, listed_at=arrived
             )
         return agent_model(row, now, lease_seconds), wake
+
+
+def _register(
+    session: Session, beat: Heartbeat, values: dict[str, Any], now: datetime, lease_seconds: float
+) -> AgentRow:
+    """A new agent's row, or a 409 when another live agent holds the name."""
+    row = session.scalar(select(AgentRow).where(AgentRow.name == beat.name).with_for_update())
+    if row is not None:
+        # Two live agents under one name would each take the other's runs for its own
+        # (on one host the agent's own lock refuses the second; across hosts, this does).
+        age = (now - row.last_heartbeat).total_seconds()
+        raise conflict(
+            f"agent name {beat.name!r} is held by a live agent on host {row.hostname} "
+            f"(last heartbeat {age:.0f}s ago): give this agent a name of its own with --name"
+        )
+    # The name is the agent's identity: a restarted agent keeps its id and its runs.
+    row = AgentRow(id=uuid.uuid4(), name=beat.name, created=now, last_claim_run_ids=[], **values)
+    session.add(row)
+    session.flush()
+    return row
 
 
 def _existing_queues(session: Session, beat: Heartbeat) -> list[uuid.UUID]:
@@ -67,7 +96,9 @@ def _existing_queues(session: Session, beat: Heartbeat) -> list[uuid.UUID]:
     reason to refuse the heartbeat that keeps its other queues' runs leased.
     """
     wanted = beat.work_queue_ids or [beat.work_queue_id]
-    found = [queue_id for queue_id in wanted if session.get(WorkQueueRow, queue_id) is not None]
+    found_ids = select(WorkQueueRow.id).where(WorkQueueRow.id.in_(wanted))
+    existing = set(session.connection().execute(found_ids).scalars())
+    found = [queue_id for queue_id in wanted if queue_id in existing]
     if not found:
         raise not_found("work queue", ", ".join(str(queue_id) for queue_id in wanted))
     return found
@@ -101,7 +132,7 @@ async def heartbeat(
 ) -> AgentRecord:
     # Before it waits for a worker thread and the database: its run list is as of now.
     arrived = utcnow()
-    record, wake = await db.run(_heartbeat, db, beat, settings.lease_seconds, arrived)
+    record, wake = await db.run_small(_heartbeat, db, beat, settings.lease_seconds, arrived)
     wakeups.notify(wake)
     return record
 
@@ -113,4 +144,4 @@ async def list_agents(db: DB, settings: ServerSettingsDep) -> list[AgentRecord]:
 
 @router.get("/{agent_id}/cancelling", summary="Ids of this agent's runs in CANCELLING")
 async def cancelling_runs(agent_id: uuid.UUID, db: DB) -> list[uuid.UUID]:
-    return await db.run(_cancelling, db, agent_id)
+    return await db.run_small(_cancelling, db, agent_id)

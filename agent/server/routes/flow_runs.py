@@ -202,14 +202,14 @@ async def list_flow_runs(
 async def apply_reports(
     body: Annotated[list[RunReport], Body(max_length=MAX_REPORTS)], db: DB, wakeups: Wakeups
 ) -> list[RunReportResult]:
-    applied = await db.run(reports.apply_batch, db, body)
+    applied = await db.run_small(reports.apply_batch, db, body)
     wakeups.notify(applied.wake_queues)
     return applied.results
 
 
 @router.get("/{run_id}", summary="Read a run")
 async def read_flow_run(run_id: uuid.UUID, db: DB) -> FlowRun:
-    return await db.run(_get, db, run_id)
+    return await db.run_small(_get, db, run_id)
 
 
 @router.get("/{run_id}/states", summary="A run's state history, oldest first")
@@ -221,14 +221,14 @@ async def read_flow_run_states(run_id: uuid.UUID, db: DB) -> list[State]:
 async def set_flow_run_state(
     run_id: uuid.UUID, proposal: StateProposal, db: DB, wakeups: Wakeups
 ) -> FlowRun:
-    outcome = await db.run(_set_state, db, run_id, proposal)
+    outcome = await db.run_small(_set_state, db, run_id, proposal)
     wakeups.notify(outcome.wake_queues)
     return run_model(outcome.run)
 
 
 @router.patch("/{run_id}", summary="Merge into a run's runner_info")
 async def update_flow_run(run_id: uuid.UUID, body: RunnerInfoUpdate, db: DB) -> FlowRun:
-    return await db.run(_update_runner_info, db, run_id, body)
+    return await db.run_small(_update_runner_info, db, run_id, body)
 
 
 @router.post("/{run_id}/cancel", summary="Cancel a run")
@@ -268,7 +268,7 @@ async def add_flow_run_logs(
         uuid.UUID | None, Query(description="idempotency key: a resent batch is stored once")
     ] = None,
 ) -> dict[str, int]:
-    count = await db.run(_add_logs, db, run_id, lines, batch_id)
+    count = await db.run_small(_add_logs, db, run_id, lines, batch_id)
     if count:
         feed.poke(run_id)
     return {"count": count}
@@ -297,7 +297,7 @@ async def stream_flow_run_logs(
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_LINE_ID)] = None,
 ) -> StreamingResponse:
     # Asked before the stream starts, so an unknown run is a plain 404, not an empty stream.
-    await db.run(_get, db, run_id)
+    await db.run_small(_get, db, run_id)
     start = max(after, last_event_id or 0)
     return StreamingResponse(
         log_stream.events(db, feed, run_id, start, _run_and_logs),
