@@ -4,7 +4,9 @@ SQLite: every write transaction starts with ``BEGIN IMMEDIATE``: it takes SQLite
 before the first read, so a read-then-write (a claim, a state transition) can neither deadlock
 against another writer nor act on rows another writer is about to change, even when two server
 processes share one database file. Reads use a plain deferred ``BEGIN`` and, thanks to WAL,
-never wait for writers.
+never wait for writers. What agents send all the time (heartbeats, claims, reports) runs in the
+event loop's own thread (:meth:`Database.run_small`) and never waits there: a write that would
+wait for a lock goes to a worker thread instead.
 
 PostgreSQL (several replicas on one database): a write transaction takes one transaction-level
 advisory lock first, which gives the same one-writer-at-a-time guarantee across every replica,

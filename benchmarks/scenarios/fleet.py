@@ -366,7 +366,7 @@ def _measure(ctx: Context, section: Section, label: str, urls: list[str]) -> Non
                     "ms",
                     tally.heartbeat_ms,
                     [Target("p99", "<=", 250)],
-                    note=f"{tally.heartbeat_errors} failed, {tally.lost_leases} leases lost",
+                    note=f"{_failed(tally)}, {tally.lost_leases} leases lost",
                 )
             )
             section.details[f"{label}/{n}"] = {
@@ -398,6 +398,11 @@ def _measure(ctx: Context, section: Section, label: str, urls: list[str]) -> Non
     finally:
         for api in apis:
             api.close()
+
+
+def _failed(tally: Tally) -> str:
+    kinds = ", ".join(f"{n} {kind}" for kind, n in tally.heartbeat_failures.most_common())
+    return f"{tally.heartbeat_errors} failed" + (f" ({kinds})" if kinds else "")
 
 
 async def _create(urls: list[str], deployment_id: str, runs: int) -> None:
