@@ -39,7 +39,7 @@ class Sizes:
     fleet_runs: int = 1000  # queued runs taken to COMPLETED
     fleet_workers: int = 100  # by this many simulated agents
     fleet_pickups: int = 30
-    fleet_processes: int = 2  # processes simulating the held fleet (one per core here)
+    fleet_processes: int = 1  # processes simulating the held fleet (2: beside the server here)
 
     @classmethod
     def quick(cls) -> Sizes:
