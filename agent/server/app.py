@@ -25,6 +25,7 @@ from agent.server.claims import ClaimWakeups
 from agent.server.cross_site import RefuseCrossSite
 from agent.server.db import Database, migrate
 from agent.server.deps import require_api_key
+from agent.server.engines import is_busy
 from agent.server.leadership import Leadership
 from agent.server.leases import lease_keeper
 from agent.server.log_stream import LogFeed
@@ -189,7 +190,7 @@ def create_app(
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """SQLite busy or full: a 503 the client retries, never a 500."""
     reason = str(getattr(exc, "orig", exc)).lower()
-    if "locked" in reason or "busy" in reason:
+    if is_busy(exc):
         detail = "the database is busy (locked by another writer); retry shortly"
     elif "full" in reason:
         detail = "the database disk is full; free some space on the server, then retry"

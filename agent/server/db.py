@@ -37,7 +37,12 @@ from sqlalchemy import URL, Engine, Select, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
-from agent.server.engines import WRITE_OPTION, create_engine_for, create_sqlite_engine
+from agent.server.engines import (
+    WRITE_OPTION,
+    create_engine_for,
+    create_sqlite_engine,
+    is_busy,
+)
 from agent.server.orm import FlowRunRow
 from agent.server.schema import migrate, reset_database
 
@@ -156,7 +161,7 @@ class Database:
                 try:
                     session.connection()  # BEGIN IMMEDIATE: SQLite's lock, or "locked" at once
                 except OperationalError as exc:
-                    if "locked" in str(exc) or "busy" in str(exc):
+                    if is_busy(exc):
                         raise _WouldWait from exc
                     raise
                 yield session

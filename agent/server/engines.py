@@ -51,6 +51,12 @@ def parse_database_url(raw: str) -> URL:
     )
 
 
+def is_busy(exc: Exception) -> bool:
+    """Whether a database error says another writer holds the lock (SQLite: locked or busy)."""
+    reason = str(getattr(exc, "orig", exc)).lower()
+    return "locked" in reason or "busy" in reason
+
+
 def create_sqlite_engine(path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An engine on the database file with our pragmas and transaction control
     (``busy_timeout_ms=0``: a write that finds another process writing fails at once).
