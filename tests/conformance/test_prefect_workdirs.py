@@ -227,20 +227,27 @@ def test_a_restarted_agent_removes_the_directories_of_runs_that_ended_meanwhile(
     the other over in its own directory, and removes that one when it ends."""
     queue = prefect_harness.queue()
     # No pull steps: the engine copies ``path`` into its working directory (both versions).
-    deployment = deploy(prefect_harness, queue, "flows.py:sleep", path=str(FLOWS))
+    deployment = deploy(prefect_harness, queue, "flows.py:until_exists", path=str(FLOWS))
     agent_cwd = tmp_path / "agent-cwd"
     agent_cwd.mkdir()
     first, name = prefect_agents.start(queue, "--limit", "2", cwd=agent_cwd)
+    # Each ends when the test says (a file), not after a sleep: a short sleep could end before
+    # the kill under load, and the live agent would then remove its directory itself.
+    end_short, end_long = tmp_path / "end-short", tmp_path / "end-long"
     short, long = (
-        prefect_harness.run(deployment, seconds=1),
-        prefect_harness.run(deployment, seconds=25),
+        prefect_harness.run(deployment, path=str(end_short)),
+        prefect_harness.run(deployment, path=str(end_long)),
     )
     workdirs = prefect_agents.workdirs(name)
     for run in (short, long):
-        prefect_harness.wait_state(run, {"RUNNING"} | TERMINAL, timeout=START_TIMEOUT)
+        assert (
+            prefect_harness.wait_state(run, {"RUNNING"} | TERMINAL, timeout=START_TIMEOUT)["type"]
+            == "RUNNING"
+        )
         assert (workdirs / run / "flows.py").exists()
     first.kill()
     first.wait()
+    end_short.touch()
     assert prefect_harness.wait_state(short, TERMINAL, timeout=START_TIMEOUT)["type"] == "COMPLETED"
     assert (workdirs / short).exists()  # nobody left to remove it
 
@@ -248,6 +255,7 @@ def test_a_restarted_agent_removes_the_directories_of_runs_that_ended_meanwhile(
     wait_for(lambda: not (workdirs / short).exists(), timeout=60, what="the ended run's directory")
     assert prefect_harness.state(long)["type"] == "RUNNING"
     assert (workdirs / long / "flows.py").exists()
+    end_long.touch()
     assert prefect_harness.wait_state(long, TERMINAL, timeout=START_TIMEOUT)["type"] == "COMPLETED"
     wait_for(lambda: not (workdirs / long).exists(), timeout=30, what="the long run's directory")
     assert sorted(os.listdir(agent_cwd)) == []

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,24 @@ def first_child(agent: subprocess.Popen[bytes]) -> psutil.Process | None:
     return None
 
 
+#: The run under test is due this long after it is created, and the first agent takes it at
+#: once (its start lead is longer): its process is spawned held and stays held until then. So
+#: the kill below lands between the spawn and the release whatever the machine's load; with
+#: a run due now, RUNNING is accepted and the run released within milliseconds, and a test
+#: process slow to see the child would kill an agent whose flow had already begun (a crash
+#: and a retry, two executions, rightly).
+DUE_IN = 5.0
+EARLY = {"AGENT_START_LEAD_SECONDS": str(DUE_IN * 6)}
+
+
+def make_held_run(api: httpx.Client, deployment: dict[str, Any]) -> str:
+    due = datetime.now(UTC) + timedelta(seconds=DUE_IN)
+    return str(make_run(api, deployment, expected_start_time=due.isoformat())["id"])
+
+
 def kill_as_its_flow_appears(agent: subprocess.Popen[bytes]) -> psutil.Process:
     """SIGKILL ``agent`` the instant a run's process of its exists (between the spawn and
-    whatever the agent does next)."""
+    whatever the agent does next), long before the run is due (``DUE_IN``)."""
     child = wait_for(
         lambda: first_child(agent), timeout=30, interval=0.0005, what="a run's process"
     )
@@ -111,8 +127,8 @@ def test_an_agent_killed_as_its_flow_process_appears_and_restarted_runs_it_once(
     queue = make_queue(api)
     deployment = phases(api, queue, tmp_path, retries=1)
     name = unique("spawn")
-    first = agents(queue, "--name", name)
-    run_id = str(make_run(api, deployment)["id"])
+    first = agents(queue, "--name", name, **EARLY)
+    run_id = make_held_run(api, deployment)
     child = kill_as_its_flow_appears(first)
 
     # Started held, it never begins without its agent: it ends on its own.
@@ -130,10 +146,11 @@ def test_an_agent_killed_as_its_flow_process_appears_and_never_back_leaves_it_to
 ) -> None:
     queue = make_queue(api)
     deployment = phases(api, queue, tmp_path, retries=1)
-    first = agents(queue, "--name", unique("gone"))
-    run_id = str(make_run(api, deployment)["id"])
+    first = agents(queue, "--name", unique("gone"), **EARLY)
+    run_id = make_held_run(api, deployment)
     child = kill_as_its_flow_appears(first)
     wait_for(lambda: not alive(child.pid), timeout=10, what="the orphaned run's process to end")
+    assert executions(tmp_path) == []
 
     # Another agent gets it once the server has given up on the first (its lease).
     agents(queue, "--name", unique("other"))

@@ -38,3 +38,10 @@ def mark(marker_dir: str) -> str:
 def sleep(seconds: float = 60) -> None:
     print(f"sleeping {seconds}s", flush=True)
     time.sleep(seconds)
+
+
+@flow
+def until_exists(path: str) -> None:
+    """End once ``path`` exists: a test decides when the run ends, not a clock."""
+    while not Path(path).exists():
+        time.sleep(0.05)
