@@ -30,5 +30,8 @@ def hooked(marker_dir: str, seconds: float = 120) -> None:
     Path(marker_dir, f"{run_id}.env").write_text("\n".join(f"{k}={v}" for k, v in env.items()))
     for i in range(5):
         print(f"flow output line {i} of {run_id}", flush=True)
-    Path(marker_dir, f"{run_id}.pid").write_text(str(os.getpid()))
+    # Written whole or not at all: the test reads it as soon as it exists.
+    pending = Path(marker_dir, f"{run_id}.pid.partial")
+    pending.write_text(str(os.getpid()))
+    pending.rename(pending.with_suffix(""))
     time.sleep(seconds)
