@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import anyio
 import anyio.to_thread
 from sqlalchemy import URL, Engine, Select, event, text
 from sqlalchemy.exc import OperationalError
@@ -78,6 +79,14 @@ def _lock_rows_read(state: ORMExecuteState) -> None:
 
 class _WouldWait(Exception):
     """Raised in the event loop's thread by a write that would have to wait for a lock."""
+
+
+#: How long the event loop lets work that found the write lock held wait (sleeping, serving
+#: everything else) before trying again there, then hands it to a worker thread (~60 ms in
+#: all): the server's own background writes hold the lock for milliseconds. Handed to threads
+#: at once, a heartbeat under a fleet added GIL hand-offs to the lock's holder, which then held
+#: it longer, and hundreds of writes a second went to threads: a convoy the server stayed in.
+_IN_LOOP_RETRIES = (0.001, 0.002, 0.004, 0.008, 0.015, 0.03)
 
 
 @dataclass
@@ -208,14 +217,16 @@ class Database:
         """
         if self.is_postgres:
             return await self.run(fn, *args, **kwargs)
-        in_loop = _InLoop()
-        token = _in_loop.set(in_loop)
-        try:
-            return fn(*args, **kwargs)
-        except _WouldWait:
-            pass  # nothing was written: each such function writes once, after its reads
-        finally:
-            _in_loop.reset(token)
+        for pause in (*_IN_LOOP_RETRIES, None):
+            token = _in_loop.set(_InLoop())
+            try:
+                return fn(*args, **kwargs)
+            except _WouldWait:
+                pass  # nothing was written: each such function writes once, after its reads
+            finally:
+                _in_loop.reset(token)
+            if pause is not None:
+                await anyio.sleep(pause)
         return await self.run(fn, *args, **kwargs)
 
     def dispose(self) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
+import aiohttp
 import httpx
 
 from benchmarks.api import NativeApi
@@ -44,6 +45,9 @@ DRAIN_DEADLINE = 600.0
 # server's accept queue, and the SYN retries (1 s, 3 s, 7 s) would be measured as the server.
 REGISTER_AT_ONCE = 50
 REGISTER_DEADLINE = 300.0
+CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=60)
+# What a simulated agent's request may fail with: the server's silence or a transport error.
+CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 @dataclass
@@ -84,30 +88,41 @@ class Fleet:
         self.size = 0  # agents started
         self.registered = 0
         self.registered_here = asyncio.Event()
-        # Set once every agent is registered: the heartbeats measured are those after it.
+        self.polling = 0  # agents whose long polls have begun
+        self.polling_here = asyncio.Event()
+        # Set once every agent is registered and polling: the heartbeats measured are those
+        # after it.
         self.all_registered = asyncio.Event()
         self._joining = asyncio.Semaphore(REGISTER_AT_ONCE)
 
-    def start(self, indices: range, *, claiming: bool) -> list[asyncio.Task[None]]:
-        """Agents ``indices`` of the fleet (their place spreads them over URLs and beats)."""
+    def start(
+        self, indices: range, *, claiming: bool, staggered: bool = False
+    ) -> list[asyncio.Task[None]]:
+        """Agents ``indices`` of the fleet (their place spreads them over URLs and beats, and,
+        ``staggered``, their long polls over the claim wait)."""
         self.size = len(indices)
-        return [asyncio.create_task(self.agent(i, claiming=claiming)) for i in indices]
+        return [
+            asyncio.create_task(self.agent(i, claiming=claiming, staggered=staggered))
+            for i in indices
+        ]
 
     async def registration(self, everyone: Callable[[], object] | None = None) -> None:
-        """Return once every agent started is registered (or fail, rather than wait forever),
-        and ``everyone`` (the other processes' agents) returns; the heartbeats measured are
-        those after it."""
+        """Return once every agent started is registered and has begun its long polls (or
+        fail, rather than wait forever), and ``everyone`` (the other processes' agents)
+        returns; the heartbeats measured are those after it."""
         try:
             await asyncio.wait_for(self.registered_here.wait(), REGISTER_DEADLINE)
+            await asyncio.wait_for(self.polling_here.wait(), self.claim_wait + REGISTER_DEADLINE)
         except TimeoutError:
             raise RuntimeError(
-                f"{self.registered} of {self.size} agents registered after {REGISTER_DEADLINE:g} s"
+                f"{self.registered} of {self.size} agents registered and {self.polling} polling "
+                f"after {REGISTER_DEADLINE:g} s"
             ) from None
         if everyone is not None:
             await asyncio.to_thread(everyone)
         self.all_registered.set()
 
-    async def agent(self, index: int, *, claiming: bool) -> None:
+    async def agent(self, index: int, *, claiming: bool, staggered: bool) -> None:
         base = self.urls[index % len(self.urls)]
         # What a real agent's beat carries (agent/heartbeat.py), its runs' list included.
         beat: dict[str, Any] = {
@@ -122,14 +137,16 @@ class Fleet:
             "metrics": {"cpu_percent": 12.5, "memory_percent": 40.0, "load_1m": 0.4},
         }
         held: set[str] = set()
-        # A client of its own, as a real agent has: one client shared by the whole fleet
-        # spends the fleet's CPU in httpcore's pool, which walks every connection (squared)
-        # on each request, and the round trips measured the client, not the server.
-        async with httpx.AsyncClient(timeout=60) as http:
+        # A client of its own, as a real agent has. aiohttp, not httpx as real agents use:
+        # the fleet's clients share one process on the server's two cores, and httpx spends
+        # about four times the CPU per request, taken from the server and added to every
+        # round trip measured (docs/PERFORMANCE.md, "The load generator's share").
+        async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
             async with self._joining:
-                answer = await self._send(http, f"{base}/agents/heartbeat", beat)
-            answer.raise_for_status()  # a 4xx registration is the benchmark's own mistake
-            agent_id = answer.json()["id"]
+                status, answer = await self._send(http, f"{base}/agents/heartbeat", beat)
+            if status != 200:  # a 4xx registration is the benchmark's own mistake
+                raise RuntimeError(f"registration refused: HTTP {status} {answer}")
+            agent_id = answer["id"]
             beat["run_ids"] = held  # sent as a list: see _heartbeats
             self.registered += 1
             if self.registered == self.size:
@@ -137,10 +154,12 @@ class Fleet:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._heartbeats(http, base, beat, index))
                 if claiming:
-                    tasks.create_task(self._claims(http, base, agent_id, held))
+                    # Agents started at random hold their polls out of step, as their beats.
+                    phase = (index % 89) / 89 if staggered else 0.0
+                    tasks.create_task(self._claims(http, base, agent_id, held, phase))
 
     async def _heartbeats(
-        self, http: httpx.AsyncClient, base: str, beat: dict[str, Any], index: int
+        self, http: aiohttp.ClientSession, base: str, beat: dict[str, Any], index: int
     ) -> None:
         # Spread the fleet's heartbeats over the interval, as agents started at random would.
         await asyncio.sleep(self.heartbeat_seconds * (index % 97) / 97)
@@ -153,10 +172,11 @@ class Fleet:
                     "run_ids": sorted(beat["run_ids"]),
                     "runs_in_flight": len(beat["run_ids"]),
                 }
-                response = await http.post(f"{base}/agents/heartbeat", json=body)
-                if response.status_code != 200:
-                    failure = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+                async with http.post(f"{base}/agents/heartbeat", json=body) as response:
+                    await response.read()
+                if response.status != 200:
+                    failure = f"HTTP {response.status}"
+            except CLIENT_ERRORS as exc:
                 failure = type(exc).__name__
             ok = failure is None
             answered = time.monotonic()
@@ -174,20 +194,25 @@ class Fleet:
                 await asyncio.wait_for(self.stopping.wait(), wait)
 
     async def _claims(
-        self, http: httpx.AsyncClient, base: str, agent_id: str, held: set[str]
+        self, http: aiohttp.ClientSession, base: str, agent_id: str, held: set[str], phase: float
     ) -> None:
         claim_url = f"{base}/work_queues/{self.queue_id}/claim"
+        await asyncio.sleep(self.claim_wait * phase)
+        self.polling += 1
+        if self.polling == self.size:
+            self.polling_here.set()
         while not self.stopping.is_set():
             body = {"agent_id": agent_id, "limit": 1, "wait_seconds": self.claim_wait}
             body["claim_id"] = str(uuid.uuid4())
             try:
-                response = await http.post(claim_url, json=body)
-                if response.status_code != 200:
+                async with http.post(claim_url, json=body) as response:
+                    claimed = await response.json() if response.status == 200 else None
+                if claimed is None:
                     self.tally.claim_errors += 1
                     await asyncio.sleep(0.1)
                     continue
-                for claimed in response.json():
-                    run_id = claimed["flow_run"]["id"]
+                for run in claimed:
+                    run_id = run["flow_run"]["id"]
                     held.add(run_id)
                     for state in ("RUNNING", "COMPLETED"):
                         url = f"{base}/flow_runs/{run_id}/set_state"
@@ -196,20 +221,21 @@ class Fleet:
                     self.tally.completed += 1
                     if self.tally.completed >= self.target:
                         self.done.set()
-            except httpx.HTTPError:
+            except CLIENT_ERRORS:
                 self.tally.claim_errors += 1
                 await asyncio.sleep(0.1)
 
     async def _send(
-        self, http: httpx.AsyncClient, url: str, body: dict[str, Any]
-    ) -> httpx.Response:
-        # A busy server answers 503 or not in time: send again, as an agent would (a report
-        # given up would leave its run RUNNING and the drain waiting for it).
+        self, http: aiohttp.ClientSession, url: str, body: dict[str, Any]
+    ) -> tuple[int, Any]:
+        """The status and JSON answer of a POST; a busy server's 503 or silence is sent again,
+        as an agent would (a report given up would leave its run RUNNING and the drain
+        waiting for it)."""
         for _ in range(100):
-            with contextlib.suppress(httpx.HTTPError):
-                answer = await http.post(url, json=body)
-                if answer.status_code < 500:
-                    return answer
+            with contextlib.suppress(*CLIENT_ERRORS):
+                async with http.post(url, json=body) as answer:
+                    if answer.status < 500:
+                        return answer.status, await answer.json(content_type=None)
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{url}: {body} not accepted after 100 tries")
 
@@ -282,7 +308,7 @@ def _hold_part(
 
     async def hold() -> Tally:
         fleet = Fleet(urls, queue_id, sizes.fleet_heartbeat_seconds, sizes.fleet_claim_wait)
-        agents = fleet.start(indices, claiming=True)
+        agents = fleet.start(indices, claiming=True, staggered=True)
         try:
             await fleet.registration(
                 None if registered is None else lambda: registered.wait(REGISTER_DEADLINE)
