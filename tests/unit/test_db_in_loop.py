@@ -4,7 +4,7 @@ for a moment, and in a worker thread only once the lock stays taken.
 
 Handed to a worker thread at once, such writes under a fleet made the lock's holder slower (GIL
 hand-offs), so more writes found it held and went to threads too: a convoy the server did not
-leave (docs/PERFORMANCE.md, "The garbage collector, and a convoy").
+leave (docs/PERFORMANCE.md, "The load generator's share, the garbage collector, and a convoy").
 """
 
 from __future__ import annotations
