@@ -24,9 +24,10 @@ GRACEFUL_SHUTDOWN_SECONDS = 3
 KEEP_ALIVE_SECONDS = 75
 # Python's full collections look at every object alive, and stop the event loop meanwhile:
 # under 1,000 agents (~400,000 objects, ~230 for each agent's connections and held poll)
-# each took up to 330 ms, every 3-5 s. Frozen after start, the app's own ~165,000 objects are never looked at
-# again; and a full collection waits for at least 100 of the middle generation (Python's
-# default: 10), besides the usual rule (a quarter more objects survived since the last).
+# each took up to 330 ms, every 3-5 s. Frozen after start, the app's own ~165,000 objects
+# are never looked at again; and a full collection waits for at least 100 of the middle
+# generation (Python's default: 10), besides the usual rule (a quarter more objects
+# survived since the last).
 # docs/PERFORMANCE.md, "The load generator's share, the garbage collector, and a convoy".
 GC_THRESHOLDS = (700, 10, 100)
 

@@ -138,9 +138,10 @@ class Fleet:
         }
         held: set[str] = set()
         # A client of its own, as a real agent has. aiohttp, not httpx as real agents use:
-        # the fleet's clients share one process on the server's two cores, and httpx spends
-        # about four times the CPU per request, taken from the server and added to every
-        # round trip measured (docs/PERFORMANCE.md, "The load generator's share").
+        # the fleet's clients share one process on the server's two cores, and httpx spent
+        # about seven times the CPU, taken from the server and added to every round trip
+        # measured (docs/PERFORMANCE.md, "The load generator's share, the garbage collector,
+        # and a convoy").
         async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
             async with self._joining:
                 status, answer = await self._send(http, f"{base}/agents/heartbeat", beat)
