@@ -5,8 +5,8 @@ before the first read, so a read-then-write (a claim, a state transition) can ne
 against another writer nor act on rows another writer is about to change, even when two server
 processes share one database file. Reads use a plain deferred ``BEGIN`` and, thanks to WAL,
 never wait for writers. What agents send all the time (heartbeats, claims, reports) runs in the
-event loop's own thread (:meth:`Database.run_small`) and never waits there: a write that would
-wait for a lock goes to a worker thread instead.
+event loop's own thread (:meth:`Database.run_small`) and never blocks it: a write that finds
+the lock held tries again there a few times, asleep meanwhile, then goes to a worker thread.
 
 PostgreSQL (several replicas on one database): a write transaction takes one transaction-level
 advisory lock first, which gives the same one-writer-at-a-time guarantee across every replica,
@@ -160,9 +160,10 @@ class Database:
 
     @contextmanager
     def _write_in_loop(self, in_loop: _InLoop, writer: sessionmaker[Session]) -> Iterator[Session]:
-        """A write in the event loop's thread, which must never wait: another thread of ours
-        holding the write lock, or another process holding SQLite's, is a :class:`_WouldWait`
-        and run_small hands the work to a worker thread (which waits, as writes always did)."""
+        """A write in the event loop's thread, which must never block: another thread of ours
+        holding the write lock, or another process holding SQLite's, is a :class:`_WouldWait`,
+        and run_small tries again shortly, then hands the work to a worker thread (which
+        waits, as writes always did)."""
         if not self._write_lock.acquire(blocking=False):
             raise _WouldWait
         try:
