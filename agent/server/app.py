@@ -9,7 +9,7 @@ from datetime import timedelta
 import anyio
 import anyio.to_thread
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
@@ -53,6 +53,25 @@ log = structlog.get_logger("agent.server")
 _DESCRIPTION = (
     "The flowagent work-queue API: work queues, deployments, flow runs, agents and logs. "
     "When the server has an API key, send it as `Authorization: Bearer <key>`."
+)
+
+
+# The API's route modules, each included straight into the app: a router included in a router
+# is one more layer of coroutines that every request passes through and every held long poll
+# keeps alive. A request is matched against the routes in this order, one after another, so a
+# fleet's heartbeats, claims and reports come first; no path of one module matches another's
+# (tests/unit/test_routes.py), so the order decides nothing else.
+API_MODULES = (
+    agents,
+    work_queues,
+    flow_runs,
+    health,
+    deployments,
+    schedules,
+    notifications,
+    bundles,
+    concurrency_limits,
+    overview,
 )
 
 
@@ -156,23 +175,10 @@ def create_app(
     app.state.bundles = BundleStore(db, settings.home, settings.bundle_max_bytes)
     app.state.log_feed = LogFeed()
 
-    api = APIRouter(prefix="/api")
-    api.include_router(health.router)
-    protected = APIRouter(dependencies=[Depends(require_api_key)])
-    for module in (
-        work_queues,
-        deployments,
-        flow_runs,
-        agents,
-        schedules,
-        notifications,
-        bundles,
-        concurrency_limits,
-        overview,
-    ):
-        protected.include_router(module.router)
-    api.include_router(protected)
-    app.include_router(api)
+    for module in API_MODULES:
+        # The health check answers without the API key: monitors and load balancers ask it.
+        keyed = [] if module is health else [Depends(require_api_key)]
+        app.include_router(module.router, prefix="/api", dependencies=keyed)
     app.include_router(web.router)  # the UI at /, its files under /ui/
     install_metrics(app, db, settings.lease_seconds)  # GET /metrics, request counters
     # A 413 before an oversized body is read into memory; bundles stream to disk, bounded apart.

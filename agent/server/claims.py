@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from agent.models import AWAITING_SLOT, ClaimedRun, ClaimRequest, StateType, utcnow
@@ -256,6 +256,21 @@ def _mark_held_back(
             _hold_back(session, run, blocked, now)
 
 
+# The statements of every claim, built once: an idle fleet's long polls are, with its
+# heartbeats, most of a server's work (agent/server/routes/agents.py says why).
+_QUEUES_PAUSED = select(WorkQueueRow.id, WorkQueueRow.paused).where(
+    WorkQueueRow.id.in_(bindparam("queue_ids", expanding=True))
+)
+_LAST_CLAIM = select(AgentRow.last_claim_id).where(AgentRow.id == bindparam("agent_id"))
+# When the soonest SCHEDULED run of some queues is expected.
+_SOONEST = select(func.min(FlowRunRow.expected_start_time)).where(
+    FlowRunRow.work_queue_id.in_(bindparam("queue_ids", expanding=True)),
+    FlowRunRow.state_type == StateType.SCHEDULED.value,
+)
+# ...of those not due by a time.
+_SOONEST_AFTER = _SOONEST.where(FlowRunRow.expected_start_time > bindparam("due_by"))
+
+
 def claim_once(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) -> ClaimAttempt:
     """A claim's answer: the runs it took, or (when none is due) when to look again."""
     return _nothing_due(db, queue_ids, request) or _claim(db, queue_ids, request)
@@ -274,12 +289,8 @@ def _nothing_due(
     events are taken before either look).
     """
     with db.read() as session:
-        queues = session.execute(
-            select(WorkQueueRow.id, WorkQueueRow.paused).where(WorkQueueRow.id.in_(queue_ids))
-        ).all()
-        agent = session.execute(
-            select(AgentRow.last_claim_id).where(AgentRow.id == request.agent_id)
-        ).one_or_none()
+        queues = session.execute(_QUEUES_PAUSED, {"queue_ids": list(queue_ids)}).all()
+        agent = session.execute(_LAST_CLAIM, {"agent_id": request.agent_id}).one_or_none()
         if len(queues) < len(set(queue_ids)) or agent is None or request.limit <= 0:
             return None
         if request.claim_id is not None and request.claim_id == agent.last_claim_id:
@@ -287,12 +298,7 @@ def _nothing_due(
         serving = [queue.id for queue in queues if not queue.paused]
         if not serving:
             return ClaimAttempt([], None)
-        soonest = session.scalar(
-            select(func.min(FlowRunRow.expected_start_time)).where(
-                FlowRunRow.work_queue_id.in_(serving),
-                FlowRunRow.state_type == StateType.SCHEDULED.value,
-            )
-        )
+        soonest = session.scalar(_SOONEST, {"queue_ids": serving})
     if soonest is not None and soonest <= utcnow() + timedelta(seconds=request.lead_seconds):
         return None
     return ClaimAttempt([], soonest)
@@ -323,13 +329,8 @@ def _claim(db: Database, queue_ids: Sequence[uuid.UUID], request: ClaimRequest) 
         due_by = now + timedelta(seconds=request.lead_seconds)
         next_due = None
         if serving:
-            next_due = session.scalar(
-                select(func.min(FlowRunRow.expected_start_time)).where(
-                    FlowRunRow.work_queue_id.in_([row.id for row in serving]),
-                    FlowRunRow.state_type == StateType.SCHEDULED.value,
-                    FlowRunRow.expected_start_time > due_by,
-                )
-            )
+            bound = {"queue_ids": [row.id for row in serving], "due_by": due_by}
+            next_due = session.scalar(_SOONEST_AFTER, bound)
         if request.claim_id is not None and request.claim_id == agent.last_claim_id:
             # The same claim again: its answer was lost on the way. Answer what it took.
             return ClaimAttempt(_replay(session, agent), next_due)

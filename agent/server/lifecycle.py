@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from agent.models import StateProposal, StateType, transition_error, utcnow
@@ -41,6 +41,13 @@ ACTIVE_STATES: tuple[str, ...] = (
     StateType.PENDING.value,
     StateType.RUNNING.value,
     StateType.CANCELLING.value,
+)
+# The active runs an agent has held since before a time: built once, it is asked at every
+# heartbeat (agent/server/routes/agents.py says why).
+_HELD_IDS = select(FlowRunRow.id).where(
+    FlowRunRow.agent_id == bindparam("agent_id"),
+    FlowRunRow.state_type.in_(ACTIVE_STATES),
+    FlowRunRow.state_timestamp < bindparam("before"),
 )
 
 CANCELLED_BY_USER = "cancelled by user"
@@ -347,16 +354,17 @@ def resolve_dropped_runs(
     """
     grace = timedelta(seconds=max(3 * agent.heartbeat_interval_seconds, 2.0))
     listed_at = min(listed_at or now, now)
+    # Ids first, on every heartbeat of every agent; whole runs only for the few dropped.
+    bound = {"agent_id": agent.id, "before": listed_at - grace}
+    ids = session.connection().execute(_HELD_IDS, bound).scalars()
+    dropped = [run_id for run_id in ids if run_id not in held]
+    if not dropped:
+        return set()
     unlisted = (
         FlowRunRow.agent_id == agent.id,
         FlowRunRow.state_type.in_(ACTIVE_STATES),
         FlowRunRow.state_timestamp < listed_at - grace,
     )
-    # Ids first, on every heartbeat of every agent; whole runs only for the few dropped.
-    ids = session.connection().execute(select(FlowRunRow.id).where(*unlisted)).scalars()
-    dropped = [run_id for run_id in ids if run_id not in held]
-    if not dropped:
-        return set()
     rows = session.scalars(select(FlowRunRow).where(FlowRunRow.id.in_(dropped), *unlisted)).all()
     wake: set[uuid.UUID] = set()
     for run in rows:

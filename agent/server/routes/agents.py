@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from agent.models import AgentRecord, Heartbeat, StateType, utcnow
@@ -19,6 +19,39 @@ from agent.server.views import agent_model, conflict, get_agent, not_found
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 _AGENTS: Table = AgentRow.__table__  # type: ignore[assignment]  # a Table, typed loosely
+
+# A heartbeat's statements are built once, their values bound at each beat: a fleet's beats are
+# most of a server's writes, and building a statement and its cache key anew was a third of a
+# beat's database work (docs/PERFORMANCE.md, "A server's one core").
+_QUEUES_FOUND = select(WorkQueueRow.id).where(
+    WorkQueueRow.id.in_(bindparam("queue_ids", expanding=True))
+)
+_BEAT_VALUES = (
+    "work_queue_id",
+    "work_queue_ids",
+    "tags",
+    "hostname",
+    "pid",
+    "version",
+    "runs_in_flight",
+    "heartbeat_interval_seconds",
+    "metrics",
+    "last_heartbeat",
+)
+# The beat of a known agent is one statement; registering, and refusing a name held
+# elsewhere, read the row first (_register).
+_BEAT = (
+    update(_AGENTS)
+    .where(
+        _AGENTS.c.name == bindparam("beat_name"),
+        or_(
+            _AGENTS.c.hostname.is_not_distinct_from(bindparam("beat_hostname")),
+            _AGENTS.c.last_heartbeat <= bindparam("lease_ended"),
+        ),
+    )
+    .values({name: bindparam(f"new_{name}", type_=_AGENTS.c[name].type) for name in _BEAT_VALUES})
+    .returning(*_AGENTS.c)
+)
 
 
 def _heartbeat(
@@ -41,24 +74,13 @@ def _heartbeat(
             "metrics": None if beat.metrics is None else beat.metrics.model_dump(mode="json"),
             "last_heartbeat": now,
         }
-        # The beat of a known agent is one statement (a fleet's beats are most of a server's
-        # writes); registering, and refusing a name held elsewhere, read the row first.
-        row: Any = (
-            session.connection()
-            .execute(
-                update(_AGENTS)
-                .where(
-                    _AGENTS.c.name == beat.name,
-                    or_(
-                        _AGENTS.c.hostname.is_not_distinct_from(beat.hostname),
-                        _AGENTS.c.last_heartbeat <= now - timedelta(seconds=lease_seconds),
-                    ),
-                )
-                .values(values)
-                .returning(*_AGENTS.c)
-            )
-            .one_or_none()
-        )
+        bound = {f"new_{name}": value for name, value in values.items()}
+        bound |= {
+            "beat_name": beat.name,
+            "beat_hostname": beat.hostname,
+            "lease_ended": now - timedelta(seconds=lease_seconds),
+        }
+        row: Any = session.connection().execute(_BEAT, bound).one_or_none()
         if row is None:
             row = _register(session, beat, values, now, lease_seconds)
         wake: set[uuid.UUID] = set()
@@ -96,8 +118,7 @@ def _existing_queues(session: Session, beat: Heartbeat) -> list[uuid.UUID]:
     reason to refuse the heartbeat that keeps its other queues' runs leased.
     """
     wanted = beat.work_queue_ids or [beat.work_queue_id]
-    found_ids = select(WorkQueueRow.id).where(WorkQueueRow.id.in_(wanted))
-    existing = set(session.connection().execute(found_ids).scalars())
+    existing = set(session.connection().execute(_QUEUES_FOUND, {"queue_ids": wanted}).scalars())
     found = [queue_id for queue_id in wanted if queue_id in existing]
     if not found:
         raise not_found("work queue", ", ".join(str(queue_id) for queue_id in wanted))
