@@ -181,21 +181,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["seconds"] = round(time.monotonic() - t0, 1)
     ordered = {n: sections[n] for n in NAMES if n in sections}
     print(render_table(ordered.values(), meta))
-    path = write_results(args.out, started, args.quick, meta, ordered)
+    whole = selected == set(NAMES)
+    path = write_results(args.out, started, args.quick, meta, ordered, whole=whole)
     print(f"\nwrote {path}")
     return 1 if failed else 0
 
 
 def write_results(
-    out: Path, started: dt.datetime, quick: bool, meta: dict[str, Any], sections: dict[str, Section]
+    out: Path,
+    started: dt.datetime,
+    quick: bool,
+    meta: dict[str, Any],
+    sections: dict[str, Section],
+    *,
+    whole: bool = True,
 ) -> Path:
+    """Write ``<timestamp>.json``; a run of every section is also the new ``latest.json``
+    (a run of some sections (``--only``) must not replace the last whole run's record)."""
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if quick else ""
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     document = {"meta": meta, "sections": {n: s.to_json() for n, s in sections.items()}}
     path = out / f"{stamp}{suffix}.json"
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    shutil.copyfile(path, out / f"latest{suffix}.json")
+    if whole:
+        shutil.copyfile(path, out / f"latest{suffix}.json")
     return path
 
 
