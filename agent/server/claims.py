@@ -54,12 +54,16 @@ class ClaimWakeups:
 
     Used only from the event loop thread: routes call :meth:`notify` after their write
     transaction has committed, so a woken claimer always sees the change. A waiter takes its
-    events *before* it looks at the database, so a change committed between its look and its
-    wait still wakes it. Notifying :data:`ANY_QUEUE` wakes every waiter.
+    queues' wake-ups (futures, one per queue, shared by its waiters) *before* it looks at the
+    database, so a change committed between its look and its wait still wakes it. Notifying
+    :data:`ANY_QUEUE` wakes every waiter.
     """
 
     def __init__(self) -> None:
-        self._events: dict[uuid.UUID, asyncio.Event] = {}
+        # Futures rather than events: a held claim waits on its queues' futures themselves,
+        # where an event needs a task per wait (a held poll's objects are what a full garbage
+        # collection goes through: docs/PERFORMANCE.md).
+        self._wakeups: dict[uuid.UUID, asyncio.Future[None]] = {}
         # The leads (seconds) of the claims held on each queue, one entry per held claim.
         self._holding: dict[uuid.UUID, list[float]] = {}
         self.closed = False
@@ -67,14 +71,14 @@ class ClaimWakeups:
         # (agent/server/wakeup_relay.py).
         self.relays: list[Callable[[frozenset[uuid.UUID]], None]] = []
 
-    def waiter(self, queue_id: uuid.UUID) -> asyncio.Event:
-        event = self._events.get(queue_id)
-        if event is None:
-            event = self._events[queue_id] = asyncio.Event()
-        return event
+    def waiter(self, queue_id: uuid.UUID) -> asyncio.Future[None]:
+        wakeup = self._wakeups.get(queue_id)
+        if wakeup is None:
+            wakeup = self._wakeups[queue_id] = asyncio.get_running_loop().create_future()
+        return wakeup
 
-    def waiters(self, queue_ids: Sequence[uuid.UUID]) -> list[asyncio.Event]:
-        """The events set when any of ``queue_ids`` (or every queue) is notified."""
+    def waiters(self, queue_ids: Sequence[uuid.UUID]) -> list[asyncio.Future[None]]:
+        """The futures done when any of ``queue_ids`` (or every queue) is notified."""
         return [self.waiter(queue_id) for queue_id in (*queue_ids, ANY_QUEUE)]
 
     @contextmanager
@@ -103,11 +107,11 @@ class ClaimWakeups:
             for relay in self.relays:
                 relay(frozenset(wanted))
         if ANY_QUEUE in wanted:
-            wanted = set(self._events)
+            wanted = set(self._wakeups)
         for queue_id in wanted:
-            event = self._events.pop(queue_id, None)
-            if event is not None:
-                event.set()
+            wakeup = self._wakeups.pop(queue_id, None)
+            if wakeup is not None and not wakeup.done():
+                wakeup.set_result(None)
 
     def close(self) -> None:
         """Release every waiter for good: the server is shutting down (this one: the other
@@ -116,14 +120,10 @@ class ClaimWakeups:
         self.notify([ANY_QUEUE], relayed=True)
 
 
-async def _first_set(events: Sequence[asyncio.Event], timeout: float) -> None:
-    """Return once any of ``events`` is set, or after ``timeout`` seconds."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
+async def _first_done(wakeups: Sequence[asyncio.Future[None]], timeout: float) -> None:
+    """Return once any of ``wakeups`` is done, or after ``timeout`` seconds. The wake-ups are
+    shared with other waiters: waiting here never cancels them."""
+    await asyncio.wait(wakeups, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
 
 
 @dataclass(frozen=True)
@@ -437,10 +437,10 @@ async def claim(
                 until_due = (attempt.next_due - utcnow()).total_seconds() - request.lead_seconds
                 until_due += _DUE_SLACK_SECONDS
                 timeout = min(timeout, max(until_due, 0.0))
-            await _first_set(wake, timeout)
+            await _first_done(wake, timeout)
             # Runs claimed for a client that hung up would sit in PENDING until someone noticed.
             if await client_gone():
                 return []
-            if anyio.current_time() >= deadline and not any(event.is_set() for event in wake):
+            if anyio.current_time() >= deadline and not any(wakeup.done() for wakeup in wake):
                 # Not a last look: nothing woke it, and the agent asks again at once.
                 return []
