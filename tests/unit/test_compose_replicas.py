@@ -1,11 +1,14 @@
-"""compose.replicas.yaml: two server replicas on one PostgreSQL, and an agent given both URLs.
+"""compose.replicas.yaml: two server replicas on one PostgreSQL, and an agent given both URLs;
+and what both compose files ask of a user before their first command.
 
-Read as data only: no Docker Compose here runs it (no registry for the postgres image)."""
+Read as data only: CI has no Docker Compose and no registry for the postgres image."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from agent.server.engines import parse_database_url
@@ -35,3 +38,18 @@ def test_two_replicas_share_one_postgres_and_the_agent_knows_both() -> None:
         "server-a",
         "server-b",
     }
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.replicas.yaml"])
+def test_the_steps_set_every_value_the_file_requires_before_compose_reads_it(name: str) -> None:
+    # Compose interpolates every service of the file for any command, even `up -d server`:
+    # a value required by ${VAR:?...} must be in .env before the first `docker compose` step.
+    text = (REPO / name).read_text()
+    steps = [line.removeprefix("#").strip() for line in text.splitlines() if line.startswith("#")]
+    first_compose = next(i for i, step in enumerate(steps) if step.startswith("docker compose"))
+    set_before = {
+        match for step in steps[:first_compose] for match in re.findall(r'echo "([A-Z_]+)=', step)
+    }
+    required = set(re.findall(r"\$\{([A-Z_]+):?\?", text))
+    assert required, "the file requires nothing: the pattern no longer matches"
+    assert required <= set_before, f"required but set only later, or never: {required - set_before}"
