@@ -42,13 +42,14 @@ ACTIVE_STATES: tuple[str, ...] = (
     StateType.RUNNING.value,
     StateType.CANCELLING.value,
 )
-# The active runs an agent has held since before a time: built once, it is asked at every
+# The active runs an agent has held since before a time. Built once: it is asked at every
 # heartbeat (agent/server/routes/agents.py says why).
-_HELD_IDS = select(FlowRunRow.id).where(
+_HELD_SINCE = (
     FlowRunRow.agent_id == bindparam("agent_id"),
     FlowRunRow.state_type.in_(ACTIVE_STATES),
     FlowRunRow.state_timestamp < bindparam("before"),
 )
+_HELD_IDS = select(FlowRunRow.id).where(*_HELD_SINCE)
 
 CANCELLED_BY_USER = "cancelled by user"
 
@@ -360,12 +361,8 @@ def resolve_dropped_runs(
     dropped = [run_id for run_id in ids if run_id not in held]
     if not dropped:
         return set()
-    unlisted = (
-        FlowRunRow.agent_id == agent.id,
-        FlowRunRow.state_type.in_(ACTIVE_STATES),
-        FlowRunRow.state_timestamp < listed_at - grace,
-    )
-    rows = session.scalars(select(FlowRunRow).where(FlowRunRow.id.in_(dropped), *unlisted)).all()
+    still_held = select(FlowRunRow).where(FlowRunRow.id.in_(dropped), *_HELD_SINCE)
+    rows = session.scalars(still_held, bound).all()
     wake: set[uuid.UUID] = set()
     for run in rows:
         current = StateType(run.state_type)
