@@ -200,7 +200,12 @@ def running_server(
             return False
 
     try:
-        wait_for(healthy, timeout=20, what="the server's /api/health")
+        # Generous: on a loaded 2-core CI machine one start stalled over 20 s before its first
+        # log line (the log was empty, no database made), then said nothing of why.
+        try:
+            wait_for(healthy, timeout=60, what="the server's /api/health")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log: {log_path.read_text()[-3000:]!r}") from None
         yield Server(
             url=url,
             home=home,
